@@ -1,0 +1,300 @@
+"""`napari-unet`: the headless twin of the plugin (predict, train, evaluate).
+
+Bad input prints one line saying what is wrong and what to do, exits with code 2 and
+leaves no output file behind; outputs are written atomically and never overwritten
+without ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise UsageError(f"{message} (see 'napari-unet {self.prog.split()[-1]} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="napari-unet", description="U-Net segmentation of EM membranes and fundus vessels.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = commands.add_parser("predict", help="predict a mask (and probabilities) for an image, stack or folder")
+    p.add_argument("input", help="image file, multi-page tif stack, or folder of images (stacked in name order)")
+    p.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
+    p.add_argument("--out", required=True, help="output mask, uint8 tif (0/1), same Z/Y/X as the input")
+    p.add_argument("--probabilities", help="also write the float32 probability map to this tif")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--threshold", type=float, help="probability threshold for the mask (default: the model's, 0.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default 4)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+    t = commands.add_parser("train", help="train from scratch, or fine-tune with --from")
+    t.add_argument("--images", required=True, help="image file, stack or folder")
+    t.add_argument("--labels", required=True, help="labels: nonzero = structure (or 0/1/2 with 2 = ignore)")
+    t.add_argument("--fov", help="field-of-view mask(s); pixels outside are ignored")
+    t.add_argument("--invert-labels", action="store_true", help="structure is 0 in the label files (ISBI 2012)")
+    t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
+    t.add_argument("--out", required=True, help="checkpoint file to write (the best model)")
+    t.add_argument("--steps", type=int, help="training steps (default 1500 from scratch, 120 to fine-tune)")
+    t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 slices)")
+    t.add_argument("--no-val", action="store_true", help="train on every slice, without validation")
+    t.add_argument("--task", choices=["em", "fundus"], help="default: fundus for RGB images, em otherwise")
+    t.add_argument("--base-width", type=int, default=32, help="U-Net width of the first level (from scratch)")
+    t.add_argument("--depth", type=int, default=4, help="U-Net depth (from scratch)")
+    t.add_argument("--crop-size", type=int, help="training crop size in pixels")
+    t.add_argument("--batch-size", type=int, help="crops per step")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--border-weights", action="store_true", help="U-Net border weight map (touching cells)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+
+    e = commands.add_parser("evaluate", help="score a prediction against ground truth")
+    e.add_argument("--pred", required=True, help="mask (nonzero = structure) or float probability map")
+    e.add_argument("--truth", required=True, help="ground truth, nonzero = structure")
+    e.add_argument("--fov", help="field-of-view mask(s): score only inside")
+    e.add_argument("--invert-truth", action="store_true", help="structure is 0 in the truth file (ISBI 2012)")
+    e.add_argument("--task", required=True, choices=["em", "fundus"])
+    e.add_argument("--json", action="store_true", help="print the scores as one JSON object on the last line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"predict": _predict, "train": _train, "evaluate": _evaluate}[args.command](args)
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted; no output was written.", file=sys.stderr)
+        return 130
+    except (ValueError, FileExistsError, MemoryError) as exc:  # DataError, CheckpointError, UsageError
+        print(f"napari-unet: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _check_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise UsageError(f"{out.name}: the output must end in {' or '.join(suffixes)}.")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists: choose another name or add --force to overwrite it.")
+    if not out.parent.exists():
+        raise UsageError(f"The folder {out.parent} does not exist: create it first.")
+    return out
+
+
+def _write_tif_atomic(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, array, photometric="minisblack")  # (3, Y, X) is 3 slices, not RGB
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _progress_bar(total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _parse_slices(values: list[str], count: int) -> list[int]:
+    slices: list[int] = []
+    for value in values:
+        try:
+            if "-" in value:
+                first, last = (int(v) for v in value.split("-"))
+                slices.extend(range(first, last + 1))
+            else:
+                slices.append(int(value))
+        except ValueError:
+            raise UsageError(f"--val-slices {value!r}: give slice numbers such as 25 26 or a range 25-29.") from None
+    bad = [z for z in slices if not 0 <= z < count]
+    if bad:
+        raise UsageError(f"--val-slices {bad}: the stack has slices 0-{count - 1}.")
+    return sorted(set(slices))
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _predict(args) -> int:
+    from .core.checkpoint import load_checkpoint
+    from .core.data import as_stack, read_stack
+    from .core.predict import describe_device, predict_stack, resolve_device, threshold_mask
+
+    out = _check_output(args.out, args.force, (".tif", ".tiff"))
+    prob_out = _check_output(args.probabilities, args.force, (".tif", ".tiff")) if args.probabilities else None
+    if prob_out is not None and prob_out.resolve() == out.resolve():
+        raise UsageError("--out and --probabilities name the same file: choose two names.")
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.model)
+    raw = read_stack(args.input)
+    images = as_stack(raw)
+    threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
+    start = time.perf_counter()
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _progress_bar(total, "tile")
+        bar.update(done - bar.n)
+
+    try:
+        probabilities = predict_stack(
+            checkpoint, images, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+            device=device, progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    mask = threshold_mask(probabilities, threshold)
+    # Same Z/Y/X as the input: a single 2D (or RGB) image gives a 2D mask.
+    squeeze = images.shape[0] == 1 and (raw.ndim == 2 or images.shape[-1] == 3 and raw.ndim == 3)
+    if squeeze:
+        mask, probabilities = mask[0], probabilities[0]
+    try:
+        _write_tif_atomic(out, mask)
+        if prob_out is not None:
+            _write_tif_atomic(prob_out, probabilities.astype(np.float32))
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - start
+    z, y, x = images.shape[:3]
+    print(
+        f"predicted {z} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in {seconds:.1f} s: "
+        f"{100 * mask.mean():.1f}% structure -> {out}"
+    )
+    return 0
+
+
+def _train(args) -> int:
+    from .core.checkpoint import default_metadata, load_checkpoint
+    from .core.data import DataError, apply_fov, data_hash, load_pairs, normalize
+    from .core.model import UNet, UNetConfig
+    from .core.predict import describe_device, resolve_device
+    from .core.train import TrainConfig, TrainingData, fine_tune_recipe, train
+
+    out = _check_output(args.out, args.force, (".pt", ".pth"))
+    device = resolve_device(args.device)
+    stack = load_pairs(args.images, args.labels, args.fov, invert_labels=args.invert_labels)
+    channels = stack.images.shape[-1]
+    if args.from_model:
+        checkpoint = load_checkpoint(args.from_model)
+        model, metadata = checkpoint.model, checkpoint.metadata
+        if model.config.in_channels != channels:
+            raise DataError(
+                f"The model {args.from_model} takes {model.config.in_channels} channel(s) but the images have "
+                f"{channels}: choose a matching model."
+            )
+    else:
+        model = UNet(UNetConfig(in_channels=channels, base_width=args.base_width, depth=args.depth))
+        metadata = default_metadata(args.task or stack.kind)
+    labels = apply_fov(stack.labels, stack.fov)
+    count = labels.shape[0]
+    if args.no_val or count < 2:
+        val = []
+    elif args.val_slices:
+        val = _parse_slices(args.val_slices, count)
+    else:
+        val = list(range(count - max(1, count // 10), count)) if count >= 4 else []
+    train_slices = [z for z in range(count) if z not in val]
+    if not train_slices:
+        raise UsageError("Every slice is held out for validation: leave at least one to train on.")
+    overrides = {k: v for k, v in {
+        "batch_size": args.batch_size, "crop_size": args.crop_size, "learning_rate": args.lr,
+    }.items() if v is not None}
+    overrides.update(seed=args.seed, device=str(device), border_weights=args.border_weights)
+    if args.from_model:
+        config = fine_tune_recipe(args.steps or 120, **overrides)
+    else:
+        config = TrainConfig(steps=args.steps or 1500, **overrides)
+    data = TrainingData(normalize(stack.images, metadata.get("normalization")), labels, train_slices, val)
+    metadata["data_hash"] = data_hash(stack.images, labels)
+    metadata["tile_size"] = max(256, config.crop_size)
+
+    print(
+        f"training on {len(train_slices)} slice(s), validating on {len(val)}, {config.steps} steps "
+        f"on {describe_device(device)}", file=sys.stderr,
+    )
+    bar = _progress_bar(config.steps, "step")
+    last = None
+    try:
+        for event in train(model, data, config, out, metadata):
+            last = event
+            bar.update(event.step - bar.n)
+            postfix = {"loss": f"{event.loss:.3f}" if event.loss is not None else "-"}
+            if event.best_dice is not None:
+                postfix["best val dice"] = f"{event.best_dice:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+    except BaseException:
+        bar.close()
+        if last is None:  # nothing saved yet: leave no file behind
+            out.unlink(missing_ok=True)
+        raise
+    bar.close()
+    score = f", best validation Dice {last.best_dice:.3f}" if last.best_dice is not None else ""
+    print(f"trained {config.steps} steps in {last.elapsed_s:.0f} s{score} -> {out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .core.data import DataError, read_mask, read_stack
+    from .core.metrics import evaluate
+
+    pred = np.asarray(read_stack(args.pred))
+    if np.issubdtype(pred.dtype, np.floating):
+        if np.nanmin(pred) < 0 or np.nanmax(pred) > 1:
+            raise DataError(f"{Path(args.pred).name} holds floats outside [0, 1]: give a probability map or a mask.")
+    else:
+        pred = (pred != 0).astype(np.uint8)
+    raw_truth = read_stack(args.truth)
+    if raw_truth.ndim == 3 and raw_truth.shape[-1] in (3, 4):
+        raw_truth = raw_truth[..., 0]  # a mask saved as RGB
+    truth = (raw_truth == 0) if args.invert_truth else (raw_truth != 0)
+    if truth.ndim == 2:
+        truth = truth[None]
+    if pred.ndim == 2:
+        pred = pred[None]
+    if pred.shape != truth.shape:
+        raise DataError(f"The prediction has shape {pred.shape} but the truth {truth.shape}: compare matching files.")
+    fov = read_mask(args.fov) if args.fov else None
+    if fov is not None and fov.shape != truth.shape:
+        raise DataError(f"The FOV mask has shape {fov.shape} but the truth {truth.shape}: give matching masks.")
+    if not truth.any():
+        raise DataError(f"{Path(args.truth).name} has no foreground: check the file (or --invert-truth).")
+    scores = evaluate(pred, truth, args.task, fov=fov)
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+    print(f"{args.task} scores over {truth.shape[0]} slice(s): {summary}")
+    if args.json:
+        print(json.dumps({k: float(v) for k, v in scores.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

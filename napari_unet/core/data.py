@@ -1,0 +1,433 @@
+"""Reading EM stacks and fundus sets, one label convention, normalisation, augmentation.
+
+Conventions used across the project:
+
+* Images are handled as stacks ``(Z, Y, X, C)``: a 2D grey image is ``(1, Y, X, 1)``, an
+  RGB fundus image ``(1, Y, X, 3)``, an EM stack ``(Z, Y, X, 1)``.
+* Labels are ``(Z, Y, X)`` uint8: ``BACKGROUND = 0``, ``STRUCTURE = 1`` (membrane,
+  vessel) and ``IGNORE = 2`` for pixels that are unlabelled or outside the FOV mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage
+
+BACKGROUND = 0
+STRUCTURE = 1
+IGNORE = 2
+LABEL_CONVENTION = {"background": BACKGROUND, "structure": STRUCTURE, "ignore": IGNORE}
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp")
+# Stored with every model: the same normalisation must be applied when it predicts.
+DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+
+
+class DataError(ValueError):
+    """Bad input data; the message says what is wrong and what to do."""
+
+
+@dataclass
+class LabelledStack:
+    """Images with optional labels and FOV, all sharing (Z, Y, X).
+
+    Attributes:
+        images: (Z, Y, X, C) raw images as read (any dtype).
+        labels: (Z, Y, X) uint8 in the project convention, or None.
+        fov: (Z, Y, X) bool field-of-view mask (fundus), or None.
+        names: one name per slice (file stem or ``slice N``).
+        kind: "em" or "fundus" (a guess from the layout or the channel count).
+        layout: what was recognised, e.g. "isbi", "drive", "stack", "image".
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    fov: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+    kind: str = "em"
+    layout: str = "stack"
+
+    def describe(self) -> str:
+        z, y, x, c = self.images.shape
+        parts = [f"{self.layout}: {z} slice(s) of {y}x{x}, {'RGB' if c == 3 else 'grey'} ({self.images.dtype})"]
+        if self.labels is not None:
+            parts.append("with labels")
+        if self.fov is not None:
+            parts.append("with FOV mask")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files of a folder in natural name order (2.png before 10.png)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(files, key=_natural_key)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one file as stored: (Y, X), (Y, X, C) or (Z, Y, X) for multi-page tif.
+
+    Raises:
+        DataError: missing, unsupported or unreadable file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist: check the path.")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{path.name}: unsupported file type; use tif, png, jpg or gif images."
+        )
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            array = tifffile.imread(path)
+        else:
+            with Image.open(path) as img:
+                # Palette images (DRIVE gifs) keep their indices; others become L/RGB.
+                if img.mode not in ("L", "P", "RGB", "I;16", "I", "F", "1"):
+                    img = img.convert("RGB")
+                array = np.asarray(img)
+    except Exception as exc:  # tifffile/PIL raise many types for corrupt files
+        raise DataError(f"{path.name} could not be read as an image ({exc}); is the file corrupt?") from exc
+    if array.ndim < 2 or array.size == 0:
+        raise DataError(f"{path.name} holds no 2D image (shape {array.shape}).")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    return np.asarray(array)
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """Read a file or a folder of same-sized images (stacked in name order).
+
+    Returns:
+        The array as stored: (Y, X), (Y, X, C), (Z, Y, X) or (Z, Y, X, C).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = image_files(path)
+        if not files:
+            raise DataError(f"{path} holds no tif/png/jpg/gif images.")
+        arrays = [read_image(f) for f in files]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise DataError(
+                f"The images in {path} differ in size ({sorted(shapes)[:3]}...): "
+                "a folder is read as one stack, so all images must share one size."
+            )
+        return np.stack(arrays)
+    return read_image(path)
+
+
+def as_stack(array: np.ndarray) -> np.ndarray:
+    """Bring an image to (Z, Y, X, C), C = 1 (grey) or 3 (RGB; alpha dropped).
+
+    A last axis of 3 or 4 is read as colour; anything else as grey slices.
+    """
+    array = np.asarray(array)
+    is_colour = array.ndim >= 3 and array.shape[-1] in (3, 4) and array.shape[-2] > 4
+    if is_colour:
+        array = array[..., :3]
+        if array.ndim == 3:
+            array = array[None]
+    else:
+        if array.ndim == 2:
+            array = array[None]
+        array = array[..., None]
+    if array.ndim != 4:
+        raise DataError(
+            f"Expected a 2D image, an RGB image or a 3D stack, got an array of shape {array.shape}."
+        )
+    return array
+
+
+def labels_from_array(raw: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Convert stored labels to the project convention (0 bg, 1 structure, 2 ignore).
+
+    Files already in the convention (values within {0, 1, 2}) are kept as they are.
+    Anything else is binary: nonzero = structure, or, with ``invert``, zero = structure
+    (ISBI 2012 stores cells as 255 and membranes as 0).
+    """
+    raw = np.asarray(raw)
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+        raw = raw[..., 0]  # a label saved as RGB: all channels are equal
+    if invert:
+        return (raw == 0).astype(np.uint8)
+    values = np.unique(raw)
+    if values.size <= 3 and set(values.tolist()) <= {0, 1, 2}:
+        return raw.astype(np.uint8)
+    return (raw != 0).astype(np.uint8)
+
+
+def read_labels(path: str | Path, invert: bool = False) -> np.ndarray:
+    """Read a label file or folder as (Z, Y, X) uint8 in the project convention."""
+    labels = labels_from_array(read_stack(path), invert=invert)
+    return labels if labels.ndim == 3 else labels[None]
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a FOV mask (file or folder) as (Z, Y, X) bool, nonzero = inside."""
+    mask = read_stack(path)
+    if mask.ndim >= 3 and mask.shape[-1] in (3, 4):
+        mask = mask[..., 0]
+    mask = np.asarray(mask) != 0
+    return mask if mask.ndim == 3 else mask[None]
+
+
+def check_same_shape(images: np.ndarray, other: np.ndarray, what: str) -> None:
+    """Raise DataError unless ``other`` (Z, Y, X) matches the images' (Z, Y, X)."""
+    if other.shape != images.shape[:3]:
+        raise DataError(
+            f"The {what} have shape {other.shape} (Z, Y, X) but the images have "
+            f"{images.shape[:3]}: give {what} with one slice per image slice, same size."
+        )
+
+
+def apply_fov(labels: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
+    """Mark pixels outside the FOV as IGNORE (returns a copy)."""
+    labels = labels.copy()
+    if fov is not None:
+        labels[~fov] = IGNORE
+    return labels
+
+
+def load_pairs(
+    images: str | Path,
+    labels: str | Path | None = None,
+    fov: str | Path | None = None,
+    invert_labels: bool = False,
+) -> LabelledStack:
+    """Read images with their labels (and FOV) from explicit paths, checking shapes."""
+    stack = as_stack(read_stack(images))
+    names = _slice_names(Path(images), stack.shape[0])
+    result = LabelledStack(images=stack, names=names, kind=_guess_kind(stack), layout="files")
+    if labels is not None:
+        result.labels = read_labels(labels, invert=invert_labels)
+        check_same_shape(stack, result.labels, "labels")
+        if not np.any(result.labels == STRUCTURE):
+            raise DataError(
+                f"{Path(labels).name} has no foreground (no structure pixels). If the structure is "
+                "stored as 0 (like ISBI's membranes), use --invert-labels."
+            )
+    if fov is not None:
+        result.fov = read_mask(fov)
+        check_same_shape(stack, result.fov, "FOV masks")
+    return result
+
+
+def _slice_names(path: Path, count: int) -> list[str]:
+    if path.is_dir():
+        return [f.stem for f in image_files(path)]
+    if count == 1:
+        return [path.stem]
+    return [f"{path.stem} [{z}]" for z in range(count)]
+
+
+def _guess_kind(stack: np.ndarray) -> str:
+    return "fundus" if stack.shape[-1] == 3 else "em"
+
+
+# ---------------------------------------------------------------------------- layouts
+
+
+def detect_layout(path: str | Path) -> str | None:
+    """Name the known layout of a folder: "isbi", "isbi-png", "drive" or None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "train-volume.tif").is_file():
+        return "isbi"
+    if (path / "train" / "image").is_dir() and (path / "train" / "label").is_dir():
+        return "isbi-png"
+    if (path / "images").is_dir() and ((path / "1st_manual").is_dir() or (path / "mask").is_dir()):
+        return "drive"
+    return None
+
+
+def load_dataset(path: str | Path) -> LabelledStack:
+    """Read a file, a folder of slices, or a folder in the ISBI 2012 / DRIVE layout.
+
+    ISBI: ``train-volume.tif`` (+ ``train-labels.tif``, 255 = cell, 0 = membrane, converted)
+    or ``train/image`` + ``train/label``. DRIVE: ``images/*.tif``, ``1st_manual/*.gif``,
+    ``mask/*.gif``; pixels outside the FOV are labelled IGNORE.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist: check the path.")
+    layout = detect_layout(path)
+    if layout == "isbi":
+        labels = path / "train-labels.tif"
+        result = load_pairs(path / "train-volume.tif", labels if labels.is_file() else None, invert_labels=True)
+        result.names = [f"slice {z}" for z in range(result.images.shape[0])]
+    elif layout == "isbi-png":
+        result = load_pairs(path / "train" / "image", path / "train" / "label", invert_labels=True)
+    elif layout == "drive":
+        manual = path / "1st_manual"
+        mask = path / "mask"
+        result = load_pairs(
+            path / "images",
+            manual if manual.is_dir() and image_files(manual) else None,
+            mask if mask.is_dir() and image_files(mask) else None,
+        )
+        result.kind = "fundus"
+        if result.labels is not None:
+            result.labels = apply_fov(result.labels, result.fov)
+    else:
+        if path.is_dir() and (path / "training").is_dir() and (path / "test").is_dir():
+            raise DataError(f"{path} holds a DRIVE 'training' and a 'test' folder: open one of them.")
+        result = load_pairs(path)
+        layout = "folder" if path.is_dir() else ("stack" if result.images.shape[0] > 1 else "image")
+    result.layout = layout
+    return result
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+def normalize(images: np.ndarray, normalization: dict | None = None) -> np.ndarray:
+    """Scale each slice and channel to [0, 1] between two percentiles.
+
+    Per slice, so that 8-bit, 16-bit and float data, and slices with drifting
+    brightness, look the same to the network.
+
+    Args:
+        images: (Z, Y, X, C) any dtype.
+        normalization: ``{"method": "percentile", "low": p, "high": q}`` (stored in models).
+
+    Returns:
+        (Z, Y, X, C) float32 in [0, 1].
+    """
+    norm = normalization or DEFAULT_NORMALIZATION
+    if norm.get("method") != "percentile":
+        raise DataError(f"Unknown normalisation {norm.get('method')!r} in the model metadata.")
+    data = np.asarray(images, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = np.percentile(data, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
+    scale = np.where(high - low > 1e-12, high - low, 1.0)
+    return np.clip((data - low) / scale, 0.0, 1.0).astype(np.float32)
+
+
+def data_hash(images: np.ndarray, labels: np.ndarray | None = None) -> str:
+    """Short content hash recorded in a model's training history."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- augmentation
+
+
+@dataclass
+class Augmentation:
+    """Random transforms used in training (all on by default).
+
+    Elastic deformation follows the U-Net paper: displacements on a coarse 3x3 grid
+    with ``elastic_sigma`` px standard deviation, smoothly interpolated.
+    """
+
+    flips: bool = True
+    rotations: bool = True
+    elastic: bool = True
+    elastic_sigma: float = 10.0
+    elastic_probability: float = 0.5
+    intensity: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.25
+
+
+def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Crop the same random (size x size) window from arrays sharing (Y, X, ...).
+
+    Arrays smaller than the crop are mirror-padded first.
+    """
+    y, x = arrays[0].shape[:2]
+    pad_y, pad_x = max(0, size - y), max(0, size - x)
+    if pad_y or pad_x:
+        arrays = [
+            np.pad(a, [(0, pad_y), (0, pad_x)] + [(0, 0)] * (a.ndim - 2), mode="symmetric")
+            for a in arrays
+        ]
+        y, x = arrays[0].shape[:2]
+    top = int(rng.integers(0, y - size + 1))
+    left = int(rng.integers(0, x - size + 1))
+    return [a[top : top + size, left : left + size] for a in arrays]
+
+
+def augment(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    aug: Augmentation,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Apply random geometric (to all) and intensity (to the image) transforms.
+
+    Args:
+        image: (Y, X, C) float32 in [0, 1].
+        label: (Y, X) uint8.
+        weight: optional (Y, X) float32 per-pixel loss weight, moved with the label.
+
+    Returns:
+        The transformed (image, label, weight), contiguous.
+    """
+    arrays = [image, label] + ([weight] if weight is not None else [])
+    if aug.flips:
+        if rng.random() < 0.5:
+            arrays = [a[:, ::-1] for a in arrays]
+        if rng.random() < 0.5:
+            arrays = [a[::-1] for a in arrays]
+    if aug.rotations:
+        k = int(rng.integers(0, 4))
+        arrays = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
+    if aug.elastic and rng.random() < aug.elastic_probability:
+        arrays = _elastic(arrays, rng, aug.elastic_sigma)
+    image = np.ascontiguousarray(arrays[0], dtype=np.float32)
+    if aug.intensity:
+        image = _intensity(image, rng, aug)
+    label = np.ascontiguousarray(arrays[1])
+    weight = np.ascontiguousarray(arrays[2]) if weight is not None else None
+    return image, label, weight
+
+
+def _elastic(arrays: list[np.ndarray], rng: np.random.Generator, sigma: float) -> list[np.ndarray]:
+    y, x = arrays[0].shape[:2]
+    coarse = rng.normal(0.0, sigma, size=(2, 3, 3))
+    # Bicubic up-sampling of the coarse grid gives a smooth displacement field.
+    field_ = np.stack([ndimage.zoom(c, (y / 3, x / 3), order=3, mode="nearest")[:y, :x] for c in coarse])
+    grid = np.mgrid[0:y, 0:x].astype(np.float32)
+    coords = grid + field_
+    out = []
+    for i, a in enumerate(arrays):
+        order = 0 if i == 1 else 1  # labels stay integer: nearest neighbour
+        if a.ndim == 3:
+            warped = np.stack(
+                [ndimage.map_coordinates(a[..., c], coords, order=order, mode="mirror") for c in range(a.shape[2])],
+                axis=-1,
+            )
+        else:
+            warped = ndimage.map_coordinates(a, coords, order=order, mode="mirror")
+        out.append(warped.astype(a.dtype))
+    return out
+
+
+def _intensity(image: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
+    gamma = float(np.exp(rng.uniform(-aug.gamma, aug.gamma)))
+    contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+    brightness = rng.uniform(-aug.brightness, aug.brightness)
+    image = np.clip(image, 0.0, 1.0) ** gamma
+    mean = image.mean()
+    return np.clip((image - mean) * contrast + mean + brightness, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,254 @@
+"""Overlap-tile prediction over 2D images and stacks of any size.
+
+As in the U-Net paper, borders are mirror-padded so every pixel sees context; tiles
+overlap and are blended with a Gaussian (or linear) taper so no seams show; tiles are
+run in batches; on CUDA out-of-memory the batch, then the tile, is halved and retried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .data import DataError, normalize
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+class PredictionCancelled(Exception):
+    """Raised between batches when the cancel check returns True."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Pick a torch device: "auto" = cuda, then mps, then cpu; explicit ones are checked.
+
+    Raises:
+        ValueError: an explicit device that this machine does not have.
+    """
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("No CUDA GPU is available here: choose device 'auto' or 'cpu'.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("Apple MPS is not available here: choose device 'auto' or 'cpu'.")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Unknown device {name!r}: use auto, cpu, cuda or mps.")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    """What a user should read: the GPU's name, "Apple MPS" or "CPU (N threads)"."""
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def blend_window(tile: int, mode: str = "gaussian") -> np.ndarray:
+    """(tile, tile) float32 weights, highest in the centre, never zero (so edges still count)."""
+    if mode == "gaussian":
+        # sigma = tile/8, as nnU-Net and MONAI use.
+        centre = (tile - 1) / 2
+        line = np.exp(-((np.arange(tile) - centre) ** 2) / (2 * (tile / 8) ** 2))
+    elif mode == "linear":
+        line = np.minimum(np.arange(1, tile + 1), np.arange(tile, 0, -1)).astype(np.float64)
+    elif mode == "constant":
+        line = np.ones(tile)
+    else:
+        raise ValueError(f"Unknown blending {mode!r}: use gaussian, linear or constant.")
+    window = np.outer(line, line)
+    window /= window.max()
+    return np.maximum(window, 1e-3).astype(np.float32)
+
+
+def _tile_starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)  # the last tile ends flush with the border
+    return starts
+
+
+def sliding_window(
+    image: np.ndarray,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    tile: int = 256,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    margin: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> np.ndarray:
+    """Run ``predictor`` over overlapping tiles of one image and blend the outputs.
+
+    Args:
+        image: (C, Y, X) float32.
+        predictor: maps a (B, C, tile, tile) tensor to (B, K, tile, tile) (same spatial size).
+        tile: tile edge in pixels.
+        overlap: fraction of a tile shared with its neighbour, in [0, 0.9].
+        margin: mirror padding added around the image first (default tile // 8).
+        progress: called with (tiles done, tiles total) after each batch.
+        cancel: checked before each batch; True raises PredictionCancelled.
+
+    Returns:
+        (K, Y, X) float32, the blended output.
+    """
+    if not 0 <= overlap <= 0.9:
+        raise ValueError(f"overlap={overlap}: choose a fraction between 0 and 0.9.")
+    if tile < 8:
+        raise ValueError(f"tile={tile}: choose a tile of at least 8 pixels (256 is usual).")
+    channels, height, width = image.shape
+    margin = tile // 8 if margin is None else margin
+    # Mirror the borders (U-Net paper), and make the image at least one tile large.
+    pad_y = max(margin, math.ceil((tile - height) / 2))
+    pad_x = max(margin, math.ceil((tile - width) / 2))
+    padded = np.pad(image, [(0, 0), (pad_y, pad_y), (pad_x, pad_x)], mode="symmetric")
+    if padded.shape[1] < tile or padded.shape[2] < tile:  # tiny images: symmetric pad is bounded
+        extra_y, extra_x = max(0, tile - padded.shape[1]), max(0, tile - padded.shape[2])
+        padded = np.pad(padded, [(0, 0), (0, extra_y), (0, extra_x)], mode="wrap")
+    step = max(1, int(round(tile * (1 - overlap))))
+    corners = [
+        (y, x) for y in _tile_starts(padded.shape[1], tile, step) for x in _tile_starts(padded.shape[2], tile, step)
+    ]
+    window = blend_window(tile, blend)
+    output: np.ndarray | None = None
+    weights = np.zeros(padded.shape[1:], dtype=np.float32)
+    done = 0
+    while done < len(corners):
+        if cancel is not None and cancel():
+            raise PredictionCancelled("Prediction cancelled.")
+        batch = corners[done : done + batch_size]
+        tiles = np.stack([padded[:, y : y + tile, x : x + tile] for y, x in batch])
+        with torch.no_grad():
+            result = predictor(torch.from_numpy(tiles).to(device)).float().cpu().numpy()
+        if output is None:
+            output = np.zeros((result.shape[1],) + padded.shape[1:], dtype=np.float32)
+        for (y, x), values in zip(batch, result):
+            output[:, y : y + tile, x : x + tile] += values * window
+            weights[y : y + tile, x : x + tile] += window
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(corners))
+    output /= weights
+    return output[:, pad_y : pad_y + height, pad_x : pad_x + width]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def sliding_window_with_retry(image: np.ndarray, predictor, tile: int, batch_size: int, multiple: int = 1, **kwargs):
+    """`sliding_window`, retrying on out-of-memory with half the batch, then half the tile.
+
+    Returns:
+        (output, tile, batch_size) with the settings that worked.
+    """
+    while True:
+        try:
+            return sliding_window(image, predictor, tile=tile, batch_size=batch_size, **kwargs), tile, batch_size
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+            elif tile // 2 >= max(64, multiple):
+                tile = max(multiple, (tile // 2) // multiple * multiple)
+            else:
+                raise MemoryError(
+                    "Out of GPU memory even with one 64-pixel tile: close other GPU programs or use device 'cpu'."
+                ) from exc
+
+
+def predict_stack(
+    checkpoint: Checkpoint,
+    images: np.ndarray,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    blend: str = "gaussian",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> np.ndarray:
+    """Probability of the structure for every slice of a stack.
+
+    Args:
+        checkpoint: the model and its metadata (normalisation, tile size).
+        images: (Z, Y, X, C) raw images, C matching the model's input channels.
+        tile: tile edge; default from the model's metadata, rounded up to a multiple of 2**depth.
+        progress: called with (tiles done, tiles total) over the whole stack.
+
+    Returns:
+        (Z, Y, X) float32 in [0, 1].
+    """
+    config = checkpoint.config
+    if images.ndim != 4:
+        raise DataError(f"Expected a (Z, Y, X, C) stack, got shape {images.shape}.")
+    if images.shape[-1] != config.in_channels:
+        raise DataError(_channel_message(images.shape[-1], config.in_channels))
+    multiple = config.size_multiple
+    tile = int(tile or checkpoint.metadata.get("tile_size", 256))
+    tile = max(multiple, math.ceil(tile / multiple) * multiple)
+    torch_device = resolve_device(device)
+    model = checkpoint.model.to(torch_device).eval()
+    use_amp = torch_device.type == "cuda"
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(batch)
+        logits = logits.float()
+        return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
+
+    normalized = normalize(images, checkpoint.normalization)
+    z_count = normalized.shape[0]
+    result = np.zeros(normalized.shape[:3], dtype=np.float32)
+    for z in range(z_count):
+
+        def slice_progress(done: int, total: int, z: int = z) -> None:
+            if progress is not None:
+                progress(z * total + done, z_count * total)
+
+        out, tile, batch_size = sliding_window_with_retry(
+            np.ascontiguousarray(normalized[z].transpose(2, 0, 1)),
+            predictor,
+            tile=tile,
+            batch_size=batch_size,
+            multiple=multiple,
+            overlap=overlap,
+            blend=blend,
+            device=torch_device,
+            progress=slice_progress,
+            cancel=cancel,
+        )
+        result[z] = np.clip(out[0], 0.0, 1.0)
+    return result
+
+
+def _channel_message(got: int, expected: int) -> str:
+    if got == 3 and expected == 1:
+        return "This model takes grey images (1 channel) but the image is RGB: choose an RGB (fundus) model or convert the image to grey."
+    if got == 1 and expected == 3:
+        return "This model takes RGB images (fundus) but the image is grey: choose a grey (EM) model."
+    return f"The model takes {expected} channel(s) but the image has {got}: choose a matching model."
+
+
+def threshold_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 mask, 1 where the probability exceeds ``threshold``."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold}: choose a value between 0 and 1.")
+    return (probabilities > threshold).astype(np.uint8)

@@ -1,0 +1,158 @@
+"""The CLI contract: end-to-end on real ISBI slices, and every bad-input case."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import default_metadata, save_checkpoint
+from napari_unet.core.model import UNet, UNetConfig
+
+
+def _write(path, array):
+    tifffile.imwrite(path, array, photometric="minisblack")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def isbi_files(isbi_stack, tmp_path_factory):
+    """Six real ISBI slices (cropped to 160x160) as an image stack and label stack."""
+    folder = tmp_path_factory.mktemp("isbi")
+    images = isbi_stack.images[:6, :160, :160, 0]
+    raw_labels = np.where(isbi_stack.labels[:6, :160, :160] == 1, 0, 255).astype(np.uint8)  # ISBI style
+    return {"images": _write(folder / "img.tif", images), "labels": _write(folder / "lbl.tif", raw_labels),
+            "truth": _write(folder / "truth.tif", isbi_stack.labels[4:6, :160, :160]),
+            "test": _write(folder / "test.tif", images[4:6]), "folder": folder}
+
+
+@pytest.fixture()
+def tiny_model(tmp_path):
+    torch.manual_seed(0)
+    return str(save_checkpoint(tmp_path / "tiny.pt", UNet(UNetConfig(base_width=4, depth=2)), default_metadata("em")))
+
+
+def test_train_predict_evaluate_end_to_end(isbi_files, tmp_path, capsys):
+    model = tmp_path / "em.pt"
+    code = main(["train", "--images", isbi_files["images"], "--labels", isbi_files["labels"], "--invert-labels",
+                 "--out", str(model), "--steps", "4", "--crop-size", "64", "--batch-size", "2",
+                 "--base-width", "8", "--depth", "2", "--val-slices", "4-5", "--device", "cpu"])
+    assert code == 0 and model.is_file()
+    assert "trained 4 steps" in capsys.readouterr().out
+
+    # Fine-tune the model just trained (--from), as the GUI's one-click does.
+    tuned = tmp_path / "tuned.pt"
+    assert main(["train", "--images", isbi_files["images"], "--labels", isbi_files["labels"], "--invert-labels",
+                 "--from", str(model), "--out", str(tuned), "--steps", "2", "--crop-size", "64",
+                 "--no-val", "--device", "cpu"]) == 0
+    assert tuned.is_file()
+
+    mask, prob = tmp_path / "mask.tif", tmp_path / "prob.tif"
+    assert main(["predict", isbi_files["test"], "--model", str(tuned), "--out", str(mask),
+                 "--probabilities", str(prob), "--device", "cpu", "--tile", "64"]) == 0
+    assert "predicted 2 slice(s) of 160x160" in capsys.readouterr().out
+    m, p = tifffile.imread(mask), tifffile.imread(prob)
+    assert m.shape == p.shape == (2, 160, 160)
+    assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} and p.dtype == np.float32
+
+    for pred, has_auc in ((mask, False), (prob, False)):
+        assert main(["evaluate", "--pred", str(pred), "--truth", isbi_files["truth"], "--task", "em", "--json"]) == 0
+        scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert {"dice", "iou", "pixel_accuracy", "vrand", "vinfo"} <= set(scores)
+        assert all(0 <= v <= 1 for v in scores.values())
+
+
+def test_fundus_evaluate_json_keys(drive_dir, capsys):
+    truth = drive_dir / "test" / "1st_manual" / "01_manual1.gif"
+    fov = drive_dir / "test" / "mask" / "01_test_mask.gif"
+    assert main(["evaluate", "--pred", str(truth), "--truth", str(truth), "--fov", str(fov),
+                 "--task", "fundus", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"dice", "iou", "pixel_accuracy", "se", "sp", "acc", "f1"} <= set(scores)
+    assert scores["f1"] == 1.0 and "auc" not in scores  # a mask has no AUC
+
+
+def test_predict_a_single_2d_image_and_a_folder(isbi_dir, tiny_model, tmp_path):
+    out = tmp_path / "one.tif"
+    assert main(["predict", str(isbi_dir / "train" / "image" / "0.png"), "--model", tiny_model,
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert tifffile.imread(out).shape == (512, 512)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for n in (0, 1):
+        (folder / f"{n}.png").write_bytes((isbi_dir / "train" / "image" / f"{n}.png").read_bytes())
+    assert main(["predict", str(folder), "--model", tiny_model, "--out", str(tmp_path / "f.tif"), "--device", "cpu"]) == 0
+    assert tifffile.imread(tmp_path / "f.tif").shape == (2, 512, 512)
+
+
+def _bad(argv, capsys, expect):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert expect.lower() in err.lower(), err
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line(isbi_files, tiny_model, tmp_path, capsys):
+    out = tmp_path / "out.tif"
+    folder = isbi_files["folder"]
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00garbage")
+    rgb = _write(tmp_path / "rgb.tif", np.zeros((40, 40, 3), np.uint8))
+    weird = _write(tmp_path / "5d.tif", np.zeros((2, 2, 2, 8, 8), np.uint8))
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"not a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    other_shape = _write(tmp_path / "other.tif", np.zeros((6, 100, 100), np.uint8))
+    empty = _write(tmp_path / "empty.tif", np.zeros((6, 160, 160), np.uint8))
+    predict = ["predict", "--out", str(out), "--device", "cpu"]
+    _bad(predict + [str(tmp_path / "missing.tif"), "--model", tiny_model], capsys, "does not exist")
+    _bad(predict + [str(corrupt), "--model", tiny_model], capsys, "corrupt")
+    _bad(predict + [weird, "--model", tiny_model], capsys, "shape")
+    _bad(predict + [rgb, "--model", tiny_model], capsys, "RGB")
+    _bad(predict + [isbi_files["test"], "--model", str(bad_ckpt)], capsys, "checkpoint")
+    _bad(predict + [isbi_files["test"], "--model", str(foreign)], capsys, "not a napari-unet checkpoint")
+    _bad(predict + [isbi_files["test"], "--model", "em-membranez"], capsys, "built-in name")
+    _bad(predict + [isbi_files["test"]], capsys, "--model")
+    assert not out.exists()
+    train = ["train", "--images", isbi_files["images"], "--out", str(tmp_path / "m.pt"), "--steps", "1"]
+    _bad(train + ["--labels", other_shape], capsys, "shape")
+    _bad(train + ["--labels", empty], capsys, "no foreground")
+    _bad(train + ["--labels", isbi_files["labels"], "--invert-labels", "--from", tiny_model, "--val-slices", "9"],
+         capsys, "slices 0-5")
+    assert not (tmp_path / "m.pt").exists()
+    _bad(["evaluate", "--pred", other_shape, "--truth", isbi_files["truth"], "--task", "em"], capsys, "shape")
+    _bad(["evaluate", "--pred", isbi_files["truth"], "--truth", empty[:-4] + ".tif", "--task", "em"], capsys, "shape")
+    _bad(["evaluate", "--pred", isbi_files["truth"], "--truth", isbi_files["truth"], "--task", "xray"], capsys, "invalid choice")
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_existing_output_needs_force(isbi_files, tiny_model, tmp_path, capsys):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"the user's precious file")
+    argv = ["predict", isbi_files["test"], "--model", tiny_model, "--out", str(out), "--device", "cpu"]
+    _bad(argv, capsys, "--force")
+    assert out.read_bytes() == b"the user's precious file"
+    assert main(argv + ["--force"]) == 0
+    assert tifffile.imread(out).shape == (2, 160, 160)
+
+
+def test_no_gpu_asked_for(isbi_files, tiny_model, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    _bad(["predict", isbi_files["test"], "--model", tiny_model, "--out", str(tmp_path / "o.tif"), "--device", "cuda"],
+         capsys, "No CUDA GPU")
+
+
+def test_console_script_runs_as_a_program(tmp_path):
+    """The installed entry point: a real process, exit code 2 and one line for bad input."""
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(tmp_path / "nope.tif"),
+                             "--model", "x.pt", "--out", str(tmp_path / "o.tif")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("napari-unet: error:") and "Traceback" not in result.stderr

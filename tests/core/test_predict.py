@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import Checkpoint, default_metadata
+from napari_unet.core.data import DataError
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.predict import (
+    PredictionCancelled,
+    blend_window,
+    predict_stack,
+    resolve_device,
+    sliding_window,
+    sliding_window_with_retry,
+    threshold_mask,
+)
+
+
+def plus_one(batch: torch.Tensor) -> torch.Tensor:
+    return batch + 1
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 53), (3, 100, 71), (1, 5, 300), (2, 256, 256)])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.37])
+@pytest.mark.parametrize("blend", ["gaussian", "linear", "constant"])
+def test_tiling_is_exact(shape, overlap, blend):
+    """Like MONAI: a network returning input + 1 must come out exactly so after tiling."""
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    out = sliding_window(image, plus_one, tile=32, overlap=overlap, batch_size=3, blend=blend)
+    assert out.shape == shape
+    np.testing.assert_allclose(out, image + 1, rtol=0, atol=1e-5)
+
+
+def test_tiles_are_blended_not_cut():
+    """A predictor that answers the tile's own mean: blending leaves no hard seam."""
+    image = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (1, 200, 1))
+    out = sliding_window(image, lambda b: b.mean(dim=(2, 3), keepdim=True).expand_as(b), tile=64, overlap=0.5)
+    jumps = np.abs(np.diff(out[0], axis=1)).max()
+    assert jumps < 0.05
+
+
+def test_blend_window_never_zero():
+    for mode in ("gaussian", "linear", "constant"):
+        window = blend_window(16, mode)
+        assert window.shape == (16, 16) and window.min() > 0 and window.max() == 1
+    with pytest.raises(ValueError, match="gaussian"):
+        blend_window(16, "cubic")
+
+
+def test_progress_and_cancel():
+    image = np.zeros((1, 100, 100), np.float32)
+    calls = []
+    sliding_window(image, plus_one, tile=32, overlap=0.25, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] and len(calls) > 1
+    with pytest.raises(PredictionCancelled):
+        sliding_window(image, plus_one, tile=32, cancel=lambda: True)
+
+
+def test_out_of_memory_retries_with_smaller_batch_then_tile():
+    seen = []
+
+    def fussy(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(batch.shape))
+        if batch.shape[0] > 1 or batch.shape[-1] > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return batch + 1
+
+    image = np.random.default_rng(0).random((1, 300, 300), dtype=np.float32)
+    out, tile, batch = sliding_window_with_retry(image, fussy, tile=128, batch_size=4, multiple=16)
+    assert (tile, batch) == (64, 1)
+    np.testing.assert_allclose(out, image + 1, atol=1e-5)
+    assert seen[0] == (4, 1, 128, 128)  # it really started big
+
+
+def test_other_errors_are_not_swallowed():
+    def broken(batch):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        sliding_window_with_retry(np.zeros((1, 40, 40), np.float32), broken, tile=32, batch_size=2)
+
+
+def test_devices():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="No CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="Unknown device"):
+        resolve_device("tpu")
+
+
+def _checkpoint(channels=1):
+    torch.manual_seed(0)
+    return Checkpoint(UNet(UNetConfig(in_channels=channels, base_width=4, depth=2)).eval(), default_metadata("em"), "test")
+
+
+def test_predict_stack_shapes_and_range():
+    images = np.random.default_rng(0).integers(0, 255, (3, 45, 70, 1), dtype=np.uint8)
+    prob = predict_stack(_checkpoint(), images, tile=30, device="cpu")  # tile rounded up to 32
+    assert prob.shape == (3, 45, 70) and prob.dtype == np.float32
+    assert prob.min() >= 0 and prob.max() <= 1
+    mask = threshold_mask(prob, 0.5)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+
+
+def test_predict_stack_equals_whole_image_forward():
+    """With a tile covering the image, tiling must equal one plain forward pass."""
+    ckpt = _checkpoint()
+    images = np.random.default_rng(1).random((1, 64, 64, 1)).astype(np.float32)
+    prob = predict_stack(ckpt, images, tile=64, overlap=0.0, device="cpu")
+    from napari_unet.core.data import normalize
+
+    x = torch.from_numpy(normalize(images)[0].transpose(2, 0, 1))[None]
+    with torch.no_grad():
+        # Same mirror margin as sliding_window (tile // 8 = 8) to compare like with like.
+        padded = torch.from_numpy(np.pad(x.numpy(), [(0, 0), (0, 0), (8, 8), (8, 8)], mode="symmetric"))
+        expected = torch.sigmoid(ckpt.model(padded))[0, 0, 8:-8, 8:-8].numpy()
+    # Tiles of 64 over the padded 80x80 image overlap, so compare loosely in the centre.
+    assert np.abs(prob[0, 16:48, 16:48] - expected[16:48, 16:48]).max() < 1e-4
+
+
+def test_rgb_image_for_grey_model_is_refused():
+    with pytest.raises(DataError, match="RGB"):
+        predict_stack(_checkpoint(1), np.zeros((1, 32, 32, 3), np.uint8), device="cpu")
