@@ -1,0 +1,104 @@
+"""Small helpers between napari layers and the core's (Z, Y, X[, C]) arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
+
+from ..core.data import IGNORE, STRUCTURE
+
+ROLE_COLOURS = {
+    "prediction": "#ff33cc",  # magenta: what the model says
+    "truth": "#00e5ff",  # cyan: ground truth
+    "fov": "#ffffff",
+    "changed": "#ffd000",  # yellow: what a fine-tune changed
+}
+
+
+def label_colormap(role: str) -> DirectLabelColormap:
+    """Structure in the role's colour, IGNORE in grey, background transparent."""
+    return DirectLabelColormap(
+        color_dict={
+            None: "transparent",
+            0: "transparent",
+            STRUCTURE: ROLE_COLOURS.get(role, "#ff33cc"),
+            IGNORE: "#808080",
+        }
+    )
+
+
+def plugin_meta(layer) -> dict:
+    """The plugin's own metadata on a layer (role, kind, source); {} when absent."""
+    return layer.metadata.get("napari_unet", {}) if isinstance(layer.metadata, dict) else {}
+
+
+def image_stack(layer: Image) -> np.ndarray:
+    """An Image layer's data as (Z, Y, X, C), C = 3 for RGB layers.
+
+    Raises:
+        ValueError: 4D+ grey data or multiscale images.
+    """
+    if layer.multiscale:
+        raise ValueError(f"'{layer.name}' is a multiscale image: open a single-resolution image.")
+    data = np.asarray(layer.data)
+    if layer.rgb:
+        data = data[..., :3]
+        return data[None] if data.ndim == 3 else data
+    if data.ndim == 2:
+        return data[None, ..., None]
+    if data.ndim == 3:
+        return data[..., None]
+    raise ValueError(f"'{layer.name}' has {data.ndim} dimensions: use a 2D image or a 3D (Z, Y, X) stack.")
+
+
+def labels_stack(layer: Labels) -> np.ndarray:
+    """A Labels layer's data as (Z, Y, X) (a view for 3D layers)."""
+    data = np.asarray(layer.data)
+    if data.ndim == 2:
+        return data[None]
+    if data.ndim == 3:
+        return data
+    raise ValueError(f"'{layer.name}' has {data.ndim} dimensions: use 2D or 3D labels.")
+
+
+def layer_shaped(stack: np.ndarray, ndim: int) -> np.ndarray:
+    """Back from (Z, Y, X) to a 2D layer's (Y, X) when the image is 2D."""
+    return stack[0] if ndim == 2 else stack
+
+
+def spatial_ndim(layer) -> int:
+    return layer.data.ndim - (1 if getattr(layer, "rgb", False) else 0)
+
+
+def current_slice(viewer, layer) -> int:
+    """The z index the viewer shows for a 3D layer (0 for 2D)."""
+    if spatial_ndim(layer) == 2:
+        return 0
+    z = int(round(viewer.dims.current_step[viewer.dims.ndim - 3]))
+    return max(0, min(z, layer.data.shape[0] - 1))
+
+
+def follow_new_layers(viewer, widget, combos_by_role: dict) -> None:
+    """Refresh ``widget``'s layer choices when layers come and go, and select new layers
+    of a given role (e.g. a new prediction) in the matching combo box."""
+
+    import weakref
+
+    ref = weakref.ref(widget)
+
+    def inserted(event) -> None:
+        widget = ref()
+        if widget is None:
+            return
+        widget.reset_choices()
+        role = plugin_meta(event.value).get("role")
+        combo = combos_by_role.get(role)
+        if combo is not None:
+            try:
+                combo.value = event.value
+            except ValueError:
+                pass
+
+    viewer.layers.events.inserted.connect(inserted)
+    viewer.layers.events.removed.connect(lambda event: ref() is not None and ref().reset_choices())

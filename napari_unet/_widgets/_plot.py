@@ -1,0 +1,71 @@
+"""A small live plot of the training loss and the validation Dice (QPainter, no extra dependency)."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QPointF
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+LOSS_COLOUR = QColor("#4fc3f7")
+DICE_COLOUR = QColor("#ffb74d")
+
+
+class LossPlot(QWidget):
+    """Loss per step (blue, left scale) and validation Dice (orange, 0-1 on the right)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(150)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.reset()
+
+    def reset(self, total_steps: int = 1) -> None:
+        self.total = max(1, total_steps)
+        self.losses: list[tuple[int, float]] = []
+        self.dices: list[tuple[int, float]] = []
+        self.update()
+
+    def add(self, step: int, loss: float | None, dice: float | None) -> None:
+        if loss is not None:
+            self.losses.append((step, loss))
+        if dice is not None:
+            self.dices.append((step, dice))
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = self.rect().adjusted(40, 10, -40, -22)
+        painter.fillRect(self.rect(), QColor("#262930"))
+        painter.setPen(QPen(QColor("#5a5f6a")))
+        painter.drawRect(rect)
+        text = QColor("#d0d0d0")
+        painter.setPen(text)
+        top = max((v for _, v in self.losses), default=1.0)
+        painter.drawText(2, rect.top() + 10, f"{top:.2f}")
+        painter.drawText(2, rect.bottom(), "0")
+        painter.drawText(rect.right() + 4, rect.top() + 10, "1.0")
+        painter.drawText(rect.right() + 4, rect.bottom(), "0")
+        painter.drawText(rect.left(), rect.bottom() + 16, "step 0")
+        label = f"{self.total}"
+        painter.drawText(rect.right() - 8 * len(label), rect.bottom() + 16, label)
+        painter.setPen(LOSS_COLOUR)
+        painter.drawText(rect.left() + 6, rect.top() + 14, "loss")
+        painter.setPen(DICE_COLOUR)
+        painter.drawText(rect.left() + 46, rect.top() + 14, "validation Dice")
+
+        def points(series, scale):
+            return QPolygonF([
+                QPointF(rect.left() + rect.width() * s / self.total, rect.bottom() - rect.height() * min(v / scale, 1.0))
+                for s, v in series
+            ])
+
+        painter.setPen(QPen(LOSS_COLOUR, 1.5))
+        painter.drawPolyline(points(self.losses, top or 1.0))
+        painter.setPen(QPen(DICE_COLOUR, 2))
+        dice_points = points(self.dices, 1.0)
+        painter.drawPolyline(dice_points)
+        painter.setBrush(DICE_COLOUR)
+        for point in dice_points:
+            painter.drawEllipse(point, 3, 3)
+        painter.end()

@@ -1,0 +1,191 @@
+"""State shared by the dock widgets of one viewer: the current model and the corrections."""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Labels
+from psygnal import Signal
+from qtpy.QtCore import QTimer
+
+from ..core.checkpoint import Checkpoint
+from ..core.corrections import CorrectionStore, corrections_folder
+from ._layers import plugin_meta
+
+AUTOSAVE_MS = 60_000
+
+
+class CorrectionTracker:
+    """Which slices of a Labels layer the user edited, and which count as corrected.
+
+    Edited slices are marked corrected at once (the user can unmark them); plugin writes
+    happen inside `programmatic()` and are not counted as edits.
+    """
+
+    def __init__(self, layer: Labels) -> None:
+        self._layer = weakref.ref(layer)
+        self.edited: set[int] = set()
+        self.corrected: set[int] = set()
+        self.edited_pixels: dict[int, np.ndarray] = {}  # z -> (Y, X) bool
+        self.dirty = False
+        self.changed = _TrackerSignals()
+        self._suspended = 0
+        layer.events.paint.connect(self._on_paint)
+
+    @property
+    def layer(self) -> Labels | None:
+        return self._layer()
+
+    @contextmanager
+    def programmatic(self):
+        """Writes by the plugin itself (predictions, restores) are not user edits."""
+        self._suspended += 1
+        try:
+            yield
+        finally:
+            self._suspended -= 1
+
+    def _on_paint(self, event) -> None:
+        if self._suspended or self.layer is None:
+            return
+        for atom in event.value or []:
+            for z, rows, cols in self._atom_pixels(atom):
+                plane = self.edited_pixels.setdefault(z, np.zeros(self._plane_shape(), bool))
+                plane[rows, cols] = True
+                if z not in self.edited:
+                    self.edited.add(z)
+                    self.corrected.add(z)
+        self.dirty = True
+        self.changed.emit()
+
+    def _plane_shape(self) -> tuple[int, int]:
+        return tuple(self.layer.data.shape[-2:])
+
+    def _atom_pixels(self, atom):
+        """Yield (z, rows, cols) of the pixels an undo-history atom changed."""
+        three_d = self.layer.data.ndim == 3
+        if hasattr(atom, "slice_key"):  # napari's masked paint atom: a box and a mask
+            box = atom.slice_key
+            shape = tuple(s.stop - s.start for s in box)
+            mask = atom.mask if atom.mask is not None else np.ones(shape, bool)
+            index = np.nonzero(mask)
+            coords = [i + s.start for i, s in zip(index, box)]
+        else:  # data_setitem's (indices, old values, new values)
+            coords = [np.asarray(i) for i in atom[0]]
+        if three_d:
+            for z in np.unique(coords[0]):
+                pick = coords[0] == z
+                yield int(z), coords[1][pick], coords[2][pick]
+        else:
+            yield 0, coords[0], coords[1]
+
+    def set_corrected(self, z: int, corrected: bool) -> None:
+        (self.corrected.add if corrected else self.corrected.discard)(int(z))
+        self.dirty = True
+        self.changed.emit()
+
+    def restore(self, corrected: list[int], edited: list[int]) -> None:
+        self.corrected, self.edited = set(corrected), set(edited)
+        self.dirty = False
+        self.changed.emit()
+
+    def store(self, folder: Path | None = None) -> CorrectionStore:
+        layer = self.layer
+        if folder is None:
+            source = plugin_meta(layer).get("image_source")
+            folder = (
+                corrections_folder(source)
+                if source
+                else Path.home() / "napari-unet" / "corrections" / layer.name.replace("/", "_")
+            )
+        return CorrectionStore(folder)
+
+    def save(self, folder: Path | None = None) -> Path:
+        """Write the layer and the slice lists to disk (atomic)."""
+        layer = self.layer
+        store = self.store(folder)
+        store.save(np.asarray(layer.data), sorted(self.corrected), sorted(self.edited),
+                   plugin_meta(layer).get("image_source", ""))
+        self.dirty = False
+        return store.folder
+
+
+class _TrackerSignals:
+    """A tiny callback list (psygnal Signals must live on classes)."""
+
+    def __init__(self) -> None:
+        self._callbacks = []
+
+    def connect(self, callback) -> None:
+        self._callbacks.append(callback)
+
+    def emit(self) -> None:
+        for callback in list(self._callbacks):
+            callback()
+
+
+class Session:
+    """Per-viewer state: the model in use, the fine-tuned model, correction trackers."""
+
+    model_changed = Signal()
+
+    def __init__(self) -> None:
+        self.current: Checkpoint | None = None  # the model of the last prediction or fine-tune
+        self.current_label = ""
+        self.fine_tuned: Checkpoint | None = None
+        self.fine_tuned_path: Path | None = None
+        self.corrections_dir: Path | None = None  # None = next to the image
+        self._trackers: dict[int, CorrectionTracker] = {}
+        self.autosave_timer = QTimer()
+        self.autosave_timer.setInterval(AUTOSAVE_MS)
+        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.start()
+        self.last_autosave: str = ""
+
+    def tracker(self, layer: Labels) -> CorrectionTracker:
+        key = id(layer)
+        tracker = self._trackers.get(key)
+        if tracker is None or tracker.layer is not layer:
+            tracker = self._trackers[key] = CorrectionTracker(layer)
+        return tracker
+
+    def known_tracker(self, layer: Labels) -> CorrectionTracker | None:
+        tracker = self._trackers.get(id(layer))
+        return tracker if tracker is not None and tracker.layer is layer else None
+
+    def autosave(self) -> list[Path]:
+        """Save every tracker with unsaved edits (called every minute and before fine-tunes)."""
+        saved = []
+        for tracker in list(self._trackers.values()):
+            if tracker.layer is not None and tracker.dirty:
+                saved.append(tracker.save(self.folder_for(tracker.layer)))
+        if saved:
+            from datetime import datetime
+
+            self.last_autosave = datetime.now().strftime("%H:%M:%S")
+        return saved
+
+    def folder_for(self, layer: Labels) -> Path | None:
+        """The chosen corrections folder (one sub-folder per layer), or None = next to the image."""
+        return self.folder_for_name(layer.name) if self.corrections_dir else None
+
+    def folder_for_name(self, name: str) -> Path:
+        return Path(self.corrections_dir) / name.replace("/", "_").replace(" ", "_")
+
+    def set_fine_tuned(self, checkpoint: Checkpoint, path: Path) -> None:
+        self.fine_tuned, self.fine_tuned_path = checkpoint, path
+        self.current, self.current_label = checkpoint, f"fine-tuned ({path.name})"
+        self.model_changed.emit()
+
+
+_sessions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def get_session(viewer) -> Session:
+    session = _sessions.get(viewer)
+    if session is None:
+        session = _sessions[viewer] = Session()
+    return session

@@ -1,0 +1,126 @@
+"""Evaluate widget: the core's metrics per slice and overall, in a table."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+
+from ..core.data import STRUCTURE
+from ..core.metrics import evaluate, evaluate_per_slice
+from ._jobs import BackgroundJob
+from ._layers import follow_new_layers, labels_stack, plugin_meta
+
+NO_FOV = None
+
+
+class EvaluateWidget(Container):
+    """Compare a prediction (Labels or probability Image) with ground-truth Labels."""
+
+    def __init__(self, viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.prediction = ComboBox(label="Prediction", choices=self._prediction_choices)
+        self.truth = ComboBox(label="Ground truth", choices=self._truth_choices)
+        self.fov = ComboBox(label="FOV mask", choices=self._fov_choices)
+        self.task = ComboBox(label="Task", choices=["em", "fundus"], value="em")
+        self.run_button = PushButton(text="Evaluate")
+        self.status = Label(value="")
+        self.extend([self.prediction, self.truth, self.fov, self.task, self.run_button, self.status])
+        self.status.native.setWordWrap(True)
+        self.table = QTableWidget()
+        self.table.setMinimumHeight(200)
+        self.native.layout().addWidget(self.table)
+        self.run_button.changed.connect(self.run)
+        self.truth.changed.connect(self._guess_task)
+        self.job: BackgroundJob | None = None
+        follow_new_layers(viewer, self, {"prediction": self.prediction, "truth": self.truth, "fov": self.fov})
+        self._guess_task()
+
+    def _layers(self, kinds, roles=None):
+        layers = [layer for layer in self.viewer.layers if isinstance(layer, kinds)]
+        if roles:
+            layers.sort(key=lambda layer: plugin_meta(layer).get("role") not in roles)
+        return layers
+
+    def _prediction_choices(self, _widget=None):
+        candidates = [layer for layer in self._layers((Labels, Image), ("prediction",))
+                      if not (isinstance(layer, Image) and plugin_meta(layer).get("role") == "image")]
+        return [(layer.name, layer) for layer in candidates]
+
+    def _truth_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self._layers(Labels, ("truth",))]
+
+    def _fov_choices(self, _widget=None):
+        return [("none", NO_FOV)] + [(layer.name, layer) for layer in self._layers((Labels, Image), ("fov",))
+                                     if plugin_meta(layer).get("role") == "fov"]
+
+    def _guess_task(self) -> None:
+        for layer in (self.truth.value, self.prediction.value):
+            kind = plugin_meta(layer).get("kind") if layer is not None else None
+            if kind in ("em", "fundus"):
+                self.task.value = kind
+                return
+
+    def run(self) -> BackgroundJob | None:
+        pred_layer, truth_layer, fov_layer = self.prediction.value, self.truth.value, self.fov.value
+        try:
+            if pred_layer is None or truth_layer is None:
+                raise ValueError("Choose a prediction and a ground-truth Labels layer.")
+            if pred_layer is truth_layer:
+                raise ValueError("The prediction and the ground truth are the same layer: choose two.")
+            if isinstance(pred_layer, Image) and pred_layer.rgb:
+                raise ValueError(f"'{pred_layer.name}' is an RGB image: choose a prediction or a probability map.")
+            pred = np.asarray(pred_layer.data)
+            pred = pred[None] if pred.ndim == 2 else pred
+            if isinstance(pred_layer, Labels):
+                pred = (pred == STRUCTURE).astype(np.uint8)
+            else:
+                pred = pred.astype(np.float32)
+            truth = labels_stack(truth_layer) == STRUCTURE
+            fov = None
+            if fov_layer is not None:
+                fov = np.asarray(fov_layer.data) != 0
+                fov = fov[None] if fov.ndim == 2 else fov
+            # Labels marked 'ignore' in the truth (outside the FOV) are not scored.
+            ignore = labels_stack(truth_layer) > STRUCTURE
+            if ignore.any():
+                fov = ~ignore if fov is None else fov & ~ignore
+            if pred.shape != truth.shape:
+                raise ValueError(f"The prediction has shape {pred.shape} but the truth {truth.shape}: "
+                                 "choose layers of the same image.")
+            if not truth.any():
+                raise ValueError(f"'{truth_layer.name}' has no structure pixel (label 1): choose the ground truth.")
+        except ValueError as exc:
+            self.status.value = str(exc)
+            return None
+        task = self.task.value
+
+        def work(state):
+            per_slice = evaluate_per_slice(pred, truth, task, fov=fov) if pred.shape[0] > 1 else []
+            return per_slice, evaluate(pred, truth, task, fov=fov)
+
+        self.job = BackgroundJob(work, self._show, self._failed, description="Evaluating")
+        self.status.value = f"Evaluating {pred.shape[0]} slice(s)…"
+        self.job.start()
+        return self.job
+
+    def _failed(self, message: str) -> None:
+        self.status.value = message
+
+    def _show(self, result) -> None:
+        per_slice, overall = result
+        keys = list(overall)
+        rows = [(f"slice {z}", scores) for z, scores in enumerate(per_slice)] + [("all", overall)]
+        self.table.clear()
+        self.table.setColumnCount(len(keys))
+        self.table.setRowCount(len(rows))
+        self.table.setHorizontalHeaderLabels(keys)
+        self.table.setVerticalHeaderLabels([name for name, _ in rows])
+        for r, (_, scores) in enumerate(rows):
+            for c, key in enumerate(keys):
+                value = scores.get(key, float("nan"))
+                self.table.setItem(r, c, QTableWidgetItem("–" if np.isnan(value) else f"{value:.4f}"))
+        self.table.resizeColumnsToContents()
+        self.status.value = "Overall: " + ", ".join(f"{k} {v:.4f}" for k, v in overall.items())

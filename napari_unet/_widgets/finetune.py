@@ -1,0 +1,237 @@
+"""Fine-tune widget: one click trains on the corrected slices, with a live curve and Stop."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch._dynamo  # noqa: F401  (see below)
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image, Labels
+
+from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from ..core.data import IGNORE, data_hash, normalize
+from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
+from ..core.train import TrainingData, fine_tune_recipe, train
+from ._jobs import BackgroundJob
+from ._layers import follow_new_layers, image_stack, label_colormap, labels_stack, layer_shaped, plugin_meta, spatial_ndim
+from ._plot import LossPlot
+from ._session import get_session
+from .predict import write_prediction
+
+# torch's optimizers import torch._dynamo lazily on their first step; in a worker thread
+# that big import (and the full garbage collections it triggers in napari's large heap)
+# pauses the GUI for ~0.3 s. Importing it with the plugin moves that cost to start-up.
+
+START = "Fine-tune on corrected slices"
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``name_2.pt``, ``name_3.pt``… so an existing checkpoint is never overwritten."""
+    candidate, n = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+class FineTuneWidget(Container):
+    """Trains from the current model on the corrected slices; the button turns into Stop."""
+
+    def __init__(self, viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self.image = ComboBox(label="Image", choices=self._choices(Image))
+        self.labels = ComboBox(label="Corrected labels", choices=self._choices(Labels))
+        self.steps = SpinBox(label="Steps", min=5, max=5000, value=120)
+        self.hold_out = CheckBox(text="Hold one corrected slice out for validation", value=True)
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.save_to = FileEdit(label="Save model to", mode="w", filter="*.pt",
+                                tooltip="Empty: next to the image, never overwriting")
+        self.run_button = PushButton(text=START)
+        self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
+        self.eta = Label(label="")
+        self.status = Label(label="")
+        self.extend([self.image, self.labels, self.steps, self.hold_out, self.device, self.save_to,
+                     self.run_button, self.progress_bar, self.eta, self.status])
+        # Fixed heights: text that changes height would re-layout the window and make
+        # the canvas redraw (a visible stall with software OpenGL).
+        self.status.native.setWordWrap(True)
+        self.status.native.setFixedHeight(80)
+        self.eta.native.setFixedHeight(20)
+        self.plot = LossPlot()
+        self.native.layout().insertWidget(7, self.plot)
+        self.run_button.changed.connect(self._clicked)
+        self.job: BackgroundJob | None = None
+        self.history: list = []
+        follow_new_layers(viewer, self, {"image": self.image, "prediction": self.labels})
+
+    def _choices(self, kind):
+        def choices(_widget=None):
+            layers = [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+            if kind is Labels:
+                layers.sort(key=lambda layer: plugin_meta(layer).get("role") != "prediction")
+            return [(layer.name, layer) for layer in layers]
+
+        return choices
+
+    def _clicked(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.run_button.text = "Stopping…"
+            self.status.value = "Stopping after this step; the best model so far is kept."
+            return
+        self.start()
+
+    # ------------------------------------------------------------------ start
+
+    def _starting_model(self, image: Image) -> tuple[Checkpoint, str]:
+        if self.session.current is not None and self.session.current.config.in_channels == (3 if image.rgb else 1):
+            return self.session.current, self.session.current_label
+        name = "fundus-vessels" if image.rgb else "em-membranes"
+        return load_checkpoint(name), name
+
+    def start(self) -> BackgroundJob | None:
+        """Check the input, autosave the corrections, and start training in a worker."""
+        image, labels_layer = self.image.value, self.labels.value
+        try:
+            if image is None or labels_layer is None:
+                raise ValueError("Choose the image and the corrected Labels layer (predict first).")
+            stack = image_stack(image)
+            labels = labels_stack(labels_layer)
+            if labels.shape != stack.shape[:3]:
+                raise ValueError(f"'{labels_layer.name}' has shape {labels.shape} but '{image.name}' has "
+                                 f"{stack.shape[:3]}: choose the labels that belong to this image.")
+            tracker = self.session.tracker(labels_layer)
+            corrected = sorted(tracker.corrected)
+            if not corrected:
+                raise ValueError("No corrected slice yet: paint your corrections on a slice (the Correct widget "
+                                 "lists them), or mark a checked slice as corrected.")
+            checkpoint, start_name = self._starting_model(image)
+            if checkpoint.config.in_channels != stack.shape[-1]:
+                raise ValueError("The current model does not take this kind of image (grey vs RGB).")
+            device = resolve_device(self.device.value)
+        except (ValueError, CheckpointError) as exc:
+            self.status.value = str(exc)
+            return None
+
+        try:
+            self.session.autosave()
+            tracker.save(self.session.folder_for(labels_layer))
+        except OSError as exc:
+            self.status.value = f"Could not save your corrections before training ({exc}): choose a folder in Correct."
+            return None
+        val = [corrected[-1]] if self.hold_out.value and len(corrected) >= 2 else []
+        train_slices = [z for z in corrected if z not in val]
+        label_copy = np.array(labels, dtype=np.uint8)
+        label_copy[label_copy > IGNORE] = IGNORE  # unknown ids (e.g. instance labels) are not learnt
+        try:
+            data = TrainingData(normalize(stack, checkpoint.normalization), label_copy, train_slices, val)
+        except ValueError as exc:
+            self.status.value = str(exc)
+            return None
+        out = self._output_path(image)
+        config = fine_tune_recipe(self.steps.value, device=str(device))
+        metadata = copy.deepcopy(checkpoint.metadata)
+        metadata["data_hash"] = data_hash(stack[corrected], label_copy[corrected])
+        metadata["fine_tuned_from"] = start_name
+        model = copy.deepcopy(checkpoint.model)
+        uncorrected = [z for z in range(stack.shape[0]) if z not in corrected]
+
+        def work(state):
+            events = train(model, data, config, out, metadata)
+            stopped = False
+            for event in events:
+                state.events.append(event)
+                state.report(event.step, event.total)
+                if state.cancelled():
+                    stopped = True
+                    break
+            events.close()  # restores the best weights into `model`
+            if not out.is_file():  # stopped before anything was saved: keep the best (= start)
+                save_checkpoint(out, model, metadata)
+            tuned = load_checkpoint(out, device="cpu")
+            state.total = 0
+            probabilities = (
+                predict_stack(tuned, stack[uncorrected], device=device) if uncorrected else None
+            )
+            return tuned, probabilities, stopped
+
+        def done(result):
+            self._finished(image, labels_layer, out, uncorrected, *result)
+
+        self.plot.reset(config.steps)
+        self.history = []
+        self.job = BackgroundJob(work, done, self._failed, self._poll, self._ended,
+                                 description=f"Fine-tuning on {len(train_slices)} slice(s)", activity=False)
+        self.run_button.text = "Stop"
+        held = f", validating on slice {val[0]}" if val else ""
+        self.status.value = (f"Fine-tuning {start_name} on slice(s) {train_slices}{held}, {config.steps} steps "
+                             f"on {describe_device(device)}…")
+        self.job.start()
+        return self.job
+
+    def _output_path(self, image: Image) -> Path:
+        chosen = str(self.save_to.value)
+        if chosen not in ("", "."):
+            path = Path(chosen)
+            path = path if path.suffix == ".pt" else path.with_suffix(".pt")
+        else:
+            source = plugin_meta(image).get("source")
+            folder = Path(source).parent if source else Path.home() / "napari-unet" / "models"
+            stem = Path(source).stem if source else image.name
+            path = folder / f"{stem}_finetuned.pt"
+        return free_path(path)
+
+    # ------------------------------------------------------------------ progress
+
+    def _poll(self, state) -> None:
+        new = state.events[len(self.history):]
+        self.history.extend(new)
+        for event in new:
+            self.plot.add(event.step, event.loss, event.val_dice)
+        if not self.history:
+            return
+        last = self.history[-1]
+        self.progress_bar.max = last.total
+        self.progress_bar.value = last.step
+        if state.total == 0 and self.job and self.job.running:
+            self.eta.value = "Re-predicting the uncorrected slices…"
+            return
+        best = f", best validation Dice {last.best_dice:.3f}" if last.best_dice is not None else ""
+        loss = f"loss {last.loss:.3f}" if last.loss is not None else "scoring the starting model"
+        self.eta.value = f"step {last.step}/{last.total}, {loss}{best}, about {last.eta_s:.0f} s left"
+
+    def _failed(self, message: str) -> None:
+        self.status.value = f"Fine-tuning failed: {message} Your corrections are saved."
+
+    def _ended(self) -> None:
+        self.run_button.text = START
+
+    def _finished(self, image, labels_layer, out: Path, uncorrected, tuned: Checkpoint, probabilities, stopped) -> None:
+        self.session.set_fine_tuned(tuned, out)
+        first = next((e.val_dice for e in self.history if e.val_dice is not None), None)
+        best = self.history[-1].best_dice if self.history else None
+        score = f" Validation Dice {first:.3f} → {best:.3f}." if first is not None and best is not None else ""
+        how = "Stopped; kept the best model so far." if stopped else "Done."
+        changed_text = ""
+        if probabilities is not None and labels_layer in self.viewer.layers:
+            mask = np.zeros(labels_stack(labels_layer).shape, np.uint8)
+            before = np.array(labels_stack(labels_layer))
+            mask[uncorrected] = threshold_mask(probabilities, tuned.metadata.get("threshold", 0.5))
+            corrected = set(range(mask.shape[0])) - set(uncorrected)
+            write_prediction(self.viewer, image, mask, f"fine-tuned ({out.name})", skip_slices=corrected)
+            after = labels_stack(labels_layer)
+            changed = np.zeros(mask.shape, np.uint8)
+            changed[uncorrected] = (before[uncorrected] != after[uncorrected]).astype(np.uint8)
+            name = f"{image.name} changed by fine-tune"
+            data = layer_shaped(changed, spatial_ndim(image))
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = data
+            else:
+                self.viewer.add_labels(data, name=name, colormap=label_colormap("changed"), opacity=0.8)
+            changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s): "
+                            f"{100 * changed[uncorrected].mean():.2f}% of their pixels changed (yellow layer).")
+        self.status.value = f"{how}{score} Saved to {out}; it is now the model in Predict.{changed_text}"

@@ -1,0 +1,101 @@
+"""Load widget: open an EM stack or fundus image/folder (ISBI and DRIVE layouts recognised)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import Container, FileEdit, Label, PushButton
+from napari.layers import Layer
+
+from ..core.corrections import CorrectionStore, corrections_folder
+from ..core.data import DataError
+from .._reader import read_layers
+from ._layers import label_colormap
+from ._session import get_session
+
+
+class LoadWidget(Container):
+    """Choose a file or folder, see what was found, and restore saved corrections."""
+
+    def __init__(self, viewer) -> None:
+        super().__init__(labels=False)
+        self.viewer = viewer
+        self.path = FileEdit(label="File or folder", mode="r", tooltip="A tif stack, an image, or a folder")
+        self.choose_folder = PushButton(text="Choose a folder…")
+        self.load_button = PushButton(text="Load")
+        self.status = Label(value="Choose an EM stack, a fundus image, or an ISBI / DRIVE folder.")
+        self.restore_button = PushButton(text="Restore saved corrections", visible=False)
+        self.extend([self.path, self.choose_folder, self.load_button, self.status, self.restore_button])
+        self.status.native.setWordWrap(True)
+        self.choose_folder.changed.connect(self._choose_folder)
+        self.load_button.changed.connect(self.load)
+        self.restore_button.changed.connect(self.restore_corrections)
+        self._pending_restore: tuple[CorrectionStore, str, tuple] | None = None
+
+    def _choose_folder(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Choose a folder (ISBI, DRIVE, or slices)")
+        if folder:
+            self.path.value = folder
+
+    def load(self, path: str | Path | None = None) -> list[Layer]:
+        """Read the chosen path and add its layers; reports problems in the widget."""
+        path = Path(path) if path else Path(self.path.value)
+        if not str(self.path.value) or str(path) in ("", "."):
+            self.status.value = "Choose a file or a folder first."
+            return []
+        try:
+            tuples = read_layers(str(path))
+        except DataError as exc:
+            self.status.value = f"Could not load: {exc}"
+            return []
+        layers = [self.viewer.add_layer(Layer.create(data, meta, kind)) for data, meta, kind in tuples]
+        image = layers[0]
+        info = image.metadata.get("napari_unet", {})
+        found = [f"{info.get('layout', 'file')}: {image.name}"]
+        z = image.data.shape[0] if image.data.ndim - (1 if image.rgb else 0) == 3 else 1
+        found.append(f"{z} slice(s) of {'x'.join(map(str, image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:]))}")
+        found.append("RGB (fundus)" if getattr(image, "rgb", False) else "grey (EM)")
+        for layer in layers[1:]:
+            found.append(f"+ {layer.name}")
+        self.status.value = "Loaded " + ", ".join(found)
+        self._offer_restore(path, image)
+        return layers
+
+    def _offer_restore(self, path: Path, image) -> None:
+        session = get_session(self.viewer)
+        name = f"{image.name} prediction"
+        folder = session.folder_for_name(name) if session.corrections_dir else corrections_folder(path)
+        store = CorrectionStore(folder)
+        self.restore_button.visible = store.exists()
+        if store.exists():
+            _, state = store.load()
+            count = len(state.get("corrected_slices", []))
+            self.status.value += f"\nSaved corrections found ({count} corrected slice(s), {state.get('saved', '')})."
+            self._pending_restore = (store, str(path), image.name)
+
+    def restore_corrections(self) -> Layer | None:
+        """Add the saved corrections as a Labels layer and restore the corrected-slice list."""
+        if self._pending_restore is None:
+            return None
+        store, source, image_name = self._pending_restore
+        try:
+            labels, state = store.load()
+        except ValueError as exc:
+            self.status.value = str(exc)
+            return None
+        layer = self.viewer.add_labels(
+            np.asarray(labels),
+            name=f"{image_name} prediction",
+            colormap=label_colormap("prediction"),
+            opacity=0.5,
+            metadata={"napari_unet": {"role": "prediction", "image_source": source, "image_layer": image_name}},
+        )
+        tracker = get_session(self.viewer).tracker(layer)
+        tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []))
+        self.restore_button.visible = False
+        self._pending_restore = None
+        self.status.value = f"Restored {len(tracker.corrected)} corrected slice(s) into '{layer.name}'."
+        return layer

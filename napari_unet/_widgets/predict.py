@@ -1,0 +1,237 @@
+"""Predict widget: run a U-Net over an image layer and show the mask as Labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image, Labels
+
+from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..core.predict import (
+    PredictionCancelled,
+    cell_instances,
+    describe_device,
+    predict_stack,
+    resolve_device,
+    threshold_mask,
+)
+from ._jobs import BackgroundJob
+from ._layers import follow_new_layers, image_stack, label_colormap, labels_stack, layer_shaped, plugin_meta, spatial_ndim
+from ._session import get_session
+
+BUILTIN_EM = "em-membranes"
+BUILTIN_FUNDUS = "fundus-vessels"
+FROM_FILE = "file"
+FINE_TUNED = "fine-tuned"
+KEEP_EDITS = "keep my edited slices"
+NEW_LAYER = "make a new layer"
+
+
+class PredictWidget(Container):
+    """Choose image, model, device and tiling; predict in a worker thread; Cancel."""
+
+    def __init__(self, viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self.image = ComboBox(label="Image", choices=self._image_choices)
+        self.model = ComboBox(label="Model", choices=self._model_choices)
+        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", visible=False)
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device_info = Label(label="In use")
+        self.tile = SpinBox(label="Tile (0 = model's)", min=0, max=4096, step=16, value=0)
+        self.overlap = FloatSpinBox(label="Overlap", min=0.0, max=0.75, step=0.05, value=0.25)
+        self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.show_probability = CheckBox(text="Add the probability as an image", value=False)
+        self.show_instances = CheckBox(text="Add cell instances (EM)", value=False)
+        self.edited_policy = ComboBox(label="Edited labels", choices=[KEEP_EDITS, NEW_LAYER], value=KEEP_EDITS)
+        self.run_button = PushButton(text="Predict")
+        self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
+        self.status = Label(label="")
+        self.extend([
+            self.image, self.model, self.checkpoint, self.device, self.device_info, self.tile, self.overlap,
+            self.threshold, self.show_probability, self.show_instances, self.edited_policy, self.run_button,
+            self.progress_bar, self.status,
+        ])
+        self.status.native.setWordWrap(True)
+        self.model.changed.connect(self._model_changed)
+        self.device.changed.connect(self._device_changed)
+        self.image.changed.connect(self._image_changed)
+        self.run_button.changed.connect(self._run_clicked)
+        self.session.model_changed.connect(self._fine_tuned_available)
+        self.job: BackgroundJob | None = None
+        follow_new_layers(viewer, self, {"image": self.image})
+        self._device_changed()
+        self._image_changed()
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _model_choices(self, _widget=None):
+        choices = [("EM membranes (built-in)", BUILTIN_EM), ("Fundus vessels (built-in)", BUILTIN_FUNDUS),
+                   ("Checkpoint file…", FROM_FILE)]
+        if self.session.fine_tuned is not None:
+            choices.append((f"Fine-tuned in this session ({self.session.fine_tuned_path.name})", FINE_TUNED))
+        return choices
+
+    def _fine_tuned_available(self) -> None:
+        self.reset_choices()
+        self.model.value = FINE_TUNED
+
+    def _model_changed(self) -> None:
+        self.checkpoint.visible = self.model.value == FROM_FILE
+
+    def _image_changed(self) -> None:
+        layer = self.image.value
+        if layer is not None and self.model.value in (BUILTIN_EM, BUILTIN_FUNDUS):
+            self.model.value = BUILTIN_FUNDUS if layer.rgb else BUILTIN_EM
+        self.show_instances.enabled = layer is None or not layer.rgb
+
+    def _device_changed(self) -> None:
+        try:
+            self.device_info.value = describe_device(resolve_device(self.device.value))
+        except ValueError as exc:
+            self.device_info.value = str(exc)
+
+    # ------------------------------------------------------------------ running
+
+    def selected_checkpoint(self) -> tuple[Checkpoint, str]:
+        """The chosen model, loaded (raises ValueError with a message for the user)."""
+        choice = self.model.value
+        if choice == FINE_TUNED:
+            if self.session.fine_tuned is None:
+                raise ValueError("No model was fine-tuned in this session yet: fine-tune first, or choose another model.")
+            return self.session.fine_tuned, f"fine-tuned ({self.session.fine_tuned_path.name})"
+        if choice == FROM_FILE:
+            path = Path(str(self.checkpoint.value))
+            if not path.is_file():
+                raise ValueError("Choose a checkpoint file (.pt) first.")
+            return load_checkpoint(path), path.name
+        return load_checkpoint(choice), choice
+
+    def _run_clicked(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.value = "Cancelling…"
+            return
+        self.predict()
+
+    def predict(self) -> BackgroundJob | None:
+        """Start a prediction; returns the job (None when the input was refused)."""
+        layer = self.image.value
+        try:
+            if layer is None:
+                raise ValueError("No image chosen: load an image first (Load widget or File ▸ Open).")
+            stack = image_stack(layer)
+            checkpoint, model_name = self.selected_checkpoint()
+            device = resolve_device(self.device.value)
+            if stack.shape[-1] != checkpoint.config.in_channels:
+                kind = "RGB" if stack.shape[-1] == 3 else "grey"
+                wanted = "RGB (fundus)" if checkpoint.config.in_channels == 3 else "grey (EM)"
+                raise ValueError(f"'{layer.name}' is {kind} but the model '{model_name}' takes {wanted} images: "
+                                 "choose a matching model.")
+        except (ValueError, CheckpointError) as exc:
+            self.status.value = str(exc)
+            return None
+        tile = self.tile.value or None
+        overlap, threshold = self.overlap.value, self.threshold.value
+
+        def work(state):
+            try:
+                return predict_stack(checkpoint, stack, tile=tile, overlap=overlap, device=device,
+                                     progress=state.report, cancel=state.cancelled)
+            except PredictionCancelled:
+                return None
+
+        def done(probabilities):
+            if probabilities is None:
+                self.status.value = "Prediction cancelled; nothing was changed."
+            else:
+                self._show(layer, checkpoint, model_name, probabilities, threshold)
+
+        self.job = BackgroundJob(work, done, self._failed, self._poll, self._ended,
+                                 description=f"Predicting {layer.name}")
+        self.run_button.text = "Cancel"
+        self.status.value = f"Predicting {stack.shape[0]} slice(s) with {model_name} on {describe_device(device)}…"
+        self.progress_bar.value = 0
+        self.job.start()
+        return self.job
+
+    def _poll(self, state) -> None:
+        if state.total:
+            self.progress_bar.max = state.total
+            self.progress_bar.value = state.done
+
+    def _failed(self, message: str) -> None:
+        self.status.value = message
+
+    def _ended(self) -> None:
+        self.run_button.text = "Predict"
+
+    # ------------------------------------------------------------------ results
+
+    def _show(self, image: Image, checkpoint: Checkpoint, model_name: str, probabilities, threshold: float) -> None:
+        mask = threshold_mask(probabilities, threshold)
+        ndim = spatial_ndim(image)
+        self.session.current, self.session.current_label = checkpoint, model_name
+        message = write_prediction(self.viewer, image, mask, model_name, self.edited_policy.value == NEW_LAYER)
+        if self.show_probability.value:
+            name = f"{image.name} probability"
+            data = layer_shaped(probabilities, ndim)
+            if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
+                self.viewer.layers[name].data = data
+            else:
+                self.viewer.add_image(data, name=name, colormap="magma", blending="additive",
+                                      contrast_limits=(0, 1), visible=True)
+        if self.show_instances.value and not image.rgb:
+            name = f"{image.name} cells"
+            cells = layer_shaped(cell_instances(mask), ndim)
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = cells
+            else:
+                self.viewer.add_labels(cells, name=name, opacity=0.4, visible=True)
+        self.status.value = message
+
+
+def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, new_layer: bool = False,
+                     skip_slices: set[int] | None = None) -> str:
+    """Put a (Z, Y, X) mask into the image's prediction Labels layer; return a status line.
+
+    Slices the user edited (or marked corrected) are kept unless ``new_layer``; the
+    write is one undoable step (``data_setitem``).
+    """
+    session = get_session(viewer)
+    name = f"{image.name} prediction"
+    ndim = spatial_ndim(image)
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, Labels) and existing.data.shape == layer_shaped(mask, ndim).shape and not new_layer:
+        tracker = session.tracker(existing)
+        keep = set(tracker.corrected | tracker.edited) | set(skip_slices or ())
+        current = labels_stack(existing)
+        update = np.ones(mask.shape, bool)
+        for z in keep:
+            update[z] = False
+        changed = update & (current != mask)
+        index = np.nonzero(changed)
+        with tracker.programmatic():
+            if index[0].size:
+                layer_index = index if ndim == 3 else index[1:]
+                existing.data_setitem(layer_index, mask[index].astype(existing.data.dtype))
+        existing.metadata.setdefault("napari_unet", {})["model"] = model_name
+        kept = f"; kept your {len(keep)} edited slice(s): {sorted(keep)}" if keep else ""
+        return f"Updated '{name}' with {model_name}{kept} (Ctrl+Z undoes it)."
+    layer = viewer.add_labels(
+        layer_shaped(mask, ndim).copy(),
+        name=name,
+        colormap=label_colormap("prediction"),
+        opacity=0.5,
+        metadata={"napari_unet": {"role": "prediction", "image_layer": image.name, "model": model_name,
+                                  "image_source": plugin_meta(image).get("source", ""),
+                                  "kind": "fundus" if image.rgb else "em"}},
+    )
+    session.tracker(layer)
+    return f"Added '{layer.name}' ({100 * mask.mean():.1f}% structure) with {model_name}. Correct it with the paint tools."

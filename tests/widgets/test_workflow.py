@@ -1,0 +1,127 @@
+"""A user's whole loop, on real data: load -> predict -> correct -> fine-tune -> re-predict -> evaluate."""
+
+import time
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from napari_unet._widgets._session import get_session
+from napari_unet.core.checkpoint import load_checkpoint
+
+from .conftest import paint_square, wait_for
+
+
+def _heartbeat():
+    """A QTimer ticking every 20 ms; returns the list of tick times."""
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    return timer, ticks
+
+
+def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
+    viewer = widgets["viewer"]
+    # Load: the ISBI layout is recognised, ground truth added.
+    widgets["load"].path.value = str(isbi_folder)
+    layers = widgets["load"].load()
+    assert [type(layer).__name__ for layer in layers] == ["Image", "Labels"]
+    assert "isbi-png" in widgets["load"].status.value and "4 slice(s)" in widgets["load"].status.value
+    image, truth = layers
+    assert image.data.shape == (4, 512, 512) and truth.data.max() == 1
+
+    # Predict with a checkpoint file.
+    predict = widgets["predict"]
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tiny_em)
+    predict.show_probability.value = True
+    predict.show_instances.value = True
+    assert "CPU" in predict.device_info.value
+    wait_for(qtbot, predict.predict())
+    labels = viewer.layers[f"{image.name} prediction"]
+    assert labels.data.shape == (4, 512, 512) and set(np.unique(labels.data)) <= {0, 1}
+    assert viewer.layers[f"{image.name} probability"].data.dtype == np.float32
+    assert viewer.layers[f"{image.name} cells"].data.max() > 0
+
+    # Correct: paint slices 1 and 2 with the ground truth's membranes (as a careful user would).
+    correct = widgets["correct"]
+    assert correct.layer.value is labels
+    paint_square(labels, 1, 100, 100)
+    paint_square(labels, 2, 200, 200)
+    tracker = get_session(viewer).tracker(labels)
+    assert tracker.edited == {1, 2} and tracker.corrected == {1, 2}
+    assert correct.slices.count() == 2 and "2 corrected slice(s): [1, 2]" in correct.status.value
+    labels.data[1] = truth.data[1]  # the rest of the correction, pasted in
+    labels.data[2] = truth.data[2]
+    labels.refresh()
+
+    # Fine-tune with one click; the GUI keeps breathing (heartbeat) all along.
+    finetune = widgets["finetune"]
+    finetune.steps.value = 6
+    assert finetune.labels.value is labels and finetune.image.value is image
+    timer, ticks = _heartbeat()
+    job = finetune.start()
+    assert finetune.run_button.text == "Stop"
+    wait_for(qtbot, job)
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10 and gaps.max() < 0.25, f"GUI stalled {gaps.max():.3f} s"
+    assert finetune.run_button.text.startswith("Fine-tune")
+    assert "Saved to" in finetune.status.value, finetune.status.value
+    assert len(finetune.plot.losses) == 6 and finetune.plot.dices  # the live curve was drawn
+    session = get_session(viewer)
+    saved = session.fine_tuned_path
+    assert saved == isbi_folder.parent / "isbi_subset_finetuned.pt"  # beside the data
+    history = load_checkpoint(saved).metadata["history"][-1]
+    assert history["train_slices"] == [1] and history["val_slices"] == [2]
+    # Corrections were saved before training, next to the data.
+    assert (isbi_folder.parent / "isbi_subset.napari-unet" / "labels.tif").is_file()
+    # The loop is closed: uncorrected slices re-predicted, changes shown, corrected slices kept.
+    np.testing.assert_array_equal(labels.data[1], truth.data[1])
+    changed = viewer.layers[f"{image.name} changed by fine-tune"]
+    assert changed.data.shape == labels.data.shape and not changed.data[[1, 2]].any()
+    assert predict.model.value == "fine-tuned"
+
+    # Predict again with the fine-tuned model: the user's slices are kept, as one undo step.
+    before = np.array(labels.data)
+    wait_for(qtbot, predict.predict())
+    np.testing.assert_array_equal(labels.data[1:3], before[1:3])
+    assert "kept your 2 edited slice(s)" in predict.status.value
+
+    # Evaluate against the ground truth.
+    evaluate = widgets["evaluate"]
+    assert evaluate.prediction.value is labels and evaluate.truth.value is truth and evaluate.task.value == "em"
+    wait_for(qtbot, evaluate.run())
+    assert evaluate.table.rowCount() == 5  # 4 slices + overall
+    headers = [evaluate.table.horizontalHeaderItem(c).text() for c in range(evaluate.table.columnCount())]
+    assert {"dice", "iou", "pixel_accuracy", "vrand", "vinfo"} <= set(headers)
+    assert float(evaluate.table.item(2, headers.index("dice")).text()) == 1.0  # corrected slice 2 = truth
+
+
+def test_fundus_loop(widgets, qtbot, drive_folder, tiny_fundus):
+    viewer = widgets["viewer"]
+    widgets["load"].path.value = str(drive_folder)
+    image, truth, fov = widgets["load"].load()
+    assert image.rgb and image.data.shape == (584, 565, 3)
+    assert truth.data.shape == fov.data.shape == (584, 565)
+    predict = widgets["predict"]
+    assert predict.model.value == "fundus-vessels"  # chosen for an RGB image
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tiny_fundus)
+    predict.show_probability.value = True
+    wait_for(qtbot, predict.predict())
+    labels = viewer.layers[f"{image.name} prediction"]
+    assert labels.data.shape == (584, 565)
+    paint_square(labels, 0, 300, 300)
+    labels.data[:] = np.where(truth.data == 2, 0, truth.data)
+    finetune = widgets["finetune"]
+    finetune.steps.value = 5
+    wait_for(qtbot, finetune.start())
+    assert "Saved to" in finetune.status.value, finetune.status.value
+    evaluate = widgets["evaluate"]
+    evaluate.prediction.value = viewer.layers[f"{image.name} probability"]
+    assert evaluate.task.value == "fundus" and evaluate.fov.value is fov
+    wait_for(qtbot, evaluate.run())
+    headers = [evaluate.table.horizontalHeaderItem(c).text() for c in range(evaluate.table.columnCount())]
+    assert {"se", "sp", "acc", "f1", "auc"} <= set(headers)
