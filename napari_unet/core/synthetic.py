@@ -6,9 +6,10 @@ here imitate the real ones closely enough that a U-Net trained on the real data 
 them well: intensity histograms, membrane and vessel widths, cell sizes, contrast, colour,
 noise and blur were matched against ISBI 2012 and DRIVE statistics (see ``sample_data``).
 
-Everything is numpy / scipy / scikit-image and fully determined by ``seed``: the same seed
-always gives the same arrays, on every platform (only ``numpy.random.Generator`` draws in a
-fixed order, no global state).
+Everything is numpy / scipy and fully determined by ``seed``: the same seed always gives
+the same arrays (one ``numpy.random.Generator`` drawn in a fixed order, no global state).
+Across CPUs or library versions, vectorised math functions may differ in the last bit,
+which can move an odd pixel by one grey level; the structure never changes.
 
 Label convention (the project's): ``0`` = background (cell interior / retina), ``1`` =
 structure (membrane / vessel).
@@ -98,10 +99,11 @@ def _place_cells(rng: np.random.Generator, ny: int, nx: int, margin: int) -> tup
         centres (N, 2) float (y, x) and radii (N,) float, in pixels.
     """
     area = (ny + 2 * margin) * (nx + 2 * margin)
+    largest = max(200.0, min(20000.0, ny * nx / 4.0))  # small crops still hold several cells
     radii = []
     covered = 0.0
-    while covered < 0.95 * area:
-        cell_area = float(np.clip(np.exp(rng.normal(np.log(620.0), 1.35)), 80.0, 20000.0))
+    while covered < 0.95 * area or len(radii) < 4:
+        cell_area = float(np.clip(np.exp(rng.normal(np.log(620.0), 1.35)), 80.0, largest))
         radii.append(np.sqrt(cell_area / np.pi))
         covered += cell_area
     radii = np.sort(np.asarray(radii))[::-1]
@@ -148,7 +150,7 @@ def _power_partition(
     lifted = np.column_stack([centres, np.sqrt(big**2 - radii**2)])
     tree = cKDTree(lifted)
     query = np.column_stack([py.ravel(), px.ravel(), np.zeros(py.size)])
-    k = min(k, len(radii))
+    k = max(2, min(k, len(radii)))
     dist, index = tree.query(query, k=k)
     power = dist**2  # = |x - c|^2 - r^2 + big^2; the constant cancels in differences
     owner = index[:, 0]
@@ -263,7 +265,11 @@ def _em_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return grain - 40.0 * np.minimum(rings, 1.5)
 
 
-def _mitochondria(rng: np.random.Generator, radii: np.ndarray) -> list[tuple[int, float, float, float, float, float]]:
+# One mitochondrion: (cell, offset_y, offset_x, half-length a, half-width b, angle).
+Mito = tuple[int, float, float, float, float, float]
+
+
+def _mitochondria(rng: np.random.Generator, radii: np.ndarray) -> list[Mito]:
     """Per-cell mitochondria: (cell, offset_y, offset_x, a, b, angle); offsets are in units
     of the cell radius so that they move with their cell from slice to slice."""
     result = []
@@ -279,7 +285,7 @@ def _mitochondria(rng: np.random.Generator, radii: np.ndarray) -> list[tuple[int
 
 def _render_organelles(
     rng: np.random.Generator,
-    mito: list[tuple[int, float, float, float, float, float]],
+    mito: list[Mito],
     centres: np.ndarray,
     radii: np.ndarray,
     owner: np.ndarray,
@@ -384,7 +390,8 @@ def _grow_vessels(
 
     def push(point, heading, width, kind, steer):
         nonlocal counter
-        heapq.heappush(heap, (-width, counter, np.array(point, np.float64), float(heading), width, kind, steer))
+        item = (-width, counter, np.array(point, np.float64), float(heading), width, kind, steer)
+        heapq.heappush(heap, item)  # widest first; the counter breaks ties
         counter += 1
 
     for kind, trunk in ((1, 9.0), (0, 7.2)):
@@ -396,7 +403,8 @@ def _grow_vessels(
             ahead = disc + 60 * scale * np.array([np.sin(heading), np.cos(heading)])
             push(start, heading, trunk * scale, kind, around_fovea(ahead, heading))
             # Nasal trunk: away from the fovea, thinner, free.
-            push(start, base + np.pi - side * (0.7 + 0.3 * kind) + rng.normal(0, 0.15), 0.7 * trunk * scale, kind, 0.0)
+            heading = base + np.pi - side * (0.7 + 0.3 * kind) + rng.normal(0, 0.15)
+            push(start, heading, 0.7 * trunk * scale, kind, 0.0)
         # Small papillary vessels, one of them into the papillo-macular bundle.
         push(disc, base + rng.normal(0, 0.2), 2.6 * scale, kind, 0.0)
         push(disc, rng.uniform(0, 2 * np.pi), 2.2 * scale, kind, 0.0)
@@ -488,7 +496,7 @@ def _render_vessels(
         label (Y, X) bool: pixel centres within half the width of a centreline (at least
         0.5 px, so one-pixel vessels stay 8-connected lines, as in DRIVE's manual labels).
         absorb (Y, X) float32: relative green-channel darkening, a rounded cross-section
-        whose depth grows with the width (thick veins ~40 %, capillary-size ~8 %).
+        whose depth grows with the width (wide veins ~35 %, one-pixel vessels ~8 %).
     """
     ny, nx = shape
     label = np.zeros(shape, bool)
@@ -520,7 +528,8 @@ def _render_vessels(
             depth = depth_scale * (0.085 + 0.24 * (1.0 - np.exp(-np.maximum(w - 1.0, 0.0) / 3.5)))
             if kind == 0:
                 # Arteries show a pale central light reflex when wide.
-                profile = profile * (1.0 - 0.25 * np.clip(w - 4.0, 0, 1) * np.exp(-((d / (0.3 * r_opt)) ** 2)))
+                reflex = np.clip(w - 4.0, 0, 1) * np.exp(-((d / (0.3 * r_opt)) ** 2))
+                profile = profile * (1.0 - 0.25 * reflex)
             absorb[y0:y1, x0:x1] = np.maximum(absorb[y0:y1, x0:x1], depth * profile)
     return label, absorb
 
@@ -559,7 +568,9 @@ def fundus_image(
     # Left or right eye: the disc sits ~1/3 of the width to one side, a bit above centre;
     # the fovea ~2.5 disc diameters temporal to it, near the image centre.
     side = rng.choice([-1.0, 1.0])
-    disc = centre + np.array([-0.075 * ny + rng.normal(0, 0.02 * ny), side * (0.33 * nx + rng.normal(0, 0.01 * nx))])
+    disc = centre + np.array(
+        [-0.075 * ny + rng.normal(0, 0.02 * ny), side * (0.33 * nx + rng.normal(0, 0.01 * nx))]
+    )
     fovea = centre + np.array([rng.normal(0, 0.015 * ny), -side * 0.01 * nx])
     disc_r = 38.0 * scale * rng.uniform(0.92, 1.08)
 
@@ -576,12 +587,16 @@ def fundus_image(
     vignette = 1.0 - 0.15 * _smoothstep(0.94, 1.0, rr)
     illumination = 1.0 + 0.03 * _field(rng, (ny, nx), 90.0 * scale)
     background = radial * (vignette * illumination)[..., None]
-    # Choroidal texture: low-amplitude mottling, strongest in red.
+    # Choroidal texture: faint fine mottling (DRIVE's background is smooth at pixel scale).
     mottle = _field(rng, (ny, nx), 2.5 * scale)
     background *= (1.0 + np.array([0.008, 0.01, 0.01]) * mottle[..., None])
     # Macula: a darker brownish region with a darker foveal pit.
     dfov = np.hypot(yy - fovea[0], xx - fovea[1])
-    macula = 1.0 - 0.12 * np.exp(-((dfov / (55.0 * scale)) ** 2)) - 0.06 * np.exp(-((dfov / (14.0 * scale)) ** 2))
+    macula = (
+        1.0
+        - 0.12 * np.exp(-((dfov / (55.0 * scale)) ** 2))
+        - 0.06 * np.exp(-((dfov / (14.0 * scale)) ** 2))
+    )
     background *= macula[..., None]
     # Peripapillary glow and the disc itself: bright yellow, blue stays lower.
     ddisc = np.hypot((yy - disc[0]) / 1.08, xx - disc[1])
@@ -601,7 +616,7 @@ def fundus_image(
     # Camera noise after JPEG: small and nearly white (DRIVE robust high-pass std ~2).
     noise = ndimage.gaussian_filter(rng.standard_normal((ny, nx, 3)), (0.5, 0.5, 0)) * 4.0
     image = image + noise
-    # Outside the FOV: near-black with a little sensor noise (DRIVE ~7 grey levels).
+    # Outside the FOV: near-black with a little sensor noise (DRIVE: ~7 grey levels).
     outside = 5.0 + 1.5 * rng.standard_normal((ny, nx, 3))
     soft = _smoothstep(1.0, 0.995, rr)[..., None]
     image = image * soft + outside * (1.0 - soft)
@@ -641,7 +656,8 @@ def write_samples(folder: Path, seed: int = 0) -> dict[str, Path]:
     tifffile.imwrite(paths["em_image"], em, photometric="minisblack", compression="zlib")
     tifffile.imwrite(paths["em_labels"], em_labels, photometric="minisblack", compression="zlib")
     rgb, vessels, fov = fundus_image(seed, SAMPLE_FUNDUS_SHAPE)
-    Image.fromarray(rgb, mode="RGB").save(paths["fundus_image"], optimize=True)
-    Image.fromarray(vessels, mode="L").save(paths["fundus_labels"], optimize=True)
-    Image.fromarray((fov * 255).astype(np.uint8), mode="L").save(paths["fundus_fov"], optimize=True)
+    # uint8 (Y, X, 3) is saved as RGB, uint8 (Y, X) as 8-bit grey; PNG is lossless.
+    Image.fromarray(rgb).save(paths["fundus_image"], optimize=True)
+    Image.fromarray(vessels).save(paths["fundus_labels"], optimize=True)
+    Image.fromarray((fov * 255).astype(np.uint8)).save(paths["fundus_fov"], optimize=True)
     return paths
