@@ -73,13 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--invert-truth", action="store_true", help="structure is 0 in the truth file (ISBI 2012)")
     e.add_argument("--task", required=True, choices=["em", "fundus"])
     e.add_argument("--json", action="store_true", help="print the scores as one JSON object on the last line")
+
+    g = commands.add_parser("gui", help="open napari with the napari-unet widgets docked and a sample loaded")
+    g.add_argument("data", nargs="?", help="image, stack or folder to open instead of a sample")
+    g.add_argument("--sample", choices=["em", "fundus", "none"], default="em", help="sample to load (default em)")
+    g.add_argument("--screenshot", help="smoke mode: predict, save a PNG of the whole window to this path, exit")
+    g.add_argument("--no-predict", action="store_true", help="with --screenshot: do not predict first")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"predict": _predict, "train": _train, "evaluate": _evaluate}[args.command](args)
+        commands = {"predict": _predict, "train": _train, "evaluate": _evaluate, "gui": _gui}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("napari-unet: interrupted; no output was written.", file=sys.stderr)
         return 130
@@ -294,6 +301,13 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps({k: float(v) for k, v in scores.items()}))
     return 0
+
+
+def _gui(args) -> int:
+    from ._launch import run
+
+    sample = None if args.sample == "none" else args.sample
+    return run(args.data, sample, args.screenshot, predict=not args.no_predict)
 
 
 if __name__ == "__main__":

@@ -234,4 +234,7 @@ def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, ne
                                   "kind": "fundus" if image.rgb else "em"}},
     )
     session.tracker(layer)
+    for other in viewer.layers:  # the new prediction is what to look at: hide the truth overlay
+        if plugin_meta(other).get("role") == "truth":
+            other.visible = False
     return f"Added '{layer.name}' ({100 * mask.mean():.1f}% structure) with {model_name}. Correct it with the paint tools."

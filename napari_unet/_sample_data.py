@@ -1,0 +1,54 @@
+"""napari sample data (File ▸ Open Sample ▸ napari-unet): the project's generated samples.
+
+They are generated on the fly by the seeded generator in `core.synthetic`, so an installed
+package needs no data files; `sample_data/` in the repository holds the same arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
+
+SOURCE = Path.home() / "napari-unet" / "samples"  # where corrections and fine-tunes of samples go
+
+
+def _meta(name: str, role: str, kind: str, **extra) -> dict:
+    from ._widgets._layers import label_colormap
+
+    meta = {"name": name, "metadata": {"napari_unet": {"role": role, "kind": kind,
+                                                       "source": str(SOURCE / name.split()[0])}}}
+    if role != "image":
+        meta.update(colormap=label_colormap(role), opacity=0.5 if role == "truth" else 0.3)
+    meta.update(extra)
+    return meta
+
+
+def em_sample() -> list[tuple]:
+    """EM membranes: a (5, 384, 384) stack with its membrane ground truth."""
+    image, labels = em_stack(0, SAMPLE_EM_SHAPE)
+    return [
+        (image, _meta("em_sample", "image", "em", contrast_limits=[0, 255]), "image"),
+        (labels, _meta("em_sample ground truth", "truth", "em"), "labels"),
+    ]
+
+
+def fundus_sample() -> list[tuple]:
+    """Fundus vessels: a (584, 565) RGB image with vessel ground truth and FOV mask."""
+    rgb, vessels, fov = fundus_image(0, SAMPLE_FUNDUS_SHAPE)
+    truth = np.where(fov, vessels, 2).astype(np.uint8)  # outside the FOV: ignore
+    return [
+        (rgb, _meta("fundus_sample", "image", "fundus", rgb=True), "image"),
+        (truth, _meta("fundus_sample ground truth", "truth", "fundus"), "labels"),
+        (fov.astype(np.uint8), _meta("fundus_sample FOV", "fov", "fundus", visible=False), "labels"),
+    ]
+
+
+def add_sample_layers(viewer, which: str) -> list:
+    """Add the "em" or "fundus" sample to a viewer; returns the layers."""
+    from napari.layers import Layer
+
+    tuples = {"em": em_sample, "fundus": fundus_sample}[which]()
+    return [viewer.add_layer(Layer.create(data, meta, kind)) for data, meta, kind in tuples]
