@@ -112,13 +112,14 @@ def sliding_window(
         raise ValueError(f"tile={tile}: choose a tile of at least 8 pixels (256 is usual).")
     channels, height, width = image.shape
     margin = tile // 8 if margin is None else margin
-    # Mirror the borders (U-Net paper), and make the image at least one tile large.
-    pad_y = max(margin, math.ceil((tile - height) / 2))
-    pad_x = max(margin, math.ceil((tile - width) / 2))
-    padded = np.pad(image, [(0, 0), (pad_y, pad_y), (pad_x, pad_x)], mode="symmetric")
-    if padded.shape[1] < tile or padded.shape[2] < tile:  # tiny images: symmetric pad is bounded
-        extra_y, extra_x = max(0, tile - padded.shape[1]), max(0, tile - padded.shape[2])
-        padded = np.pad(padded, [(0, 0), (0, extra_y), (0, extra_x)], mode="wrap")
+    # Mirror the borders (U-Net paper); images smaller than a tile are mirrored further at
+    # the end, so an image up to (tile - 2 * margin) wide is predicted as one single tile.
+    extra_y = max(0, tile - (height + 2 * margin))
+    extra_x = max(0, tile - (width + 2 * margin))
+    padded = np.pad(
+        image, [(0, 0), (margin, margin + extra_y), (margin, margin + extra_x)], mode="symmetric"
+    )
+    pad_y = pad_x = margin
     step = max(1, int(round(tile * (1 - overlap))))
     corners = [
         (y, x) for y in _tile_starts(padded.shape[1], tile, step) for x in _tile_starts(padded.shape[2], tile, step)

@@ -1,0 +1,78 @@
+"""Accuracy of the built-in models with the core's metrics, against published scores.
+
+    python benchmarks/accuracy.py [--models em-membranes fundus-vessels] [--device auto]
+
+EM: ISBI 2012 slices 25-29 (never trained on): Dice of the membrane class at 0.5, pixel
+error (1 - accuracy), V_Rand and V_Info (thinned borders, best threshold).
+Fundus: the 20 DRIVE test images, 1st_manual, inside the FOV, threshold 0.5, pooled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from _common import DATA, ISBI_VAL, drive, isbi, table
+
+from napari_unet.core.checkpoint import load_checkpoint
+from napari_unet.core.metrics import dice, em_challenge_scores, fundus_scores, pixel_accuracy
+from napari_unet.core.predict import predict_stack
+
+
+def em_scores(model: str, device: str, data=DATA) -> dict:
+    stack = isbi(data)
+    start = time.perf_counter()
+    prob = predict_stack(load_checkpoint(model), stack.images[ISBI_VAL], device=device)
+    seconds = time.perf_counter() - start
+    truth = stack.labels[ISBI_VAL] == 1
+    mask = prob > 0.5
+    scores = {"model": model, "data": "ISBI 25-29", "dice": dice(mask, truth),
+              "pixel_error": 1 - pixel_accuracy(mask, truth)}
+    scores.update({k: v for k, v in em_challenge_scores(prob, truth).items()})
+    scores["seconds"] = seconds
+    return scores
+
+
+def fundus_result(model: str, device: str, data=DATA) -> dict:
+    stack = drive("test", data)
+    start = time.perf_counter()
+    prob = predict_stack(load_checkpoint(model), stack.images, device=device)
+    seconds = time.perf_counter() - start
+    truth = stack.labels == 1
+    scores = {"model": model, "data": "DRIVE test (20)"}
+    scores.update(fundus_scores(prob, truth, stack.fov, threshold=0.5))
+    scores["seconds"] = seconds
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["em-membranes", "fundus-vessels"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="also print the scores as JSON")
+    args = parser.parse_args()
+    results = []
+    for model in args.models:
+        if model.startswith("em") or "isbi" in model:
+            row = em_scores(model, args.device)
+            print(table([row, {"model": "32-wide U-Net, 1,500 CPU steps (GUIDE baseline)", "dice": 0.806,
+                               "pixel_error": 0.079}],
+                        ["model", "data", "dice", "pixel_error", "vrand", "vrand_threshold", "vinfo",
+                         "vinfo_threshold", "seconds"]))
+        else:
+            row = fundus_result(model, args.device)
+            print(table([row, {"model": "U-Net (published, DRIVE README)", "f1": 0.8161, "auc": 0.9790,
+                               "se": 0.7671, "sp": 0.9835, "acc": 0.9560},
+                         {"model": "FR-UNet (best published U-Net variant)", "f1": 0.8316}],
+                        ["model", "data", "f1", "auc", "se", "sp", "acc", "seconds"]))
+        print()
+        results.append(row)
+    if args.json:
+        print(json.dumps([{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
+                          for r in results]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Retrain a built-in model from ../shared/data and package it into napari_unet/models/.
+
+    python benchmarks/train_builtin.py em-membranes      # ISBI 2012 slices 0-24
+    python benchmarks/train_builtin.py fundus-vessels    # the 20 DRIVE training images
+
+Each run writes its best checkpoint to runs/<name>.pt (resumable by rerunning with
+--package-from), then stores it in fp16 with its metadata as the built-in model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+from _common import DATA, ROOT, drive, isbi
+
+from napari_unet.core.checkpoint import BUILTIN_DIR, BUILTIN_MODELS, default_metadata, load_checkpoint, save_checkpoint
+from napari_unet.core.data import apply_fov, data_hash, normalize
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.predict import describe_device, resolve_device
+from napari_unet.core.train import TrainConfig, TrainingData, train
+
+# The recipes (see the model cards for why: accuracy against CPU speed).
+RECIPES = {
+    "em-membranes": dict(
+        task="em", width=16, depth=4, steps=3000, crop=256, batch=4, lr=1e-3, tile=704,
+        description="Neuronal membranes in serial-section TEM (ISBI 2012), 1 = membrane.",
+    ),
+    "fundus-vessels": dict(
+        task="fundus", width=16, depth=4, steps=2000, crop=256, batch=4, lr=1e-3, tile=800,
+        description="Retinal vessels in RGB fundus photographs (DRIVE), 1 = vessel, FOV-masked.",
+    ),
+}
+
+
+def training_data(name: str, data: Path):
+    if name == "em-membranes":
+        stack = isbi(data)
+        # Slices 0-24 only; slice 24 picks the best step, 25-29 stay unseen for scoring.
+        return stack, TrainingData(normalize(stack.images), stack.labels, list(range(24)), [24])
+    stack = drive("training", data)
+    labels = apply_fov(stack.labels, stack.fov)
+    return stack, TrainingData(normalize(stack.images), labels, list(range(20)), [])
+
+
+def package(name: str, run: Path, recipe: dict, seconds: float | None, device: str) -> Path:
+    checkpoint = load_checkpoint(run)
+    meta = checkpoint.metadata
+    meta.update(name=name, description=recipe["description"], tile_size=recipe["tile"], threshold=0.5)
+    meta["training"] = {
+        "recipe": {k: v for k, v in recipe.items() if k != "description"},
+        "device": device,
+        "hardware": f"{platform.processor() or platform.machine()}, {describe_device(resolve_device(device))}",
+        "seconds": seconds,
+        "date": date.today().isoformat(),
+    }
+    out = save_checkpoint(BUILTIN_DIR / BUILTIN_MODELS[name], checkpoint.model, meta, half=True)
+    print(f"packaged {run} -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=sorted(RECIPES))
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--package-from", type=Path, help="skip training: package this run checkpoint")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    recipe = dict(RECIPES[args.model])
+    if args.steps:
+        recipe["steps"] = args.steps
+    if args.package_from:
+        package(args.model, args.package_from, recipe, None, args.device)
+        return
+    stack, data = training_data(args.model, args.data)
+    model = UNet(UNetConfig(in_channels=stack.images.shape[-1], base_width=recipe["width"], depth=recipe["depth"]))
+    config = TrainConfig(steps=recipe["steps"], batch_size=recipe["batch"], crop_size=recipe["crop"],
+                         learning_rate=recipe["lr"], validate_every=100, device=args.device)
+    metadata = default_metadata(recipe["task"], data_hash=data_hash(stack.images, data.labels))
+    run = ROOT / "runs" / f"{args.model}.pt"
+    start = time.perf_counter()
+    for event in train(model, data, config, run, metadata):
+        if event.step % 50 == 0 or event.done:
+            val = f" val dice {event.val_dice:.4f}" if event.val_dice is not None else ""
+            print(f"step {event.step}/{event.total} loss {event.loss or 0:.4f}{val} "
+                  f"eta {event.eta_s / 60:.1f} min", flush=True)
+    package(args.model, run, recipe, time.perf_counter() - start, str(resolve_device(args.device)))
+
+
+if __name__ == "__main__":
+    main()
