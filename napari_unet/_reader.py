@@ -8,9 +8,7 @@ import numpy as np
 
 from .core.data import (
     IMAGE_SUFFIXES,
-    DataError,
     LabelledStack,
-    as_stack,
     detect_layout,
     image_files,
     labels_from_array,
@@ -105,5 +103,3 @@ def _labels_meta(name: str, role: str, source: Path, kind: str = "") -> dict:
         meta["visible"] = False
     return meta
 
-
-__all__ = ["get_reader", "read_layers", "stack_layers", "DataError", "as_stack"]

@@ -60,7 +60,7 @@ def border_weight_map(
     balance_classes: bool = True,
     max_cells: int = 2000,
 ) -> np.ndarray:
-    """U-Net weight map (Ronneberger et al. 2015, eq. 2): w = w_c + w0 exp(-(d1+d2)^2 / 2 sigma^2).
+    """U-Net weight map (Ronneberger et al. 2015): w = w_c + w0 exp(-(d1+d2)^2 / 2 sigma^2).
 
     Cells are the 4-connected regions of background (label 0) enclosed by the structure
     (membranes). d1 and d2 are the distances to the nearest and second nearest cell; the

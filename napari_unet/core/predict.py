@@ -119,7 +119,6 @@ def sliding_window(
     padded = np.pad(
         image, [(0, 0), (margin, margin + extra_y), (margin, margin + extra_x)], mode="symmetric"
     )
-    pad_y = pad_x = margin
     step = max(1, int(round(tile * (1 - overlap))))
     corners = [
         (y, x) for y in _tile_starts(padded.shape[1], tile, step) for x in _tile_starts(padded.shape[2], tile, step)
@@ -144,7 +143,7 @@ def sliding_window(
         if progress is not None:
             progress(done, len(corners))
     output /= weights
-    return output[:, pad_y : pad_y + height, pad_x : pad_x + width]
+    return output[:, margin : margin + height, margin : margin + width]
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

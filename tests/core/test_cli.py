@@ -156,3 +156,14 @@ def test_console_script_runs_as_a_program(tmp_path):
                              "--model", "x.pt", "--out", str(tmp_path / "o.tif")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("napari-unet: error:") and "Traceback" not in result.stderr
+
+
+def test_gui_without_a_display_explains(tmp_path):
+    """On a server without X, asking for a window says what to do instead of crashing Qt."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "gui", "--screenshot", str(tmp_path / "s.png")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "No display found" in result.stderr and "xvfb-run" in result.stderr
+    assert not (tmp_path / "s.png").exists()
