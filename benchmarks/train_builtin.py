@@ -31,6 +31,8 @@ RECIPES = {
     ),
     "fundus-vessels": dict(
         task="fundus", width=16, depth=4, steps=2000, crop=256, batch=4, lr=1e-3, tile=800,
+        # A second, gentler stage (fresh AdamW, warm-up, cosine) from the first one's weights.
+        stages=[dict(steps=1000, lr=3e-4)],
         description="Retinal vessels in RGB fundus photographs (DRIVE), 1 = vessel, FOV-masked.",
     ),
 }
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--package-from", type=Path, help="skip training: package this run checkpoint")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--continue-from", type=Path, help="skip the first stage: start the later stages from this run")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -82,17 +85,28 @@ def main() -> None:
         package(args.model, args.package_from, recipe, None, args.device)
         return
     stack, data = training_data(args.model, args.data)
-    model = UNet(UNetConfig(in_channels=stack.images.shape[-1], base_width=recipe["width"], depth=recipe["depth"]))
-    config = TrainConfig(steps=recipe["steps"], batch_size=recipe["batch"], crop_size=recipe["crop"],
-                         learning_rate=recipe["lr"], validate_every=100, device=args.device)
-    metadata = default_metadata(recipe["task"], data_hash=data_hash(stack.images, data.labels))
     run = ROOT / "runs" / f"{args.model}.pt"
+    stages = [dict(steps=recipe["steps"], lr=recipe["lr"])] + recipe.get("stages", [])
+    first = 1
+    if args.continue_from:
+        checkpoint = load_checkpoint(args.continue_from)
+        model, metadata = checkpoint.model, checkpoint.metadata
+        stages, first = stages[1:], 2
+    else:
+        model = UNet(UNetConfig(in_channels=stack.images.shape[-1], base_width=recipe["width"], depth=recipe["depth"]))
+        metadata = default_metadata(recipe["task"])
     start = time.perf_counter()
-    for event in train(model, data, config, run, metadata):
-        if event.step % 50 == 0 or event.done:
-            val = f" val dice {event.val_dice:.4f}" if event.val_dice is not None else ""
-            print(f"step {event.step}/{event.total} loss {event.loss or 0:.4f}{val} "
-                  f"eta {event.eta_s / 60:.1f} min", flush=True)
+    for number, stage in enumerate(stages, start=first):
+        config = TrainConfig(steps=stage["steps"], batch_size=recipe["batch"], crop_size=recipe["crop"],
+                             learning_rate=stage["lr"], validate_every=100, device=args.device,
+                             seed=len(metadata["history"]))
+        metadata["data_hash"] = data_hash(stack.images, data.labels)
+        for event in train(model, data, config, run, metadata):
+            if event.step % 50 == 0 or event.done:
+                val = f" val dice {event.val_dice:.4f}" if event.val_dice is not None else ""
+                print(f"stage {number} step {event.step}/{event.total} loss {event.loss or 0:.4f}{val} "
+                      f"eta {event.eta_s / 60:.1f} min", flush=True)
+        metadata = load_checkpoint(run).metadata  # carries this stage's history entry
     package(args.model, run, recipe, time.perf_counter() - start, str(resolve_device(args.device)))
 
 
