@@ -23,12 +23,14 @@ from napari_unet.core.predict import predict_stack
 
 def em_scores(model: str, device: str, data=DATA) -> dict:
     stack = isbi(data)
+    checkpoint = load_checkpoint(model)
     start = time.perf_counter()
-    prob = predict_stack(load_checkpoint(model), stack.images[ISBI_VAL], device=device)
+    prob = predict_stack(checkpoint, stack.images[ISBI_VAL], device=device)
     seconds = time.perf_counter() - start
     truth = stack.labels[ISBI_VAL] == 1
-    mask = prob > 0.5
-    scores = {"model": model, "data": "ISBI 25-29", "dice": dice(mask, truth),
+    threshold = checkpoint.metadata.get("threshold", 0.5)  # the model's own, as the CLI uses it
+    mask = prob > threshold
+    scores = {"model": model, "data": "ISBI 25-29", "threshold": threshold, "dice": dice(mask, truth),
               "pixel_error": 1 - pixel_accuracy(mask, truth)}
     scores.update({k: v for k, v in em_challenge_scores(prob, truth).items()})
     scores["seconds"] = seconds
@@ -59,7 +61,7 @@ def main() -> None:
             row = em_scores(model, args.device)
             print(table([row, {"model": "32-wide U-Net, 1,500 CPU steps (GUIDE baseline)", "dice": 0.806,
                                "pixel_error": 0.079}],
-                        ["model", "data", "dice", "pixel_error", "vrand", "vrand_threshold", "vinfo",
+                        ["model", "data", "threshold", "dice", "pixel_error", "vrand", "vrand_threshold", "vinfo",
                          "vinfo_threshold", "seconds"]))
         else:
             row = fundus_result(model, args.device)

@@ -48,10 +48,32 @@ def training_data(name: str, data: Path):
     return stack, TrainingData(normalize(stack.images), labels, list(range(20)), [])
 
 
-def package(name: str, run: Path, recipe: dict, seconds: float | None, device: str) -> Path:
+def em_threshold(checkpoint, data: Path) -> float:
+    """The mask threshold with the best membrane Dice on ISBI slice 24 (a training-side slice)."""
+    import numpy as np
+
+    from napari_unet.core.metrics import dice
+    from napari_unet.core.predict import predict_stack
+
+    stack = isbi(data)
+    prob = predict_stack(checkpoint, stack.images[24:25], tile=recipe_tile("em-membranes"), device="cpu")
+    truth = stack.labels[24:25] == 1
+    candidates = np.round(np.arange(0.3, 0.71, 0.05), 2)
+    return float(max(candidates, key=lambda t: dice(prob > t, truth)))
+
+
+def recipe_tile(name: str) -> int:
+    return RECIPES[name]["tile"]
+
+
+def package(name: str, run: Path, recipe: dict, seconds: float | None, device: str, data: Path = DATA) -> Path:
     checkpoint = load_checkpoint(run)
     meta = checkpoint.metadata
     meta.update(name=name, description=recipe["description"], tile_size=recipe["tile"], threshold=0.5)
+    if name == "em-membranes":
+        meta["threshold"] = em_threshold(checkpoint, data)
+        meta["threshold_chosen_on"] = "best membrane Dice on ISBI slice 24 (training side), 0.30-0.70"
+    # Fundus keeps 0.5: the DRIVE scoring convention.
     meta["training"] = {
         "recipe": {k: v for k, v in recipe.items() if k != "description"},
         "device": device,
@@ -71,6 +93,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--package-from", type=Path, help="skip training: package this run checkpoint")
+    parser.add_argument("--training-seconds", type=float, help="with --package-from: how long its training took")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--continue-from", type=Path, help="skip the first stage: start the later stages from this run")
     args = parser.parse_args()
@@ -82,7 +105,7 @@ def main() -> None:
     if args.steps:
         recipe["steps"] = args.steps
     if args.package_from:
-        package(args.model, args.package_from, recipe, None, args.device)
+        package(args.model, args.package_from, recipe, args.training_seconds, args.device, args.data)
         return
     stack, data = training_data(args.model, args.data)
     run = ROOT / "runs" / f"{args.model}.pt"
@@ -107,7 +130,7 @@ def main() -> None:
                 print(f"stage {number} step {event.step}/{event.total} loss {event.loss or 0:.4f}{val} "
                       f"eta {event.eta_s / 60:.1f} min", flush=True)
         metadata = load_checkpoint(run).metadata  # carries this stage's history entry
-    package(args.model, run, recipe, time.perf_counter() - start, str(resolve_device(args.device)))
+    package(args.model, run, recipe, time.perf_counter() - start, str(resolve_device(args.device)), args.data)
 
 
 if __name__ == "__main__":
