@@ -114,17 +114,24 @@ class CorrectionTracker:
 
 
 class _TrackerSignals:
-    """A tiny callback list (psygnal Signals must live on classes)."""
+    """A tiny signal: weak references to bound methods, so closed widgets drop out."""
 
     def __init__(self) -> None:
-        self._callbacks = []
+        self._callbacks: list[weakref.WeakMethod] = []
 
     def connect(self, callback) -> None:
-        self._callbacks.append(callback)
+        self._callbacks.append(weakref.WeakMethod(callback))
 
     def emit(self) -> None:
-        for callback in list(self._callbacks):
-            callback()
+        for ref in list(self._callbacks):
+            callback = ref()
+            if callback is None:
+                self._callbacks.remove(ref)
+                continue
+            try:
+                callback()
+            except RuntimeError:  # its Qt widget was deleted
+                self._callbacks.remove(ref)
 
 
 class Session:

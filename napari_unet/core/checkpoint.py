@@ -7,7 +7,8 @@ The file is a plain dict saved with ``torch.save``::
 
 Loading uses ``torch.load(weights_only=True)``, which refuses any pickled code.
 Metadata keys: ``task`` ("em" | "fundus"), ``label_convention``, ``normalization``,
-``tile_size``, ``threshold``, ``history`` (one entry per training run: date, data hash,
+``tile_size``, ``tile_margin`` (mirror border, optional), ``threshold``,
+``test_time_flips`` (e.g. ["x"]), ``history`` (one entry per training run: date, data hash,
 slices, steps, scores), ``name``, ``description``.
 """
 
@@ -96,6 +97,7 @@ def save_checkpoint(path: str | Path, model: UNet, metadata: dict, half: bool = 
     }
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
@@ -105,6 +107,12 @@ def save_checkpoint(path: str | Path, model: UNet, metadata: dict, half: bool = 
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

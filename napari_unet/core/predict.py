@@ -20,6 +20,9 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 
+FLIP_AXES = {"x": 2, "y": 1}  # axes of a (C, Y, X) image
+
+
 class PredictionCancelled(Exception):
     """Raised between batches when the cancel check returns True."""
 
@@ -204,6 +207,8 @@ def predict_stack(
     multiple = config.size_multiple
     tile = int(tile or checkpoint.metadata.get("tile_size", 256))
     tile = max(multiple, math.ceil(tile / multiple) * multiple)
+    # Mirror margin around the image (default tile // 8); a model may store its own.
+    margin = checkpoint.metadata.get("tile_margin")
     torch_device = resolve_device(device)
     model = checkpoint.model.to(torch_device).eval()
     use_amp = torch_device.type == "cuda"
@@ -215,27 +220,37 @@ def predict_stack(
         return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
 
     normalized = normalize(images, checkpoint.normalization)
-    z_count = normalized.shape[0]
+    # Test-time flips stored with the model (e.g. ["x"]): the prediction is the mean over
+    # the image and its mirror images, which smooths the probability a little.
+    flips = [None] + [FLIP_AXES[name] for name in checkpoint.metadata.get("test_time_flips", [])]
+    passes = normalized.shape[0] * len(flips)
     result = np.zeros(normalized.shape[:3], dtype=np.float32)
-    for z in range(z_count):
+    for z in range(normalized.shape[0]):
+        image = normalized[z].transpose(2, 0, 1)
+        total = np.zeros(image.shape[1:], dtype=np.float32)
+        for f, axis in enumerate(flips):
+            run = z * len(flips) + f
 
-        def slice_progress(done: int, total: int, z: int = z) -> None:
-            if progress is not None:
-                progress(z * total + done, z_count * total)
+            def pass_progress(done: int, count: int, run: int = run) -> None:
+                if progress is not None:
+                    progress(run * count + done, passes * count)
 
-        out, tile, batch_size = sliding_window_with_retry(
-            np.ascontiguousarray(normalized[z].transpose(2, 0, 1)),
-            predictor,
-            tile=tile,
-            batch_size=batch_size,
-            multiple=multiple,
-            overlap=overlap,
-            blend=blend,
-            device=torch_device,
-            progress=slice_progress,
-            cancel=cancel,
-        )
-        result[z] = np.clip(out[0], 0.0, 1.0)
+            flipped = image if axis is None else np.flip(image, axis)
+            out, tile, batch_size = sliding_window_with_retry(
+                np.ascontiguousarray(flipped),
+                predictor,
+                tile=tile,
+                batch_size=batch_size,
+                multiple=multiple,
+                margin=margin,
+                overlap=overlap,
+                blend=blend,
+                device=torch_device,
+                progress=pass_progress,
+                cancel=cancel,
+            )
+            total += out[0] if axis is None else np.flip(out[0], axis - 1)
+        result[z] = np.clip(total / len(flips), 0.0, 1.0)
     return result
 
 

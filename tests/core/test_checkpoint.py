@@ -42,6 +42,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_loading_never_executes_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = _RunsCode()

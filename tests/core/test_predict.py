@@ -123,3 +123,16 @@ def test_predict_stack_equals_whole_image_forward():
 def test_rgb_image_for_grey_model_is_refused():
     with pytest.raises(DataError, match="RGB"):
         predict_stack(_checkpoint(1), np.zeros((1, 32, 32, 3), np.uint8), device="cpu")
+
+
+def test_test_time_flips_average_the_mirror_images():
+    """With flips stored in the metadata, the output is the mean over the flipped passes."""
+    ckpt = _checkpoint()
+    images = np.random.default_rng(3).integers(0, 255, (2, 40, 56, 1), dtype=np.uint8)
+    plain = predict_stack(ckpt, images, tile=64, device="cpu")
+    mirrored = predict_stack(ckpt, images[:, :, ::-1].copy(), tile=64, device="cpu")[:, :, ::-1]
+    ckpt.metadata["test_time_flips"] = ["x"]
+    calls = []
+    both = predict_stack(ckpt, images, tile=64, device="cpu", progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_allclose(both, (plain + mirrored) / 2, atol=1e-5)
+    assert calls[-1][0] == calls[-1][1] and all(t == calls[0][1] for _, t in calls)
