@@ -49,10 +49,12 @@ class LossPlot(QWidget):
         painter.drawText(rect.left(), rect.bottom() + 16, "step 0")
         label = f"{self.total}"
         painter.drawText(rect.right() - 8 * len(label), rect.bottom() + 16, label)
+        # Legend under the axis, so it never hides the curves.
+        middle = rect.left() + rect.width() // 2 - 60
         painter.setPen(LOSS_COLOUR)
-        painter.drawText(rect.left() + 6, rect.top() + 14, "loss")
+        painter.drawText(middle, rect.bottom() + 16, "loss")
         painter.setPen(DICE_COLOUR)
-        painter.drawText(rect.left() + 46, rect.top() + 14, "validation Dice")
+        painter.drawText(middle + 36, rect.bottom() + 16, "validation Dice")
 
         def points(series, scale):
             return QPolygonF([

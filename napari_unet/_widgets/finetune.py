@@ -44,7 +44,7 @@ class FineTuneWidget(Container):
         self.viewer = viewer
         self.session = get_session(viewer)
         self.image = ComboBox(label="Image", choices=self._choices(Image))
-        self.labels = ComboBox(label="Corrected labels", choices=self._choices(Labels))
+        self.corrected_labels = ComboBox(label="Corrected labels", choices=self._choices(Labels))
         self.steps = SpinBox(label="Steps", min=5, max=5000, value=120)
         self.hold_out = CheckBox(text="Hold one corrected slice out for validation", value=True)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
@@ -54,7 +54,7 @@ class FineTuneWidget(Container):
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
         self.eta = Label(label="")
         self.status = Label(label="")
-        self.extend([self.image, self.labels, self.steps, self.hold_out, self.device, self.save_to,
+        self.extend([self.image, self.corrected_labels, self.steps, self.hold_out, self.device, self.save_to,
                      self.run_button, self.progress_bar, self.eta, self.status])
         # Fixed heights: text that changes height would re-layout the window and make
         # the canvas redraw (a visible stall with software OpenGL).
@@ -66,7 +66,7 @@ class FineTuneWidget(Container):
         self.run_button.changed.connect(self._clicked)
         self.job: BackgroundJob | None = None
         self.history: list = []
-        follow_new_layers(viewer, self, {"image": self.image, "prediction": self.labels})
+        follow_new_layers(viewer, self, {"image": self.image, "prediction": self.corrected_labels})
 
     def _choices(self, kind):
         def choices(_widget=None):
@@ -95,7 +95,7 @@ class FineTuneWidget(Container):
 
     def start(self) -> BackgroundJob | None:
         """Check the input, autosave the corrections, and start training in a worker."""
-        image, labels_layer = self.image.value, self.labels.value
+        image, labels_layer = self.image.value, self.corrected_labels.value
         try:
             if image is None or labels_layer is None:
                 raise ValueError("Choose the image and the corrected Labels layer (predict first).")
@@ -234,4 +234,5 @@ class FineTuneWidget(Container):
                 self.viewer.add_labels(data, name=name, colormap=label_colormap("changed"), opacity=0.8)
             changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s): "
                             f"{100 * changed[uncorrected].mean():.2f}% of their pixels changed (yellow layer).")
+        self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
         self.status.value = f"{how}{score} Saved to {out}; it is now the model in Predict.{changed_text}"

@@ -49,7 +49,7 @@ def test_messages_for_bad_input(widgets, qtbot, isbi_folder, drive_folder, tiny_
 
     # No corrected slice yet, then labels of another shape.
     image, truth, labels = _predicted(widgets, qtbot, isbi_folder, tiny_em)
-    finetune.image.value, finetune.labels.value = image, labels
+    finetune.image.value, finetune.corrected_labels.value = image, labels
     assert finetune.start() is None and "No corrected slice" in finetune.status.value
     finetune.image.value = fundus
     assert finetune.start() is None and "shape" in finetune.status.value

@@ -59,7 +59,7 @@ def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
     # Fine-tune with one click; the GUI keeps breathing (heartbeat) all along.
     finetune = widgets["finetune"]
     finetune.steps.value = 6
-    assert finetune.labels.value is labels and finetune.image.value is image
+    assert finetune.corrected_labels.value is labels and finetune.image.value is image
     timer, ticks = _heartbeat()
     job = finetune.start()
     assert finetune.run_button.text == "Stop"
