@@ -59,7 +59,7 @@ class FineTuneWidget(Container):
         # Fixed heights: text that changes height would re-layout the window and make
         # the canvas redraw (a visible stall with software OpenGL).
         self.status.native.setWordWrap(True)
-        self.status.native.setFixedHeight(80)
+        self.status.native.setFixedHeight(120)
         self.eta.native.setFixedHeight(20)
         self.plot = LossPlot()
         self.native.layout().insertWidget(7, self.plot)
