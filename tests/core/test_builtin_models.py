@@ -1,6 +1,5 @@
 """The built-in models: shipped, loadable by name, documented, and good on real data and samples."""
 
-import numpy as np
 import pytest
 
 from napari_unet.core.checkpoint import BUILTIN_DIR, BUILTIN_MODELS, load_checkpoint

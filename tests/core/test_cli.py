@@ -100,7 +100,6 @@ def _bad(argv, capsys, expect):
 
 def test_bad_inputs_exit_2_with_one_line(isbi_files, tiny_model, tmp_path, capsys):
     out = tmp_path / "out.tif"
-    folder = isbi_files["folder"]
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00garbage")
     rgb = _write(tmp_path / "rgb.tif", np.zeros((40, 40, 3), np.uint8))
