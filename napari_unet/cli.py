@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -112,14 +110,10 @@ def _check_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:
 def _write_tif_atomic(path: Path, array: np.ndarray) -> None:
     import tifffile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, array, photometric="minisblack")  # (3, Y, X) is 3 slices, not RGB
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .core.files import atomic_write
+
+    # (3, Y, X) is 3 slices, not an RGB image.
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
 
 
 def _progress_bar(total: int, unit: str):

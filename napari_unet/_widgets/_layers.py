@@ -33,6 +33,14 @@ def plugin_meta(layer) -> dict:
     return layer.metadata.get("napari_unet", {}) if isinstance(layer.metadata, dict) else {}
 
 
+def layer_choices(viewer, kinds, first_role: str | None = None, keep=None) -> list[tuple]:
+    """(name, layer) choices for a combo box: layers of ``kinds`` passing ``keep``, with
+    those of ``first_role`` (e.g. the prediction one corrects) listed first."""
+    layers = [layer for layer in viewer.layers if isinstance(layer, kinds) and (keep is None or keep(layer))]
+    layers.sort(key=lambda layer: plugin_meta(layer).get("role") != first_role)
+    return [(layer.name, layer) for layer in layers]
+
+
 def image_stack(layer: Image) -> np.ndarray:
     """An Image layer's data as (Z, Y, X, C), C = 3 for RGB layers.
 

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from ..core.corrections import ignore_unedited
 from ..core.data import IGNORE, STRUCTURE
-from ._layers import current_slice, follow_new_layers, labels_stack, plugin_meta, spatial_ndim
+from ._layers import current_slice, follow_new_layers, labels_stack, layer_choices, spatial_ndim
 from ._session import get_session
 
 
@@ -60,10 +60,7 @@ class CorrectWidget(Container):
         self._layer_changed()
 
     def _labels_choices(self, _widget=None):
-        layers = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
-        # Predictions first: they are what one corrects.
-        layers.sort(key=lambda layer: plugin_meta(layer).get("role") != "prediction")
-        return [(layer.name, layer) for layer in layers]
+        return layer_choices(self.viewer, Labels, "prediction")
 
     @property
     def tracker(self):

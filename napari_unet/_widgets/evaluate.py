@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 from ..core.data import STRUCTURE
 from ..core.metrics import evaluate, evaluate_per_slice
 from ._jobs import BackgroundJob
-from ._layers import follow_new_layers, labels_stack, plugin_meta
+from ._layers import follow_new_layers, labels_stack, layer_choices, plugin_meta
 
 NO_FOV = None
 
@@ -38,23 +38,20 @@ class EvaluateWidget(Container):
         follow_new_layers(viewer, self, {"prediction": self.prediction, "truth": self.truth, "fov": self.fov})
         self._guess_task()
 
-    def _layers(self, kinds, roles=None):
-        layers = [layer for layer in self.viewer.layers if isinstance(layer, kinds)]
-        if roles:
-            layers.sort(key=lambda layer: plugin_meta(layer).get("role") not in roles)
-        return layers
-
     def _prediction_choices(self, _widget=None):
-        candidates = [layer for layer in self._layers((Labels, Image), ("prediction",))
-                      if not (isinstance(layer, Image) and plugin_meta(layer).get("role") == "image")]
-        return [(layer.name, layer) for layer in candidates]
+        def not_the_image(layer):
+            return not (isinstance(layer, Image) and plugin_meta(layer).get("role") == "image")
+
+        return layer_choices(self.viewer, (Labels, Image), "prediction", keep=not_the_image)
 
     def _truth_choices(self, _widget=None):
-        return [(layer.name, layer) for layer in self._layers(Labels, ("truth",))]
+        return layer_choices(self.viewer, Labels, "truth")
 
     def _fov_choices(self, _widget=None):
-        return [("none", NO_FOV)] + [(layer.name, layer) for layer in self._layers((Labels, Image), ("fov",))
-                                     if plugin_meta(layer).get("role") == "fov"]
+        def is_fov(layer):
+            return plugin_meta(layer).get("role") == "fov"
+
+        return [("none", NO_FOV)] + layer_choices(self.viewer, (Labels, Image), keep=is_fov)
 
     def _guess_task(self) -> None:
         for layer in (self.truth.value, self.prediction.value):

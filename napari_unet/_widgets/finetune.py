@@ -15,7 +15,7 @@ from ..core.data import IGNORE, data_hash, normalize
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
 from ..core.train import TrainingData, fine_tune_recipe, train
 from ._jobs import BackgroundJob
-from ._layers import follow_new_layers, image_stack, label_colormap, labels_stack, layer_shaped, plugin_meta, spatial_ndim
+from ._layers import follow_new_layers, image_stack, layer_choices, label_colormap, labels_stack, layer_shaped, plugin_meta, spatial_ndim
 from ._plot import LossPlot
 from ._session import get_session
 from .predict import write_prediction
@@ -43,8 +43,9 @@ class FineTuneWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.session = get_session(viewer)
-        self.image = ComboBox(label="Image", choices=self._choices(Image))
-        self.corrected_labels = ComboBox(label="Corrected labels", choices=self._choices(Labels))
+        self.image = ComboBox(label="Image", choices=lambda _w=None: layer_choices(viewer, Image))
+        self.corrected_labels = ComboBox(label="Corrected labels",
+                                         choices=lambda _w=None: layer_choices(viewer, Labels, "prediction"))
         self.steps = SpinBox(label="Steps", min=5, max=5000, value=120)
         self.hold_out = CheckBox(text="Hold one corrected slice out for validation", value=True)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
@@ -67,15 +68,6 @@ class FineTuneWidget(Container):
         self.job: BackgroundJob | None = None
         self.history: list = []
         follow_new_layers(viewer, self, {"image": self.image, "prediction": self.corrected_labels})
-
-    def _choices(self, kind):
-        def choices(_widget=None):
-            layers = [layer for layer in self.viewer.layers if isinstance(layer, kind)]
-            if kind is Labels:
-                layers.sort(key=lambda layer: plugin_meta(layer).get("role") != "prediction")
-            return [(layer.name, layer) for layer in layers]
-
-        return choices
 
     def _clicked(self) -> None:
         if self.job is not None and self.job.running:

@@ -18,7 +18,7 @@ from ..core.predict import (
     threshold_mask,
 )
 from ._jobs import BackgroundJob
-from ._layers import follow_new_layers, image_stack, label_colormap, labels_stack, layer_shaped, plugin_meta, spatial_ndim
+from ._layers import follow_new_layers, image_stack, label_colormap, layer_choices, labels_stack, layer_shaped, plugin_meta, spatial_ndim
 from ._session import get_session
 
 BUILTIN_EM = "em-membranes"
@@ -69,7 +69,7 @@ class PredictWidget(Container):
     # ------------------------------------------------------------------ choices
 
     def _image_choices(self, _widget=None):
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+        return layer_choices(self.viewer, Image)
 
     def _model_choices(self, _widget=None):
         choices = [("EM membranes (built-in)", BUILTIN_EM), ("Fundus vessels (built-in)", BUILTIN_FUNDUS),

@@ -15,14 +15,13 @@ slices, steps, scores), ``name``, ``description``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data import DEFAULT_NORMALIZATION, LABEL_CONVENTION
+from .files import atomic_write
 from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet"
@@ -95,24 +94,11 @@ def save_checkpoint(path: str | Path, model: UNet, metadata: dict, half: bool = 
         "metadata": json.dumps(metadata),
         "state_dict": state,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as handle:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # through a handle: smaller files than giving torch the name
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, write)
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

@@ -8,13 +8,13 @@ leaves a half-written file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from .files import atomic_write
 
 
 def corrections_folder(image_source: str | Path) -> Path:
@@ -22,17 +22,6 @@ def corrections_folder(image_source: str | Path) -> Path:
     source = Path(image_source)
     stem = source.stem if source.suffix else source.name
     return source.parent / f"{stem}.napari-unet"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CorrectionStore:
@@ -50,7 +39,7 @@ class CorrectionStore:
         """Write labels first, then the state, both atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         data = np.asarray(labels)
-        _atomic_write(self.labels_path, lambda p: tifffile.imwrite(p, data, photometric="minisblack"))
+        atomic_write(self.labels_path, lambda p: tifffile.imwrite(p, data, photometric="minisblack"))
         state = {
             "corrected_slices": sorted(int(z) for z in corrected),
             "edited_slices": sorted(int(z) for z in edited),
@@ -58,7 +47,7 @@ class CorrectionStore:
             "shape": list(data.shape),
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _atomic_write(self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
+        atomic_write(self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
 
     def load(self) -> tuple[np.ndarray, dict]:
         """Return (labels, state); raises ValueError for unreadable files."""
