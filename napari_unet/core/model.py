@@ -147,13 +147,17 @@ class UNet(nn.Module):
             Up(widths[i + 1], widths[i], c.bilinear) for i in reversed(range(c.depth))
         )
         self.outc = OutConv(widths[0], c.classes)
+        # Channels-last (NHWC) weights and activations: convolutions run 1.6-2x faster on
+        # CPU (oneDNN) and use tensor cores on GPU (benchmarks/speed.py). Loading a state
+        # dict, .to(device) and .half() keep this layout.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"U-Net expects (batch, {self.config.in_channels}, Y, X), got {tuple(x.shape)}."
             )
-        skips = [self.inc(x)]
+        skips = [self.inc(x.contiguous(memory_format=torch.channels_last))]
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = skips.pop()
