@@ -4,7 +4,9 @@
 
 Median wall time to predict one 512x512 ISBI slice and one 584x565 DRIVE image with each
 model's own tile settings (what the plugin and the CLI do), and the ratio to the baseline:
-the classic U-Net (64 wide, depth 4) with 512-pixel tiles and 25 % overlap.
+the classic U-Net (64 wide, depth 4) with 512-pixel tiles and 25 % overlap. A second
+table gives one forward pass of a 576x576 one-channel tile by U-Net width (depth 4), the
+speed side of the model cards' width trade-off.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def baseline(channels: int, task: str) -> Checkpoint:
     return Checkpoint(model, default_metadata(task, tile_size=512), "classic 64-wide U-Net")
 
 
+def forward_seconds(width: int, device, repeats: int) -> float:
+    model = UNet(UNetConfig(in_channels=1, base_width=width, depth=4)).to(device).eval()
+    tile = torch.rand(1, 1, 576, 576, device=device)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first pass is a warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(tile)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -57,6 +75,9 @@ def main() -> None:
                      "baseline_seconds": base, "ratio": ours / base, "target_s": target,
                      "meets": "yes" if ours <= target or device.type != "cpu" else "NO"})
     print(table(rows, ["model", "image", "seconds", "baseline_seconds", "ratio", "target_s", "meets"]))
+    widths = [{"width": w, "forward_576_s": forward_seconds(w, device, args.repeats)} for w in (16, 24, 32, 64)]
+    print()
+    print(table(widths, ["width", "forward_576_s"]))
 
 
 if __name__ == "__main__":
