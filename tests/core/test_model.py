@@ -55,3 +55,22 @@ def test_config_round_trip():
     config = UNetConfig(in_channels=3, base_width=16, depth=3, bilinear=False)
     assert UNetConfig.from_dict(config.to_dict()) == config
     assert config.size_multiple == 8
+
+
+def test_channels_last_layout_survives_loading_and_gives_the_same_output(tmp_path):
+    from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(in_channels=1, base_width=8, depth=2)).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, {"task": "em"}, half=False)
+    loaded = load_checkpoint(path).model.eval()
+    convs = [p for p in loaded.parameters() if p.ndim == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x = torch.rand(2, 1, 40, 40)
+    # The same weights in the default layout compute the same logits.
+    plain = UNet(UNetConfig(in_channels=1, base_width=8, depth=2)).eval()
+    plain.load_state_dict({k: v.contiguous() for k, v in loaded.state_dict().items()})
+    plain.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), plain(x), atol=1e-5)
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
