@@ -2,8 +2,9 @@
 
     python benchmarks/accuracy.py [--models em-membranes fundus-vessels] [--device auto]
 
-EM: ISBI 2012 slices 25-29 (never trained on): Dice of the membrane class at 0.5, pixel
-error (1 - accuracy), V_Rand and V_Info (thinned borders, best threshold).
+EM: ISBI 2012 slices 25-29 (never trained on): Dice of the membrane class and pixel error
+(1 - accuracy) at the model's own threshold (as the CLI and the plugin use it), V_Rand and
+V_Info (thinned borders, best threshold).
 Fundus: the 20 DRIVE test images, 1st_manual, inside the FOV, threshold 0.5, pooled.
 """
 

@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import drive, table
-from train_builtin import RECIPES
+from _common import DATA, drive, table
+from train_builtin import RECIPES, training_data
 
 from napari_unet.core.checkpoint import default_metadata, load_checkpoint
-from napari_unet.core.data import apply_fov, normalize
 from napari_unet.core.metrics import fundus_scores
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.predict import predict_stack
@@ -40,13 +39,15 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     recipe = RECIPES["fundus-vessels"]
-    train_stack, test_stack = drive("training"), drive("test")
-    labels = apply_fov(train_stack.labels, train_stack.fov)
+    # Normalisation is per channel, so the green channel of the normalised RGB images is
+    # exactly what a green-only model would be fed.
+    _, rgb = training_data("fundus-vessels", DATA)
+    test_stack = drive("test")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, channels in CHANNELS.items():
             model = UNet(UNetConfig(in_channels=len(channels), base_width=recipe["width"], depth=recipe["depth"]))
-            data = TrainingData(normalize(train_stack.images[..., channels]), labels, list(range(20)), [])
+            data = TrainingData(rgb.images[..., channels], rgb.labels, rgb.train_slices)
             config = TrainConfig(steps=args.steps, batch_size=recipe["batch"], crop_size=recipe["crop"],
                                  learning_rate=recipe["lr"], validate_every=args.steps, device=args.device)
             path = Path(tmp) / f"{name}.pt"

@@ -23,14 +23,15 @@ from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.predict import describe_device, predict_stack, resolve_device
 
 
-def median_seconds(checkpoint: Checkpoint, image, device, repeats: int) -> float:
-    predict_stack(checkpoint, image, device=device)  # warm-up (allocations, kernels)
+def median_seconds(run, device, repeats: int) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, after one warm-up call."""
+    run()  # warm-up (allocations, kernels)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        predict_stack(checkpoint, image, device=device)
+        run()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -45,17 +46,12 @@ def baseline(channels: int, task: str) -> Checkpoint:
 def forward_seconds(width: int, device, repeats: int) -> float:
     model = UNet(UNetConfig(in_channels=1, base_width=width, depth=4)).to(device).eval()
     tile = torch.rand(1, 1, 576, 576, device=device)
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first pass is a warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+
+    def forward() -> None:
+        with torch.no_grad():
             model(tile)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    return median_seconds(forward, device, repeats)
 
 
 def main() -> None:
@@ -69,8 +65,9 @@ def main() -> None:
              ("fundus-vessels", drive("test").images[0:1], "fundus", 1.5)]
     rows = []
     for name, image, task, target in cases:
-        base = median_seconds(baseline(image.shape[-1], task), image, device, args.repeats)
-        ours = median_seconds(load_checkpoint(name), image, device, args.repeats)
+        base_model, our_model = baseline(image.shape[-1], task), load_checkpoint(name)
+        base = median_seconds(lambda: predict_stack(base_model, image, device=device), device, args.repeats)
+        ours = median_seconds(lambda: predict_stack(our_model, image, device=device), device, args.repeats)
         rows.append({"model": name, "image": "x".join(map(str, image.shape[1:3])), "seconds": ours,
                      "baseline_seconds": base, "ratio": ours / base, "target_s": target,
                      "meets": "yes" if ours <= target or device.type != "cpu" else "NO"})
