@@ -27,8 +27,6 @@ from napari_unet.core.train import TrainConfig, TrainingData, train
 RECIPES = {
     "em-membranes": dict(
         task="em", width=24, depth=4, steps=2500, crop=256, batch=4, lr=1e-3, tile=576, margin=32,
-        # A second stage that keeps a moving average of the weights (decay 0.998, ~500 steps).
-        stages=[dict(steps=1000, lr=3e-4, ema=0.998)],
         description="Neuronal membranes in serial-section TEM (ISBI 2012), 1 = membrane.",
     ),
     "fundus-vessels": dict(
@@ -124,7 +122,7 @@ def main() -> None:
     for number, stage in enumerate(stages, start=first):
         config = TrainConfig(steps=stage["steps"], batch_size=recipe["batch"], crop_size=recipe["crop"],
                              learning_rate=stage["lr"], validate_every=100, device=args.device,
-                             ema_decay=stage.get("ema", 0.0), seed=len(metadata["history"]))
+                             seed=len(metadata["history"]))
         metadata["data_hash"] = data_hash(stack.images, data.labels)
         for event in train(model, data, config, run, metadata):
             if event.step % 50 == 0 or event.done:

@@ -48,9 +48,6 @@ class TrainConfig:
     dice_weight: float = 1.0
     border_weights: bool = False
     freeze_batchnorm: bool = False
-    # > 0: validate and keep an exponential moving average of the weights (and BatchNorm
-    # statistics) instead of the raw weights, which smooths out the step-to-step noise.
-    ema_decay: float = 0.0
     min_labelled_fraction: float = 0.05
     device: str = "auto"
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -64,8 +61,6 @@ class TrainConfig:
             raise ValueError(f"crop_size={self.crop_size}: use crops of at least 16 pixels (256 is usual).")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate={self.learning_rate}: use a small positive value such as 1e-3.")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay={self.ema_decay}: use 0 (off) or a value such as 0.998.")
 
 
 def fine_tune_recipe(steps: int = 120, **overrides) -> TrainConfig:
@@ -232,21 +227,11 @@ def train(
     use_amp = device.type == "cuda"
     tile = max(config.crop_size, 256)
 
-    average = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-        )
-        if config.ema_decay
-        else None
-    )
-    # The weights that are validated, kept and saved: the average when there is one.
-    kept = average.module if average is not None else model
-
     def save(step: int, score: float | None) -> None:
         run_record["steps"] = step
         run_record["val_dice"] = score
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, kept, metadata)
+            save_checkpoint(checkpoint_path, model, metadata)
 
     start = time.perf_counter()
     best_dice: float | None = None
@@ -270,22 +255,20 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if average is not None:
-                average.update_parameters(model)
 
             event = TrainEvent(step, config.steps, float(loss.detach()), best_dice=best_dice)
             event.learning_rate = optimizer.param_groups[0]["lr"]
             if step % config.validate_every == 0 or step == config.steps:
                 if has_val:
-                    score = validation_dice(kept, val_images, val_labels, device, tile)
+                    score = validation_dice(model, val_images, val_labels, device, tile)
                     event.val_dice = score
                     if score > best_dice + 1e-4:
                         best_dice, event.improved = score, True
-                        best_state = copy.deepcopy(kept.state_dict())
+                        best_state = copy.deepcopy(model.state_dict())
                         save(step, score)
                     event.best_dice = best_dice
                 else:
-                    best_state = copy.deepcopy(kept.state_dict())
+                    best_state = copy.deepcopy(model.state_dict())
                     event.improved = True
                     save(step, None)
             step_times.append(time.perf_counter() - tick)

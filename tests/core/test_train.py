@@ -105,27 +105,6 @@ def test_training_learns_on_real_slices(small_isbi):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
-def test_weight_average_is_what_is_kept_and_saved(small_isbi, tmp_path):
-    """With ema_decay the kept model is the running average: it lags behind the raw weights."""
-    images, labels = small_isbi
-    data = TrainingData(images, labels, [0, 1, 2])
-    start = _model().state_dict()
-    finals = {}
-    for decay in (0.0, 0.7):
-        model, path = _model(), tmp_path / f"ema{decay}.pt"
-        list(train(model, data, _config(steps=8, learning_rate=3e-3, ema_decay=decay), path, default_metadata("em")))
-        saved = load_checkpoint(path).model.state_dict()
-        for key, value in model.state_dict().items():
-            torch.testing.assert_close(saved[key], value)  # the kept model is the one on disk
-        finals[decay] = model.state_dict()
-    weight = "inc.block.0.weight"
-    moved = {decay: float((finals[decay][weight] - start[weight]).norm()) for decay in finals}
-    assert 0 < moved[0.7] < moved[0.0]
-    assert finals[0.7][weight].is_contiguous(memory_format=torch.channels_last)  # the layout survives the copy
-    with pytest.raises(ValueError, match="ema_decay"):
-        TrainConfig(ema_decay=1.0)
-
-
 def test_bad_training_data_is_explained(small_isbi):
     images, labels = small_isbi
     with pytest.raises(ValueError, match="at least one slice"):
