@@ -15,7 +15,16 @@ from ..core.data import IGNORE, data_hash, normalize
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
 from ..core.train import TrainingData, fine_tune_recipe, train
 from ._jobs import BackgroundJob
-from ._layers import follow_new_layers, image_stack, layer_choices, label_colormap, labels_stack, layer_shaped, plugin_meta, spatial_ndim
+from ._layers import (
+    follow_new_layers,
+    image_stack,
+    label_colormap,
+    labels_stack,
+    layer_choices,
+    layer_shaped,
+    plugin_meta,
+    spatial_ndim,
+)
 from ._plot import LossPlot
 from ._session import get_session
 from .predict import write_prediction

@@ -18,7 +18,16 @@ from ..core.predict import (
     threshold_mask,
 )
 from ._jobs import BackgroundJob
-from ._layers import follow_new_layers, image_stack, label_colormap, layer_choices, labels_stack, layer_shaped, plugin_meta, spatial_ndim
+from ._layers import (
+    follow_new_layers,
+    image_stack,
+    label_colormap,
+    labels_stack,
+    layer_choices,
+    layer_shaped,
+    plugin_meta,
+    spatial_ndim,
+)
 from ._session import get_session
 
 BUILTIN_EM = "em-membranes"

@@ -1,8 +1,13 @@
 """The built-in models: shipped, loadable by name, documented, and good on real data and samples."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from napari_unet.core.checkpoint import BUILTIN_DIR, BUILTIN_MODELS, load_checkpoint
+from napari_unet.core.data import load_dataset
 from napari_unet.core.metrics import dice, fundus_scores
 from napari_unet.core.predict import predict_stack
 from napari_unet.core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
@@ -27,8 +32,6 @@ def test_em_model_on_a_real_isbi_slice(isbi_stack):
 
 
 def test_fundus_model_on_a_real_drive_image(drive_dir):
-    from napari_unet.core.data import load_dataset
-
     stack = load_dataset(drive_dir / "test")
     prob = predict_stack(load_checkpoint("fundus-vessels"), stack.images[:1], device="cpu")
     scores = fundus_scores(prob, stack.labels[:1] == 1, stack.fov[:1])
@@ -47,10 +50,6 @@ def test_models_segment_the_generated_samples():
 
 def test_first_command_without_a_screen_predicts_the_sample():
     """`napari-unet gui` on a server: the same first job runs headless, and says so."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "gui"], capture_output=True, text=True,
                             env=env, timeout=300)
