@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
 from napari.layers import Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
@@ -13,6 +13,7 @@ from ..core.corrections import ignore_unedited
 from ..core.data import IGNORE, STRUCTURE
 from ._layers import current_slice, follow_new_layers, labels_stack, layer_choices, spatial_ndim
 from ._session import get_session
+from ._text import text_row
 
 
 class CorrectWidget(Container):
@@ -23,7 +24,7 @@ class CorrectWidget(Container):
         self.viewer = viewer
         self.session = get_session(viewer)
         self.layer = ComboBox(label="Labels", choices=self._labels_choices)
-        self.help = Label(value="Paint with label 1 (structure) or 0 (background); label 2 = ignore.")
+        self.help = text_row(value="Paint with label 1 (structure) or 0 (background); label 2 = ignore.")
         self.paint_structure = PushButton(text="Paint structure (1)")
         self.paint_background = PushButton(text="Erase to background (0)")
         self.paint_ignore = PushButton(text="Paint 'ignore' (2)")
@@ -32,15 +33,13 @@ class CorrectWidget(Container):
         self.ignore_rest = PushButton(text="Ignore unedited parts", tooltip="Only the pixels near your edits on this slice are learnt")
         self.folder = FileEdit(label="Autosave to", mode="d", tooltip="Empty: next to the image")
         self.save_now = PushButton(text="Save corrections now")
-        self.status = Label(value="")
+        self.status = text_row()
         def row(*widgets):
             return Container(widgets=widgets, layout="horizontal", labels=False)
 
         self.extend([self.layer, self.help, row(self.paint_structure, self.paint_background),
                      row(self.mark, self.unmark), row(self.paint_ignore, self.ignore_rest),
                      self.folder, self.save_now, self.status])
-        self.help.native.setWordWrap(True)
-        self.status.native.setWordWrap(True)
         self.slices = QListWidget()
         self.slices.setMinimumHeight(120)
         self.native.layout().insertWidget(2, self.slices)

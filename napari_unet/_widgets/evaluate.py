@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, PushButton
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
@@ -11,6 +11,7 @@ from ..core.data import STRUCTURE
 from ..core.metrics import evaluate, evaluate_per_slice
 from ._jobs import BackgroundJob
 from ._layers import follow_new_layers, labels_stack, layer_choices, plugin_meta
+from ._text import text_row
 
 NO_FOV = None
 
@@ -26,9 +27,8 @@ class EvaluateWidget(Container):
         self.fov = ComboBox(label="FOV mask", choices=self._fov_choices)
         self.task = ComboBox(label="Task", choices=["em", "fundus"], value="em")
         self.run_button = PushButton(text="Evaluate")
-        self.status = Label(value="")
+        self.status = text_row()
         self.extend([self.prediction, self.truth, self.fov, self.task, self.run_button, self.status])
-        self.status.native.setWordWrap(True)
         self.table = QTableWidget()
         self.table.setMinimumHeight(200)
         self.native.layout().addWidget(self.table)

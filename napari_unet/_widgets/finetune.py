@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch._dynamo  # noqa: F401  (see below)
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -27,6 +27,7 @@ from ._layers import (
 )
 from ._plot import LossPlot
 from ._session import get_session
+from ._text import text_row
 from .predict import write_prediction
 
 # torch's optimizers import torch._dynamo lazily on their first step; in a worker thread
@@ -62,13 +63,12 @@ class FineTuneWidget(Container):
                                 tooltip="Empty: next to the image, never overwriting")
         self.run_button = PushButton(text=START)
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
-        self.eta = Label(label="")
-        self.status = Label(label="")
+        self.eta = text_row()
+        self.status = text_row()
         self.extend([self.image, self.corrected_labels, self.steps, self.hold_out, self.device, self.save_to,
                      self.run_button, self.progress_bar, self.eta, self.status])
         # Fixed heights: text that changes height would re-layout the window and make
         # the canvas redraw (a visible stall with software OpenGL).
-        self.status.native.setWordWrap(True)
         self.status.native.setFixedHeight(120)
         self.eta.native.setFixedHeight(20)
         self.plot = LossPlot()

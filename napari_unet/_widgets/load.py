@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, PushButton
+from magicgui.widgets import Container, FileEdit, PushButton
 from napari.layers import Layer
 
 from ..core.corrections import CorrectionStore, corrections_folder
@@ -13,6 +13,7 @@ from ..core.data import DataError
 from .._reader import read_layers
 from ._layers import label_colormap
 from ._session import get_session
+from ._text import text_row
 
 
 class LoadWidget(Container):
@@ -24,10 +25,9 @@ class LoadWidget(Container):
         self.path = FileEdit(label="File or folder", mode="r", tooltip="A tif stack, an image, or a folder")
         self.choose_folder = PushButton(text="Choose a folder…")
         self.load_button = PushButton(text="Load")
-        self.status = Label(value="Choose an EM stack, a fundus image, or an ISBI / DRIVE folder.")
+        self.status = text_row(value="Choose an EM stack, a fundus image, or an ISBI / DRIVE folder.")
         self.restore_button = PushButton(text="Restore saved corrections", visible=False)
         self.extend([self.path, self.choose_folder, self.load_button, self.status, self.restore_button])
-        self.status.native.setWordWrap(True)
         self.choose_folder.changed.connect(self._choose_folder)
         self.load_button.changed.connect(self.load)
         self.restore_button.changed.connect(self.restore_corrections)

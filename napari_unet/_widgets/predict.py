@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -29,6 +29,7 @@ from ._layers import (
     spatial_ndim,
 )
 from ._session import get_session
+from ._text import text_row
 
 BUILTIN_EM = "em-membranes"
 BUILTIN_FUNDUS = "fundus-vessels"
@@ -49,23 +50,24 @@ class PredictWidget(Container):
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", visible=False)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
-        self.device_info = Label(label="In use")
+        self.device_info = text_row(label="In use")
         self.tile = SpinBox(label="Tile (0 = model's)", min=0, max=4096, step=16, value=0)
         self.overlap = FloatSpinBox(label="Overlap", min=0.0, max=0.75, step=0.05, value=0.25)
-        self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5,
+                                      tooltip="Mask = probability > threshold; set to the model's own when you choose it")
         self.show_probability = CheckBox(text="Add the probability as an image", value=False)
         self.show_instances = CheckBox(text="Add cell instances (EM)", value=False)
         self.edited_policy = ComboBox(label="Edited labels", choices=[KEEP_EDITS, NEW_LAYER], value=KEEP_EDITS)
         self.run_button = PushButton(text="Predict")
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
-        self.status = Label(label="")
+        self.status = text_row()
         self.extend([
             self.image, self.model, self.checkpoint, self.device, self.device_info, self.tile, self.overlap,
             self.threshold, self.show_probability, self.show_instances, self.edited_policy, self.run_button,
             self.progress_bar, self.status,
         ])
-        self.status.native.setWordWrap(True)
         self.model.changed.connect(self._model_changed)
+        self.checkpoint.changed.connect(self._use_model_threshold)
         self.device.changed.connect(self._device_changed)
         self.image.changed.connect(self._image_changed)
         self.run_button.changed.connect(self._run_clicked)
@@ -74,6 +76,7 @@ class PredictWidget(Container):
         follow_new_layers(viewer, self, {"image": self.image})
         self._device_changed()
         self._image_changed()
+        self._use_model_threshold()
 
     # ------------------------------------------------------------------ choices
 
@@ -93,6 +96,15 @@ class PredictWidget(Container):
 
     def _model_changed(self) -> None:
         self.checkpoint.visible = self.model.value == FROM_FILE
+        self._use_model_threshold()
+
+    def _use_model_threshold(self) -> None:
+        """Show the threshold the model was tuned with (e.g. 0.55 for em-membranes)."""
+        try:
+            checkpoint, _name = self.selected_checkpoint()
+        except (ValueError, CheckpointError):
+            return  # no file chosen yet, or a bad one: predicting will say so
+        self.threshold.value = float(checkpoint.metadata.get("threshold", 0.5))
 
     def _image_changed(self) -> None:
         layer = self.image.value

@@ -58,6 +58,20 @@ def describe_device(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def has_fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 mixed precision speeds this device up: CUDA GPUs, and CPUs with
+    AMX units (Intel Sapphire Rapids and later: training steps 2-3x faster there). On
+    other CPUs bfloat16 is emulated and slower, so they stay in float32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+        except (AttributeError, RuntimeError):  # older torch: no capability query
+            return False
+    return False
+
+
 def blend_window(tile: int, mode: str = "gaussian") -> np.ndarray:
     """(tile, tile) float32 weights, highest in the centre, never zero (so edges still count)."""
     if mode == "gaussian":

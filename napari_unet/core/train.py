@@ -25,7 +25,7 @@ from .data import IGNORE, STRUCTURE, Augmentation, augment, random_crop
 from .losses import border_weight_map, segmentation_loss
 from .metrics import dice
 from .model import UNet
-from .predict import resolve_device, sliding_window
+from .predict import has_fast_bfloat16, resolve_device, sliding_window
 
 
 @dataclass
@@ -50,6 +50,8 @@ class TrainConfig:
     freeze_batchnorm: bool = False
     min_labelled_fraction: float = 0.05
     device: str = "auto"
+    # bfloat16 autocast in the forward pass; None = where it is fast (see has_fast_bfloat16).
+    mixed_precision: bool | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -224,7 +226,9 @@ def train(
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
-    use_amp = device.type == "cuda"
+    use_amp = has_fast_bfloat16(device) if config.mixed_precision is None else config.mixed_precision
+    use_amp = use_amp and device.type in ("cuda", "cpu")
+    run_record["bfloat16"] = use_amp
     tile = max(config.crop_size, 256)
 
     def save(step: int, score: float | None) -> None:
@@ -248,7 +252,7 @@ def train(
             images, labels, weights = _sample_batch(train_images, train_labels, train_weights, config, rng)
             images, labels = images.to(device), labels.to(device)
             weights = weights.to(device) if weights is not None else None
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(images)
             loss = segmentation_loss(logits.float(), labels, weights, dice_weight=config.dice_weight)
             optimizer.zero_grad(set_to_none=True)

@@ -129,3 +129,20 @@ def test_fundus_loop(widgets, qtbot, drive_folder, tiny_fundus):
     wait_for(qtbot, evaluate.run())
     headers = [evaluate.table.horizontalHeaderItem(c).text() for c in range(evaluate.table.columnCount())]
     assert {"se", "sp", "acc", "f1", "auc"} <= set(headers)
+
+
+def test_threshold_follows_the_chosen_model(widgets, tmp_path):
+    """The Predict widget shows the threshold each model was tuned with, as the CLI uses it."""
+    from napari_unet.core.checkpoint import default_metadata, save_checkpoint
+    from napari_unet.core.model import UNet, UNetConfig
+
+    predict = widgets["predict"]
+    predict.model.value = "em-membranes"
+    assert predict.threshold.value == load_checkpoint("em-membranes").metadata["threshold"]
+    predict.model.value = "fundus-vessels"
+    assert predict.threshold.value == 0.5
+    path = save_checkpoint(tmp_path / "tuned.pt", UNet(UNetConfig(base_width=4, depth=2)),
+                           default_metadata("em", threshold=0.3))
+    predict.model.value = "file"
+    predict.checkpoint.value = str(path)
+    assert predict.threshold.value == 0.3
