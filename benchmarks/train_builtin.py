@@ -26,7 +26,8 @@ from napari_unet.core.train import TrainConfig, TrainingData, train
 # The recipes (see the model cards for why: accuracy against CPU speed).
 RECIPES = {
     "em-membranes": dict(
-        task="em", width=24, depth=4, steps=2500, crop=256, batch=4, lr=1e-3, tile=576, margin=32,
+        # 6,000 steps: bfloat16 on an AMX CPU makes a step 2.3x cheaper (see the model card).
+        task="em", width=24, depth=4, steps=6000, crop=256, batch=4, lr=1e-3, tile=576, margin=32,
         description="Neuronal membranes in serial-section TEM (ISBI 2012), 1 = membrane.",
     ),
     "fundus-vessels": dict(
