@@ -226,8 +226,8 @@ def train(
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
-    use_amp = has_fast_bfloat16(device) if config.mixed_precision is None else config.mixed_precision
-    use_amp = use_amp and device.type in ("cuda", "cpu")
+    wanted = has_fast_bfloat16(device) if config.mixed_precision is None else config.mixed_precision
+    use_amp = wanted and device.type in ("cuda", "cpu")  # the autocast devices with bfloat16
     run_record["bfloat16"] = use_amp
     tile = max(config.crop_size, 256)
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_unet.core.model import UNet, UNetConfig
 
 
@@ -58,8 +59,6 @@ def test_config_round_trip():
 
 
 def test_channels_last_layout_survives_loading_and_gives_the_same_output(tmp_path):
-    from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
-
     torch.manual_seed(0)
     model = UNet(UNetConfig(in_channels=1, base_width=8, depth=2)).eval()
     path = save_checkpoint(tmp_path / "m.pt", model, {"task": "em"}, half=False)

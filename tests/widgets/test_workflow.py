@@ -6,7 +6,8 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._session import get_session
-from napari_unet.core.checkpoint import load_checkpoint
+from napari_unet.core.checkpoint import default_metadata, load_checkpoint, save_checkpoint
+from napari_unet.core.model import UNet, UNetConfig
 
 from .conftest import paint_square, wait_for
 
@@ -133,9 +134,6 @@ def test_fundus_loop(widgets, qtbot, drive_folder, tiny_fundus):
 
 def test_threshold_follows_the_chosen_model(widgets, tmp_path):
     """The Predict widget shows the threshold each model was tuned with, as the CLI uses it."""
-    from napari_unet.core.checkpoint import default_metadata, save_checkpoint
-    from napari_unet.core.model import UNet, UNetConfig
-
     predict = widgets["predict"]
     predict.model.value = "em-membranes"
     assert predict.threshold.value == load_checkpoint("em-membranes").metadata["threshold"]
