@@ -9,8 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-WIDGETS = (("Load", "LoadWidget"), ("Predict", "PredictWidget"), ("Correct", "CorrectWidget"),
-           ("Fine-tune", "FineTuneWidget"), ("Evaluate", "EvaluateWidget"))
+PLUGIN = "napari-unet"
+WIDGETS = ("Load", "Predict", "Correct", "Fine-tune", "Evaluate")  # display names in napari.yaml
+
+
+def dock_widgets(viewer) -> dict:
+    """Open the five widgets through napari's own plugin mechanism (as Plugins ▸ napari-unet
+    does), tabbed on the right. Returns {display name: widget}."""
+    return {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)[1] for name in WIDGETS}
 
 
 def open_viewer(data: str | None = None, sample: str | None = "em", show: bool = True):
@@ -21,13 +27,8 @@ def open_viewer(data: str | None = None, sample: str | None = "em", show: bool =
     """
     import napari
 
-    from . import _widgets
-
     viewer = napari.Viewer(title="napari-unet", show=show)
-    widgets = {}
-    for name, cls in WIDGETS:
-        widgets[name] = getattr(_widgets, cls)(viewer)
-        viewer.window.add_dock_widget(widgets[name], name=name, area="right", tabify=True)
+    widgets = dock_widgets(viewer)
     load = widgets["Load"]
     if data:
         load.path.value = str(data)

@@ -22,6 +22,34 @@ class UsageError(ValueError):
     """Bad command-line input (exit code 2)."""
 
 
+def _number(kind, low=None, high=None, low_open=False, what="a number"):
+    """An argparse type: ``kind`` (int/float) within [low, high] (``low_open``: > low)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high) or value != value:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {what}")
+        return value
+
+    return parse
+
+
+STEPS = _number(int, 1, what="a whole number of steps, at least 1")
+TILE = _number(int, 16, 8192, what="a tile size in pixels between 16 and 8192")
+OVERLAP = _number(float, 0.0, 0.9, what="an overlap fraction between 0 and 0.9")
+PROBABILITY = _number(float, 0.0, 1.0, what="a threshold between 0 and 1")
+BATCH = _number(int, 1, 1024, what="a batch size between 1 and 1024")
+CROP = _number(int, 16, 8192, what="a crop size in pixels between 16 and 8192")
+LEARNING_RATE = _number(float, 0.0, 1.0, low_open=True, what="a learning rate above 0 and at most 1, e.g. 1e-3")
+WIDTH = _number(int, 2, 512, what="a width between 2 and 512")
+DEPTH = _number(int, 1, 7, what="a depth between 1 and 7")
+SEED = _number(int, 0, what="a seed of 0 or more")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
         raise UsageError(f"{message} (see 'napari-unet {self.prog.split()[-1]} --help')")
@@ -37,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output mask, uint8 tif (0/1), same Z/Y/X as the input")
     p.add_argument("--probabilities", help="also write the float32 probability map to this tif")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
-    p.add_argument("--threshold", type=float, help="probability threshold for the mask (default: the model's, 0.5)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default 4)")
+    p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--threshold", type=PROBABILITY, help="probability threshold for the mask (default: the model's, 0.5)")
+    p.add_argument("--batch-size", type=BATCH, default=4, help="tiles per batch (default 4)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
     t = commands.add_parser("train", help="train from scratch, or fine-tune with --from")
@@ -50,17 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert-labels", action="store_true", help="structure is 0 in the label files (ISBI 2012)")
     t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
     t.add_argument("--out", required=True, help="checkpoint file to write (the best model)")
-    t.add_argument("--steps", type=int, help="training steps (default 1500 from scratch, 120 to fine-tune)")
+    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch, 120 to fine-tune)")
     t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 slices)")
     t.add_argument("--no-val", action="store_true", help="train on every slice, without validation")
     t.add_argument("--task", choices=["em", "fundus"], help="default: fundus for RGB images, em otherwise")
-    t.add_argument("--base-width", type=int, default=32, help="U-Net width of the first level (from scratch)")
-    t.add_argument("--depth", type=int, default=4, help="U-Net depth (from scratch)")
-    t.add_argument("--crop-size", type=int, help="training crop size in pixels")
-    t.add_argument("--batch-size", type=int, help="crops per step")
-    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--base-width", type=WIDTH, default=32, help="U-Net width of the first level (from scratch)")
+    t.add_argument("--depth", type=DEPTH, default=4, help="U-Net depth (from scratch)")
+    t.add_argument("--crop-size", type=CROP, help="training crop size in pixels")
+    t.add_argument("--batch-size", type=BATCH, help="crops per step")
+    t.add_argument("--lr", type=LEARNING_RATE, help="peak learning rate")
     t.add_argument("--border-weights", action="store_true", help="U-Net border weight map (touching cells)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=SEED, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
 
@@ -144,7 +172,7 @@ def _parse_slices(values: list[str], count: int) -> list[int]:
 
 def _predict(args) -> int:
     from .core.checkpoint import load_checkpoint
-    from .core.data import as_stack, read_stack
+    from .core.data import as_stack, check_images, read_stack
     from .core.predict import describe_device, predict_stack, resolve_device, threshold_mask
 
     out = _check_output(args.out, args.force, (".tif", ".tiff"))
@@ -155,6 +183,7 @@ def _predict(args) -> int:
     checkpoint = load_checkpoint(args.model)
     raw = read_stack(args.input)
     images = as_stack(raw)
+    note = check_images(images, Path(args.input).name)
     threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
     start = time.perf_counter()
     bar = None
@@ -191,12 +220,14 @@ def _predict(args) -> int:
         f"predicted {z} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in {seconds:.1f} s: "
         f"{100 * mask.mean():.1f}% structure -> {out}"
     )
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 def _train(args) -> int:
     from .core.checkpoint import default_metadata, load_checkpoint
-    from .core.data import DataError, apply_fov, data_hash, load_pairs, normalize
+    from .core.data import DataError, apply_fov, check_images, data_hash, load_pairs, normalize
     from .core.model import UNet, UNetConfig
     from .core.predict import describe_device, resolve_device
     from .core.train import TrainConfig, TrainingData, fine_tune_recipe, train
@@ -204,6 +235,9 @@ def _train(args) -> int:
     out = _check_output(args.out, args.force, (".pt", ".pth"))
     device = resolve_device(args.device)
     stack = load_pairs(args.images, args.labels, args.fov, invert_labels=args.invert_labels)
+    note = check_images(stack.images, Path(args.images).name)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     channels = stack.images.shape[-1]
     if args.from_model:
         checkpoint = load_checkpoint(args.from_model)
@@ -232,9 +266,9 @@ def _train(args) -> int:
     }.items() if v is not None}
     overrides.update(seed=args.seed, device=str(device), border_weights=args.border_weights)
     if args.from_model:
-        config = fine_tune_recipe(args.steps or 120, **overrides)
+        config = fine_tune_recipe(120 if args.steps is None else args.steps, **overrides)
     else:
-        config = TrainConfig(steps=args.steps or 1500, **overrides)
+        config = TrainConfig(steps=1500 if args.steps is None else args.steps, **overrides)
     data = TrainingData(normalize(stack.images, metadata.get("normalization")), labels, train_slices, val)
     metadata["data_hash"] = data_hash(stack.images, labels)
     metadata["tile_size"] = max(256, config.crop_size)
@@ -265,31 +299,12 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .core.data import DataError, read_mask, read_stack
-    from .core.metrics import evaluate
+    from .core.data import read_stack
+    from .core.metrics import evaluate, scoring_inputs
 
-    pred = np.asarray(read_stack(args.pred))
-    if np.issubdtype(pred.dtype, np.floating):
-        if np.nanmin(pred) < 0 or np.nanmax(pred) > 1:
-            raise DataError(f"{Path(args.pred).name} holds floats outside [0, 1]: give a probability map or a mask.")
-    else:
-        pred = (pred != 0).astype(np.uint8)
-    raw_truth = read_stack(args.truth)
-    if raw_truth.ndim == 3 and raw_truth.shape[-1] in (3, 4):
-        raw_truth = raw_truth[..., 0]  # a mask saved as RGB
-    truth = (raw_truth == 0) if args.invert_truth else (raw_truth != 0)
-    if truth.ndim == 2:
-        truth = truth[None]
-    if pred.ndim == 2:
-        pred = pred[None]
-    if pred.shape != truth.shape:
-        raise DataError(f"The prediction has shape {pred.shape} but the truth {truth.shape}: compare matching files.")
-    fov = read_mask(args.fov) if args.fov else None
-    if fov is not None and fov.shape != truth.shape:
-        raise DataError(f"The FOV mask has shape {fov.shape} but the truth {truth.shape}: give matching masks.")
-    if not truth.any():
-        raise DataError(f"{Path(args.truth).name} has no foreground: check the file (or --invert-truth).")
-    scores = evaluate(pred, truth, args.task, fov=fov)
+    fov = read_stack(args.fov) if args.fov else None
+    pred, truth, scored = scoring_inputs(read_stack(args.pred), read_stack(args.truth), fov, args.invert_truth)
+    scores = evaluate(pred, truth, args.task, fov=scored)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
     print(f"{args.task} scores over {truth.shape[0]} slice(s): {summary}")
     if args.json:

@@ -3,6 +3,13 @@
 The worker never touches layers or widgets: it only writes plain numbers and events
 into a `JobState`; a QTimer in the GUI thread reads them four times a second and
 updates the widget, the activity dock and plots.
+
+Errors: core raises ValueError (and its DataError, CheckpointError) whose text is
+already the user's message; `user_message` turns any exception into the one line the
+widget shows. Nothing reaches napari's error handler: one error, one message.
+
+A job ends with its widget: closing the viewer, or removing the dock widget, cancels it,
+stops its timer and drops its callbacks (they would touch deleted widgets).
 """
 
 from __future__ import annotations
@@ -13,10 +20,22 @@ from collections.abc import Callable
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 POLL_MS = 250
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line a user reads for an exception from a job."""
+    if isinstance(exc, ValueError):  # bad input: core's message says what to do
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Not enough memory for this job: close other programs, or work on fewer slices."
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return f"A file could not be read or written{where}: {exc.strerror or exc}. Check the folder and the disk."
+    logging.getLogger(__name__).error("napari-unet job failed", exc_info=exc)
+    return f"Unexpected error ({type(exc).__name__}: {exc}). Please report it."
 
 
 class JobState:
@@ -27,6 +46,7 @@ class JobState:
         self.total = 0
         self.events: list = []
         self.cancel = threading.Event()
+        self.abandoned = False  # the widget is gone: write nothing, just stop
 
     def report(self, done: int, total: int) -> None:
         self.done, self.total = done, total
@@ -35,14 +55,30 @@ class JobState:
         return self.cancel.is_set()
 
 
+class _DetachWatcher(QObject):
+    """Calls ``callback`` when ``widget`` loses its parent (its dock widget was removed)."""
+
+    def __init__(self, widget, callback: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self._callback = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            self._callback()
+        return False
+
+
 class BackgroundJob:
     """One worker-thread job with polling, a napari progress bar, and error reporting.
 
     Args:
         function: called in the worker thread with the `JobState`; its return value is
             handed to ``on_done`` in the GUI thread.
-        on_poll: called in the GUI thread with the state, four times a second.
         on_done: called with the result; ``on_error`` with a user-facing message.
+        owner: the magicgui widget that started the job; the job ends with it.
+        on_poll: called in the GUI thread with the state, four times a second.
+        on_finally: called after ``on_done`` / ``on_error``.
         description: shown in napari's activity dock.
         activity: also show a progress bar in napari's activity dock. Its first use builds
             widgets for ~0.2 s, so long jobs with their own bar in the dock (fine-tune) skip it.
@@ -53,6 +89,7 @@ class BackgroundJob:
         function: Callable[[JobState], object],
         on_done: Callable[[object], None],
         on_error: Callable[[str], None],
+        owner,
         on_poll: Callable[[JobState], None] | None = None,
         on_finally: Callable[[], None] | None = None,
         description: str = "napari-unet",
@@ -67,13 +104,18 @@ class BackgroundJob:
         self._description = description
         self._progress: progress | None = None
         self.running = False
-        self.worker = create_worker(function, self.state, _start_thread=False)
+        # _ignore_errors: the error goes to `errored` only, not also to sys.excepthook.
+        self.worker = create_worker(function, self.state, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
         self.timer = QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self._poll)
+        self._native = owner.native
+        self._on_destroyed = lambda *_: self.abandon()
+        self._native.destroyed.connect(self._on_destroyed)
+        self._watcher = _DetachWatcher(self._native, self.abandon)
 
     def start(self) -> None:
         self.running = True
@@ -82,6 +124,14 @@ class BackgroundJob:
 
     def cancel(self) -> None:
         self.state.cancel.set()
+
+    def abandon(self) -> None:
+        """The widget is closing: cancel, stop polling, and call none of its callbacks."""
+        if not self.running:
+            return
+        self.state.abandoned = True
+        self.state.cancel.set()
+        self.timer.stop()
 
     def _poll(self) -> None:
         state = self.state
@@ -93,23 +143,25 @@ class BackgroundJob:
             self._on_poll(state)
 
     def _returned(self, result) -> None:
+        if self.state.abandoned:
+            return
         self._poll()
         self._on_done(result)
 
     def _errored(self, exc: BaseException) -> None:
-        if isinstance(exc, (ValueError, MemoryError)):  # bad input: the message says what to do
-            message = str(exc)
-        else:
-            message = f"Unexpected error ({type(exc).__name__}: {exc}). Please report it."
-            logging.getLogger(__name__).debug("worker failed", exc_info=exc)
-        show_error(message)
-        self._on_error(message)
+        if not self.state.abandoned:
+            self._on_error(user_message(exc))
 
     def _finished(self) -> None:
         self.timer.stop()
         self.running = False
+        try:  # the widget may be gone already
+            self._native.destroyed.disconnect(self._on_destroyed)
+            self._watcher.deleteLater()
+        except (RuntimeError, TypeError):
+            pass
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        if self._on_finally is not None:
+        if self._on_finally is not None and not self.state.abandoned:
             self._on_finally()

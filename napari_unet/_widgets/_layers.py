@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
-from ..core.data import IGNORE, STRUCTURE
+from ..core.labels import IGNORE, STRUCTURE
 
 ROLE_COLOURS = {
     "prediction": "#ff33cc",  # magenta: what the model says
@@ -29,8 +31,41 @@ def label_colormap(role: str) -> DirectLabelColormap:
 
 
 def plugin_meta(layer) -> dict:
-    """The plugin's own metadata on a layer (role, kind, source); {} when absent."""
+    """The plugin's own metadata on a layer (role, kind, source, links); {} when absent."""
     return layer.metadata.get("napari_unet", {}) if isinstance(layer.metadata, dict) else {}
+
+
+def layer_uid(layer) -> str:
+    """A stable id kept in the layer's metadata: links survive renaming the layer."""
+    meta = layer.metadata.setdefault("napari_unet", {})
+    if "uid" not in meta:
+        meta["uid"] = uuid.uuid4().hex
+    return meta["uid"]
+
+
+def linked_layers(viewer, role: str, to_layer, kinds=(Image, Labels)) -> list:
+    """Layers of ``role`` linked to ``to_layer`` (their ``link`` is its uid), oldest first."""
+    uid = layer_uid(to_layer)
+    return [layer for layer in viewer.layers
+            if isinstance(layer, kinds) and plugin_meta(layer).get("role") == role
+            and plugin_meta(layer).get("link") == uid]
+
+
+def linked_meta(role: str, to_layer, **extra) -> dict:
+    """Metadata for a new layer of ``role`` linked to ``to_layer`` (the image, or the labels)."""
+    return {"napari_unet": {"role": role, "link": layer_uid(to_layer), **extra}}
+
+
+def show_linked(viewer, role: str, to_layer, data, add) -> None:
+    """Put ``data`` into the ``role`` layer linked to ``to_layer``, or ``add`` a new one.
+
+    ``add(data, metadata)`` adds the layer (with its own name, colours).
+    """
+    existing = [layer for layer in linked_layers(viewer, role, to_layer) if layer.data.shape == data.shape]
+    if existing:
+        existing[-1].data = data
+    else:
+        add(data, linked_meta(role, to_layer))
 
 
 def layer_choices(viewer, kinds, first_role: str | None = None, keep=None) -> list[tuple]:

@@ -13,7 +13,7 @@ from qtpy.QtCore import QTimer
 
 from ..core.checkpoint import Checkpoint
 from ..core.corrections import CorrectionStore, corrections_folder
-from ._layers import plugin_meta
+from ._layers import layer_uid, plugin_meta
 
 AUTOSAVE_MS = 60_000
 
@@ -87,28 +87,34 @@ class CorrectionTracker:
         self.dirty = True
         self.changed.emit()
 
-    def restore(self, corrected: list[int], edited: list[int]) -> None:
+    def restore(self, corrected: list[int], edited: list[int], edited_pixels: np.ndarray) -> None:
+        """Bring back a saved state; ``edited_pixels`` is bool, the layer's shape."""
+        pixels = edited_pixels if edited_pixels.ndim == 3 else edited_pixels[None]
         self.corrected, self.edited = set(corrected), set(edited)
+        self.edited_pixels = {int(z): pixels[z].copy() for z in range(pixels.shape[0]) if pixels[z].any()}
         self.dirty = False
         self.changed.emit()
 
-    def store(self, folder: Path | None = None) -> CorrectionStore:
-        layer = self.layer
-        if folder is None:
-            source = plugin_meta(layer).get("image_source")
-            folder = (
-                corrections_folder(source)
-                if source
-                else Path.home() / "napari-unet" / "corrections" / layer.name.replace("/", "_")
-            )
-        return CorrectionStore(folder)
+    def edited_mask(self) -> np.ndarray:
+        """The edited pixels as one bool array of the layer's shape."""
+        data = self.layer.data
+        mask = np.zeros((1, *data.shape) if data.ndim == 2 else data.shape, bool)
+        for z, plane in self.edited_pixels.items():
+            mask[z] = plane
+        return mask[0] if data.ndim == 2 else mask
 
-    def save(self, folder: Path | None = None) -> Path:
-        """Write the layer and the slice lists to disk (atomic)."""
+    def store(self, root: Path | None = None) -> CorrectionStore:
+        """Where this layer's corrections go: keyed by the image's path, or its pixels' hash."""
+        meta = plugin_meta(self.layer)
+        key = meta.get("image_hash") or layer_uid(self.layer)
+        return CorrectionStore(corrections_folder(meta.get("image_source"), key, root))
+
+    def save(self, root: Path | None = None) -> Path:
+        """Write the labels, the slice lists and the edited pixels to disk (one atomic file)."""
         layer = self.layer
-        store = self.store(folder)
+        store = self.store(root)
         store.save(np.asarray(layer.data), sorted(self.corrected), sorted(self.edited),
-                   plugin_meta(layer).get("image_source", ""))
+                   plugin_meta(layer).get("image_source", ""), self.edited_mask())
         self.dirty = False
         return store.folder
 
@@ -144,13 +150,26 @@ class Session:
         self.current_label = ""
         self.fine_tuned: Checkpoint | None = None
         self.fine_tuned_path: Path | None = None
-        self.corrections_dir: Path | None = None  # None = next to the image
+        self.corrections_dir: Path | None = None  # None = beside the image
         self._trackers: dict[int, CorrectionTracker] = {}
         self.autosave_timer = QTimer()
         self.autosave_timer.setInterval(AUTOSAVE_MS)
-        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.timeout.connect(self._autosave_quietly)
         self.autosave_timer.start()
         self.last_autosave: str = ""
+        self.autosave_error: str = ""
+        self._widgets = 0
+
+    def attach(self, widget) -> None:
+        """Count ``widget`` as open; when the last one closes (the viewer was closed, or
+        every dock widget removed), the autosave timer stops."""
+        self._widgets += 1
+        widget.native.destroyed.connect(self._detach)
+
+    def _detach(self, *_args) -> None:
+        self._widgets -= 1
+        if self._widgets <= 0:
+            self.autosave_timer.stop()
 
     def tracker(self, layer: Labels) -> CorrectionTracker:
         key = id(layer)
@@ -168,19 +187,20 @@ class Session:
         saved = []
         for tracker in list(self._trackers.values()):
             if tracker.layer is not None and tracker.dirty:
-                saved.append(tracker.save(self.folder_for(tracker.layer)))
+                saved.append(tracker.save(self.corrections_dir))
         if saved:
             from datetime import datetime
 
             self.last_autosave = datetime.now().strftime("%H:%M:%S")
         return saved
 
-    def folder_for(self, layer: Labels) -> Path | None:
-        """The chosen corrections folder (one sub-folder per layer), or None = next to the image."""
-        return self.folder_for_name(layer.name) if self.corrections_dir else None
-
-    def folder_for_name(self, name: str) -> Path:
-        return Path(self.corrections_dir) / name.replace("/", "_").replace(" ", "_")
+    def _autosave_quietly(self) -> None:
+        """The timer's autosave: a failure is shown in the Correct widget's next refresh, not raised."""
+        try:
+            self.autosave()
+            self.autosave_error = ""
+        except OSError as exc:
+            self.autosave_error = f"Autosave failed ({exc}): choose another folder in Correct."
 
     def set_fine_tuned(self, checkpoint: Checkpoint, path: Path) -> None:
         self.fine_tuned, self.fine_tuned_path = checkpoint, path
@@ -191,7 +211,16 @@ class Session:
 _sessions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def real_viewer(napari_viewer):
+    """The viewer itself. napari hands plugin widgets a proxy (``PublicOnlyProxy``) that
+    wraps every object it returns anew, so layers fetched through it are never ``is`` the
+    layers in events; the widgets keep the real viewer to link layers by identity."""
+    return getattr(napari_viewer, "__wrapped__", napari_viewer)
+
+
 def get_session(viewer) -> Session:
+    """The one session of ``viewer``, shared by all its widgets however they were opened."""
+    viewer = real_viewer(viewer)
     session = _sessions.get(viewer)
     if session is None:
         session = _sessions[viewer] = Session()

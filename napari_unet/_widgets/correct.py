@@ -10,19 +10,20 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from ..core.corrections import ignore_unedited
-from ..core.data import IGNORE, STRUCTURE
+from ..core.labels import IGNORE, STRUCTURE
 from ._layers import current_slice, follow_new_layers, labels_stack, layer_choices, spatial_ndim
-from ._session import get_session
+from ._session import get_session, real_viewer
 from ._text import text_row
 
 
 class CorrectWidget(Container):
     """Lists the slices you edited; checked slices are the ones a fine-tune learns from."""
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = real_viewer(napari_viewer)
         self.session = get_session(viewer)
+        self.session.attach(self)
         self.layer = ComboBox(label="Labels", choices=self._labels_choices)
         self.help = text_row(value="Paint with label 1 (structure) or 0 (background); label 2 = ignore.")
         self.paint_structure = PushButton(text="Paint structure (1)")
@@ -92,6 +93,7 @@ class CorrectWidget(Container):
         else:
             corrected = sorted(tracker.corrected)
             saved = f" Autosaved at {self.session.last_autosave}." if self.session.last_autosave else ""
+            saved = f" {self.session.autosave_error}" if self.session.autosave_error else saved
             self.status.value = f"{len(corrected)} corrected slice(s): {corrected}.{saved}"
 
     def _item_changed(self, item: QListWidgetItem) -> None:
@@ -154,7 +156,7 @@ class CorrectWidget(Container):
             self.status.value = "Nothing to save: choose a Labels layer."
             return None
         try:
-            folder = tracker.save(self.session.folder_for(tracker.layer))
+            folder = tracker.save(self.session.corrections_dir)
         except OSError as exc:
             self.status.value = f"Could not save the corrections ({exc}): choose another folder."
             return None

@@ -7,10 +7,10 @@ from magicgui.widgets import ComboBox, Container, PushButton
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
-from ..core.data import STRUCTURE
-from ..core.metrics import evaluate, evaluate_per_slice
+from ..core.metrics import evaluate, evaluate_per_slice, scoring_inputs
 from ._jobs import BackgroundJob
-from ._layers import follow_new_layers, labels_stack, layer_choices, plugin_meta
+from ._layers import follow_new_layers, layer_choices, plugin_meta
+from ._session import real_viewer
 from ._text import text_row
 
 NO_FOV = None
@@ -19,9 +19,9 @@ NO_FOV = None
 class EvaluateWidget(Container):
     """Compare a prediction (Labels or probability Image) with ground-truth Labels."""
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = real_viewer(napari_viewer)
         self.prediction = ComboBox(label="Prediction", choices=self._prediction_choices)
         self.truth = ComboBox(label="Ground truth", choices=self._truth_choices)
         self.fov = ComboBox(label="FOV mask", choices=self._fov_choices)
@@ -69,36 +69,18 @@ class EvaluateWidget(Container):
                 raise ValueError("The prediction and the ground truth are the same layer: choose two.")
             if isinstance(pred_layer, Image) and pred_layer.rgb:
                 raise ValueError(f"'{pred_layer.name}' is an RGB image: choose a prediction or a probability map.")
-            pred = np.asarray(pred_layer.data)
-            pred = pred[None] if pred.ndim == 2 else pred
-            if isinstance(pred_layer, Labels):
-                pred = (pred == STRUCTURE).astype(np.uint8)
-            else:
-                pred = pred.astype(np.float32)
-            truth = labels_stack(truth_layer) == STRUCTURE
-            fov = None
-            if fov_layer is not None:
-                fov = np.asarray(fov_layer.data) != 0
-                fov = fov[None] if fov.ndim == 2 else fov
-            # Labels marked 'ignore' in the truth (outside the FOV) are not scored.
-            ignore = labels_stack(truth_layer) > STRUCTURE
-            if ignore.any():
-                fov = ~ignore if fov is None else fov & ~ignore
-            if pred.shape != truth.shape:
-                raise ValueError(f"The prediction has shape {pred.shape} but the truth {truth.shape}: "
-                                 "choose layers of the same image.")
-            if not truth.any():
-                raise ValueError(f"'{truth_layer.name}' has no structure pixel (label 1): choose the ground truth.")
+            fov = fov_layer.data if fov_layer is not None else None
+            pred, truth, scored = scoring_inputs(pred_layer.data, truth_layer.data, fov)
         except ValueError as exc:
             self.status.value = str(exc)
             return None
         task = self.task.value
 
         def work(state):
-            per_slice = evaluate_per_slice(pred, truth, task, fov=fov) if pred.shape[0] > 1 else []
-            return per_slice, evaluate(pred, truth, task, fov=fov)
+            per_slice = evaluate_per_slice(pred, truth, task, fov=scored) if pred.shape[0] > 1 else []
+            return per_slice, evaluate(pred, truth, task, fov=scored)
 
-        self.job = BackgroundJob(work, self._show, self._failed, description="Evaluating")
+        self.job = BackgroundJob(work, self._show, self._failed, self, description="Evaluating")
         self.status.value = f"Evaluating {pred.shape[0]} slice(s)…"
         self.job.start()
         return self.job

@@ -11,7 +11,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..core.data import IGNORE, data_hash, normalize
+from ..core.corrections import napari_unet_home
+from ..core.data import data_hash, normalize
+from ..core.files import check_writable, free_path
+from ..core.labels import labels_from_array, labels_note
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
 from ..core.train import TrainingData, fine_tune_recipe, train
 from ._jobs import BackgroundJob
@@ -23,10 +26,10 @@ from ._layers import (
     layer_choices,
     layer_shaped,
     plugin_meta,
-    spatial_ndim,
+    show_linked,
 )
 from ._plot import LossPlot
-from ._session import get_session
+from ._session import get_session, real_viewer
 from ._text import text_row
 from .predict import write_prediction
 
@@ -37,22 +40,14 @@ from .predict import write_prediction
 START = "Fine-tune on corrected slices"
 
 
-def free_path(path: Path) -> Path:
-    """``path``, or ``name_2.pt``, ``name_3.pt``… so an existing checkpoint is never overwritten."""
-    candidate, n = path, 2
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        n += 1
-    return candidate
-
-
 class FineTuneWidget(Container):
     """Trains from the current model on the corrected slices; the button turns into Stop."""
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = real_viewer(napari_viewer)
         self.session = get_session(viewer)
+        self.session.attach(self)
         self.image = ComboBox(label="Image", choices=lambda _w=None: layer_choices(viewer, Image))
         self.corrected_labels = ComboBox(label="Corrected labels",
                                          choices=lambda _w=None: layer_choices(viewer, Labels, "prediction"))
@@ -119,30 +114,34 @@ class FineTuneWidget(Container):
             return None
 
         try:
+            out = self._output_path(image)
             self.session.autosave()
-            tracker.save(self.session.folder_for(labels_layer))
+            tracker.save(self.session.corrections_dir)
+        except ValueError as exc:
+            self.status.value = str(exc)
+            return None
         except OSError as exc:
             self.status.value = f"Could not save your corrections before training ({exc}): choose a folder in Correct."
             return None
         val = [corrected[-1]] if self.hold_out.value and len(corrected) >= 2 else []
         train_slices = [z for z in corrected if z not in val]
-        label_copy = np.array(labels, dtype=np.uint8)
-        label_copy[label_copy > IGNORE] = IGNORE  # unknown ids (e.g. instance labels) are not learnt
+        label_copy = labels_from_array(labels)  # a copy: painting during training changes nothing
+        note = labels_note(labels)
         try:
             data = TrainingData(normalize(stack, checkpoint.normalization), label_copy, train_slices, val)
         except ValueError as exc:
             self.status.value = str(exc)
             return None
-        out = self._output_path(image)
         config = fine_tune_recipe(self.steps.value, device=str(device))
         metadata = copy.deepcopy(checkpoint.metadata)
         metadata["data_hash"] = data_hash(stack[corrected], label_copy[corrected])
         metadata["fine_tuned_from"] = start_name
         model = copy.deepcopy(checkpoint.model)
         uncorrected = [z for z in range(stack.shape[0]) if z not in corrected]
+        threshold = float(metadata.get("threshold", 0.5))
 
         def work(state):
-            events = train(model, data, config, out, metadata)
+            events = train(model, data, config, None, metadata)
             stopped = False
             for event in events:
                 state.events.append(event)
@@ -151,39 +150,44 @@ class FineTuneWidget(Container):
                     stopped = True
                     break
             events.close()  # restores the best weights into `model`
-            if not out.is_file():  # stopped before anything was saved: keep the best (= start)
-                save_checkpoint(out, model, metadata)
-            tuned = load_checkpoint(out, device="cpu")
+            if state.abandoned:  # the window was closed: write nothing
+                return None
+            saved_to, fallback = save_with_fallback(out, model, metadata)
+            tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
-            probabilities = (
-                predict_stack(tuned, stack[uncorrected], device=device) if uncorrected else None
-            )
-            return tuned, probabilities, stopped
+            mask = None
+            if uncorrected:
+                probabilities = predict_stack(tuned, stack[uncorrected], device=device, cancel=lambda: state.abandoned)
+                mask = threshold_mask(probabilities, threshold)
+            return tuned, saved_to, fallback, mask, stopped
 
         def done(result):
-            self._finished(image, labels_layer, out, uncorrected, *result)
+            self._finished(image, labels_layer, uncorrected, note, *result)
 
         self.plot.reset(config.steps)
         self.history = []
-        self.job = BackgroundJob(work, done, self._failed, self._poll, self._ended,
+        self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
                                  description=f"Fine-tuning on {len(train_slices)} slice(s)", activity=False)
         self.run_button.text = "Stop"
         held = f", validating on slice {val[0]}" if val else ""
         self.status.value = (f"Fine-tuning {start_name} on slice(s) {train_slices}{held}, {config.steps} steps "
-                             f"on {describe_device(device)}…")
+                             f"on {describe_device(device)}… {note}").strip()
         self.job.start()
         return self.job
 
     def _output_path(self, image: Image) -> Path:
+        """Where the new model goes (never over an existing file); its folder is checked now,
+        not after the training (raises ValueError naming the folder)."""
         chosen = str(self.save_to.value)
         if chosen not in ("", "."):
             path = Path(chosen)
             path = path if path.suffix == ".pt" else path.with_suffix(".pt")
         else:
             source = plugin_meta(image).get("source")
-            folder = Path(source).parent if source else Path.home() / "napari-unet" / "models"
-            stem = Path(source).stem if source else image.name
+            folder = Path(source).parent if source else napari_unet_home() / "models"
+            stem = Path(source).stem if source else image.name.replace("/", "_")
             path = folder / f"{stem}_finetuned.pt"
+        check_writable(path.parent)
         return free_path(path)
 
     # ------------------------------------------------------------------ progress
@@ -211,29 +215,44 @@ class FineTuneWidget(Container):
     def _ended(self) -> None:
         self.run_button.text = START
 
-    def _finished(self, image, labels_layer, out: Path, uncorrected, tuned: Checkpoint, probabilities, stopped) -> None:
+    def _finished(self, image, labels_layer, uncorrected, note, tuned, out: Path, fallback: str, mask, stopped) -> None:
         self.session.set_fine_tuned(tuned, out)
         first = next((e.val_dice for e in self.history if e.val_dice is not None), None)
         best = self.history[-1].best_dice if self.history else None
         score = f" Validation Dice {first:.3f} → {best:.3f}." if first is not None and best is not None else ""
         how = "Stopped; kept the best model so far." if stopped else "Done."
+        saved = fallback or f"Saved to {out}"
         changed_text = ""
-        if probabilities is not None and labels_layer in self.viewer.layers:
-            mask = np.zeros(labels_stack(labels_layer).shape, np.uint8)
+        if mask is not None and labels_layer not in self.viewer.layers:
+            changed_text = f" '{labels_layer.name}' was removed during training, so nothing was re-predicted."
+        elif mask is not None:
             before = np.array(labels_stack(labels_layer))
-            mask[uncorrected] = threshold_mask(probabilities, tuned.metadata.get("threshold", 0.5))
-            corrected = set(range(mask.shape[0])) - set(uncorrected)
-            write_prediction(self.viewer, image, mask, f"fine-tuned ({out.name})", skip_slices=corrected)
+            full = before.copy()
+            full[uncorrected] = mask
+            corrected = set(range(full.shape[0])) - set(uncorrected)
+            write_prediction(self.viewer, image, full, f"fine-tuned ({out.name})", labels_layer, skip_slices=corrected)
             after = labels_stack(labels_layer)
-            changed = np.zeros(mask.shape, np.uint8)
-            changed[uncorrected] = (before[uncorrected] != after[uncorrected]).astype(np.uint8)
-            name = f"{image.name} changed by fine-tune"
-            data = layer_shaped(changed, spatial_ndim(image))
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = data
-            else:
-                self.viewer.add_labels(data, name=name, colormap=label_colormap("changed"), opacity=0.8)
-            changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s): "
+            changed = (before != after).astype(np.uint8)
+            show_linked(self.viewer, "changed", labels_layer, layer_shaped(changed, labels_layer.data.ndim),
+                        lambda data, meta: self.viewer.add_labels(
+                            data, name=f"{labels_layer.name} changed by fine-tune",
+                            colormap=label_colormap("changed"), opacity=0.8, metadata=meta))
+            changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s) into '{labels_layer.name}': "
                             f"{100 * changed[uncorrected].mean():.2f}% of their pixels changed (yellow layer).")
         self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
-        self.status.value = f"{how}{score} Saved to {out}; it is now the model in Predict.{changed_text}"
+        self.status.value = f"{how}{score} {saved}; it is now the model in Predict.{changed_text} {note}".strip()
+
+
+def save_with_fallback(path: Path, model, metadata: dict) -> tuple[Path, str]:
+    """Save the trained model to ``path``; if that fails now (disk full, drive gone),
+    save it to the default models folder so the training is not lost.
+
+    Returns:
+        (where it was saved, "" or a sentence saying why it went elsewhere).
+    """
+    try:
+        return save_checkpoint(path, model, metadata), ""
+    except OSError as exc:
+        fallback = free_path(check_writable(napari_unet_home() / "models") / path.name)
+        save_checkpoint(fallback, model, metadata)
+        return fallback, f"Could not write {path} ({exc.strerror or exc}), so the model was saved to {fallback}"

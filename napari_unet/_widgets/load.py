@@ -11,17 +11,17 @@ from napari.layers import Layer
 from ..core.corrections import CorrectionStore, corrections_folder
 from ..core.data import DataError
 from .._reader import read_layers
-from ._layers import label_colormap
-from ._session import get_session
+from ._layers import label_colormap, linked_meta
+from ._session import get_session, real_viewer
 from ._text import text_row
 
 
 class LoadWidget(Container):
     """Choose a file or folder, see what was found, and restore saved corrections."""
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__(labels=False)
-        self.viewer = viewer
+        self.viewer = real_viewer(napari_viewer)
         self.path = FileEdit(label="File or folder", mode="r", tooltip="A tif stack, an image, or a folder")
         self.choose_folder = PushButton(text="Choose a folder…")
         self.load_button = PushButton(text="Load")
@@ -31,7 +31,7 @@ class LoadWidget(Container):
         self.choose_folder.changed.connect(self._choose_folder)
         self.load_button.changed.connect(self.load)
         self.restore_button.changed.connect(self.restore_corrections)
-        self._pending_restore: tuple[CorrectionStore, str, tuple] | None = None
+        self._pending_restore: tuple[CorrectionStore, str, Layer] | None = None
 
     def _choose_folder(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -65,36 +65,44 @@ class LoadWidget(Container):
         return layers
 
     def _offer_restore(self, path: Path, image) -> None:
-        session = get_session(self.viewer)
-        name = f"{image.name} prediction"
-        folder = session.folder_for_name(name) if session.corrections_dir else corrections_folder(path)
-        store = CorrectionStore(folder)
-        self.restore_button.visible = store.exists()
-        if store.exists():
-            _, state = store.load()
-            count = len(state.get("corrected_slices", []))
-            self.status.value += f"\nSaved corrections found ({count} corrected slice(s), {state.get('saved', '')})."
-            self._pending_restore = (store, str(path), image.name)
+        store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))
+        self._pending_restore = None
+        self.restore_button.visible = False
+        if not store.exists():
+            return
+        try:
+            _, state, _ = store.load()
+        except ValueError as exc:
+            self.status.value += f"\n{exc}"
+            return
+        count = len(state.get("corrected_slices", []))
+        self.status.value += f"\nSaved corrections found ({count} corrected slice(s), {state.get('saved', '')})."
+        self.restore_button.visible = True
+        self._pending_restore = (store, str(path), image)
 
     def restore_corrections(self) -> Layer | None:
-        """Add the saved corrections as a Labels layer and restore the corrected-slice list."""
+        """Add the saved corrections as a Labels layer; restore corrected slices and edited pixels."""
         if self._pending_restore is None:
             return None
-        store, source, image_name = self._pending_restore
+        store, source, image = self._pending_restore
         try:
-            labels, state = store.load()
+            labels, state, edited_pixels = store.load()
+            expected = image.data.shape[:-1] if image.rgb else image.data.shape
+            if labels.shape != expected:
+                raise ValueError(f"The saved corrections in {store.folder} have shape {labels.shape} but "
+                                 f"'{image.name}' has {expected}: they belong to another version of the image.")
         except ValueError as exc:
             self.status.value = str(exc)
             return None
         layer = self.viewer.add_labels(
             np.asarray(labels),
-            name=f"{image_name} prediction",
+            name=f"{image.name} prediction",
             colormap=label_colormap("prediction"),
             opacity=0.5,
-            metadata={"napari_unet": {"role": "prediction", "image_source": source, "image_layer": image_name}},
+            metadata=linked_meta("prediction", image, image_source=source, kind="fundus" if image.rgb else "em"),
         )
         tracker = get_session(self.viewer).tracker(layer)
-        tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []))
+        tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []), edited_pixels)
         self.restore_button.visible = False
         self._pending_restore = None
         self.status.value = f"Restored {len(tracker.corrected)} corrected slice(s) into '{layer.name}'."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..core.data import check_images, data_hash
 from ..core.predict import (
     PredictionCancelled,
     cell_instances,
@@ -25,10 +27,13 @@ from ._layers import (
     labels_stack,
     layer_choices,
     layer_shaped,
+    linked_layers,
+    linked_meta,
     plugin_meta,
+    show_linked,
     spatial_ndim,
 )
-from ._session import get_session
+from ._session import get_session, real_viewer
 from ._text import text_row
 
 BUILTIN_EM = "em-membranes"
@@ -42,10 +47,11 @@ NEW_LAYER = "make a new layer"
 class PredictWidget(Container):
     """Choose image, model, device and tiling; predict in a worker thread; Cancel."""
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = real_viewer(napari_viewer)
         self.session = get_session(viewer)
+        self.session.attach(self)
         self.image = ComboBox(label="Image", choices=self._image_choices)
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", visible=False)
@@ -160,22 +166,31 @@ class PredictWidget(Container):
             return None
         tile = self.tile.value or None
         overlap, threshold = self.overlap.value, self.threshold.value
+        with_cells = self.show_instances.value and not layer.rgb
+        watch = ImageWatch(self.viewer, layer)
 
         def work(state):
+            note = check_images(stack, f"'{layer.name}'")
             try:
-                return predict_stack(checkpoint, stack, tile=tile, overlap=overlap, device=device,
-                                     progress=state.report, cancel=state.cancelled)
+                probabilities = predict_stack(checkpoint, stack, tile=tile, overlap=overlap, device=device,
+                                              progress=state.report, cancel=state.cancelled)
             except PredictionCancelled:
                 return None
+            mask = threshold_mask(probabilities, threshold)
+            cells = cell_instances(mask) if with_cells else None
+            return Prediction(probabilities, mask, cells, data_hash(stack), note)
 
-        def done(probabilities):
-            if probabilities is None:
+        def done(result):
+            if watch.changed:
+                self.status.value = f"{watch.changed}: nothing was added. Predict again."
+            elif result is None:
                 self.status.value = "Prediction cancelled; nothing was changed."
             else:
-                self._show(layer, checkpoint, model_name, probabilities, threshold)
+                self._show(layer, checkpoint, model_name, result)
 
-        self.job = BackgroundJob(work, done, self._failed, self._poll, self._ended,
+        self.job = BackgroundJob(work, done, self._failed, self, self._poll, lambda: self._ended(watch),
                                  description=f"Predicting {layer.name}")
+        watch.on_change = self.job.cancel
         self.run_button.text = "Cancel"
         self.status.value = f"Predicting {stack.shape[0]} slice(s) with {model_name} on {describe_device(device)}…"
         self.progress_bar.value = 0
@@ -190,70 +205,100 @@ class PredictWidget(Container):
     def _failed(self, message: str) -> None:
         self.status.value = message
 
-    def _ended(self) -> None:
+    def _ended(self, watch: ImageWatch) -> None:
+        watch.stop()
         self.run_button.text = "Predict"
 
     # ------------------------------------------------------------------ results
 
-    def _show(self, image: Image, checkpoint: Checkpoint, model_name: str, probabilities, threshold: float) -> None:
-        mask = threshold_mask(probabilities, threshold)
+    def _show(self, image: Image, checkpoint: Checkpoint, model_name: str, result: Prediction) -> None:
         ndim = spatial_ndim(image)
         self.session.current, self.session.current_label = checkpoint, model_name
-        message = write_prediction(self.viewer, image, mask, model_name, self.edited_policy.value == NEW_LAYER)
+        target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, image)
+        message = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash)
         if self.show_probability.value:
-            name = f"{image.name} probability"
-            data = layer_shaped(probabilities, ndim)
-            if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
-                self.viewer.layers[name].data = data
-            else:
-                self.viewer.add_image(data, name=name, colormap="magma", blending="additive",
-                                      contrast_limits=(0, 1), visible=True)
-        if self.show_instances.value and not image.rgb:
-            name = f"{image.name} cells"
-            cells = layer_shaped(cell_instances(mask), ndim)
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = cells
-            else:
-                self.viewer.add_labels(cells, name=name, opacity=0.4, visible=True)
-        self.status.value = message
+            show_linked(self.viewer, "probability", image, layer_shaped(result.probabilities, ndim),
+                        lambda data, meta: self.viewer.add_image(
+                            data, name=f"{image.name} probability", colormap="magma", blending="additive",
+                            contrast_limits=(0, 1), metadata=meta))
+        if result.cells is not None:
+            show_linked(self.viewer, "cells", image, layer_shaped(result.cells, ndim),
+                        lambda data, meta: self.viewer.add_labels(
+                            data, name=f"{image.name} cells", opacity=0.4, metadata=meta))
+        self.status.value = f"{message} {result.note}".strip()
 
 
-def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, new_layer: bool = False,
-                     skip_slices: set[int] | None = None) -> str:
-    """Put a (Z, Y, X) mask into the image's prediction Labels layer; return a status line.
+@dataclass
+class Prediction:
+    """What a prediction job hands back to the GUI thread (all (Z, Y, X))."""
 
-    Slices the user edited (or marked corrected) are kept unless ``new_layer``; the
-    write is one undoable step (``data_setitem``).
+    probabilities: np.ndarray
+    mask: np.ndarray
+    cells: np.ndarray | None
+    image_hash: str
+    note: str = ""
+
+
+class ImageWatch:
+    """Notices when an image layer is removed or its data replaced while a job runs."""
+
+    def __init__(self, viewer, layer: Image) -> None:
+        self.viewer, self.layer, self.data = viewer, layer, layer.data
+        self.changed = ""
+        self.on_change = lambda: None
+        viewer.layers.events.removed.connect(self._removed)
+        layer.events.data.connect(self._data)
+
+    def _removed(self, event) -> None:
+        if event.value is self.layer:
+            self.changed = f"'{self.layer.name}' was removed while the job ran"
+            self.on_change()
+
+    def _data(self, _event=None) -> None:
+        if self.layer.data is not self.data:
+            self.changed = f"The data of '{self.layer.name}' changed while the job ran"
+            self.on_change()
+
+    def stop(self) -> None:
+        self.viewer.layers.events.removed.disconnect(self._removed)
+        self.layer.events.data.disconnect(self._data)
+
+
+def prediction_layer_for(viewer, image: Image) -> Labels | None:
+    """The newest prediction Labels layer linked to ``image`` (same shape), if any."""
+    shape = image.data.shape[:-1] if image.rgb else image.data.shape
+    layers = [layer for layer in linked_layers(viewer, "prediction", image, Labels) if layer.data.shape == shape]
+    return layers[-1] if layers else None
+
+
+def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, target: Labels | None,
+                     image_hash: str = "", skip_slices: set[int] | None = None) -> str:
+    """Put a (Z, Y, X) mask into ``target`` (or a new Labels layer linked to ``image``).
+
+    In ``target``, slices the user edited or marked corrected (and ``skip_slices``) are
+    kept; the write is one undoable step (``data_setitem``). Returns a status line.
     """
     session = get_session(viewer)
-    name = f"{image.name} prediction"
     ndim = spatial_ndim(image)
-    existing = viewer.layers[name] if name in viewer.layers else None
-    if isinstance(existing, Labels) and existing.data.shape == layer_shaped(mask, ndim).shape and not new_layer:
-        tracker = session.tracker(existing)
+    if target is not None and target.data.shape == layer_shaped(mask, ndim).shape:
+        tracker = session.tracker(target)
         keep = set(tracker.corrected | tracker.edited) | set(skip_slices or ())
-        current = labels_stack(existing)
+        current = labels_stack(target)
         update = np.ones(mask.shape, bool)
         for z in keep:
             update[z] = False
-        changed = update & (current != mask)
-        index = np.nonzero(changed)
+        index = np.nonzero(update & (current != mask))
         with tracker.programmatic():
             if index[0].size:
                 layer_index = index if ndim == 3 else index[1:]
-                existing.data_setitem(layer_index, mask[index].astype(existing.data.dtype))
-        existing.metadata.setdefault("napari_unet", {})["model"] = model_name
+                target.data_setitem(layer_index, mask[index].astype(target.data.dtype))
+        target.metadata.setdefault("napari_unet", {})["model"] = model_name
         kept = f"; kept your {len(keep)} edited slice(s): {sorted(keep)}" if keep else ""
-        return f"Updated '{name}' with {model_name}{kept} (Ctrl+Z undoes it)."
-    layer = viewer.add_labels(
-        layer_shaped(mask, ndim).copy(),
-        name=name,
-        colormap=label_colormap("prediction"),
-        opacity=0.5,
-        metadata={"napari_unet": {"role": "prediction", "image_layer": image.name, "model": model_name,
-                                  "image_source": plugin_meta(image).get("source", ""),
-                                  "kind": "fundus" if image.rgb else "em"}},
-    )
+        return f"Updated '{target.name}' with {model_name}{kept} (Ctrl+Z undoes it)."
+    meta = linked_meta("prediction", image, model=model_name, image_source=plugin_meta(image).get("source", ""),
+                       image_hash=image_hash, kind="fundus" if image.rgb else "em")
+    layer = viewer.add_labels(layer_shaped(mask, ndim).copy(), name=f"{image.name} prediction",
+                              colormap=label_colormap("prediction"), opacity=0.5, metadata=meta)
     session.tracker(layer)
     for other in viewer.layers:  # the new prediction is what to look at: hide the truth overlay
         if plugin_meta(other).get("role") == "truth":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .data import DEFAULT_NORMALIZATION, LABEL_CONVENTION
+from .data import DEFAULT_NORMALIZATION
+from .labels import LABEL_CONVENTION
 from .files import atomic_write
 from .model import UNet, UNetConfig
 

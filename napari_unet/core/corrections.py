@@ -1,13 +1,21 @@
-"""Autosaved hand corrections: a label stack plus the list of corrected slices.
+"""Autosaved hand corrections: the labels, which slices are corrected, which pixels were edited.
 
-Saved next to the image (``<image folder>/<image stem>.napari-unet/``) or in a chosen
-folder, atomically, so a crash loses at most the time since the last save and never
-leaves a half-written file.
+Everything of one image lives in one file, ``corrections.tif`` (series 0: the labels,
+readable by any tif viewer, with the state as JSON in its description; series 1: the
+edited pixels), written atomically: a crash leaves the previous save or the new one,
+never labels and state out of step.
+
+Where: beside the image (``<image file name>.napari-unet/``), or in a chosen folder
+(one sub-folder per image, keyed by its full path), or, for an image without a file,
+under ``$NAPARI_UNET_HOME/corrections`` (default ``~/napari-unet``) keyed by a hash of
+its pixels. Two images never share a folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,50 +23,105 @@ import numpy as np
 import tifffile
 
 from .files import atomic_write
+from .labels import IGNORE
+
+FILE_NAME = "corrections.tif"
 
 
-def corrections_folder(image_source: str | Path) -> Path:
-    """Default folder for an image's corrections: beside the image file or folder."""
-    source = Path(image_source)
-    stem = source.stem if source.suffix else source.name
-    return source.parent / f"{stem}.napari-unet"
+def napari_unet_home() -> Path:
+    """Folder for files that belong to no image (models, corrections of unsaved images)."""
+    return Path(os.environ.get("NAPARI_UNET_HOME") or Path.home() / "napari-unet")
+
+
+def corrections_folder(image_source: str | Path | None, pixels_hash: str = "", root: str | Path | None = None) -> Path:
+    """The folder for one image's corrections.
+
+    Args:
+        image_source: the image's file or folder, or None/"" for an image without a file.
+        pixels_hash: a hash of the image's pixels (`napari_unet.core.data.data_hash`),
+            used when there is no source.
+        root: a folder the user chose for all corrections, or None (beside the image).
+
+    Returns:
+        ``<source>.napari-unet`` beside the image; ``root/<name>-<path hash>`` in a chosen
+        folder; ``root or home/corrections`` ``/image-<pixels hash>`` without a source.
+    """
+    if image_source:
+        source = Path(image_source).resolve()
+        if root is None:
+            return source.parent / f"{source.name}.napari-unet"
+        path_hash = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+        return Path(root) / f"{source.name}-{path_hash}"
+    if not pixels_hash:
+        raise ValueError("An image without a file needs a hash of its pixels to key its corrections.")
+    return Path(root or napari_unet_home() / "corrections") / f"image-{pixels_hash}"
 
 
 class CorrectionStore:
-    """Corrections of one image in ``folder``: ``labels.tif`` (Z, Y, X) uint8 and ``state.json``."""
+    """The corrections of one image in ``folder`` (see the module docstring)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.labels_path = self.folder / "labels.tif"
-        self.state_path = self.folder / "state.json"
+        self.path = self.folder / FILE_NAME
 
     def exists(self) -> bool:
-        return self.labels_path.is_file() and self.state_path.is_file()
+        return self.path.is_file() or (self.folder / "labels.tif").is_file()
 
-    def save(self, labels: np.ndarray, corrected: list[int], edited: list[int], image_source: str = "") -> None:
-        """Write labels first, then the state, both atomically."""
+    def save(self, labels: np.ndarray, corrected: list[int], edited: list[int], image_source: str = "",
+             edited_pixels: np.ndarray | None = None) -> Path:
+        """Write labels, state and edited pixels in one atomic file.
+
+        Args:
+            labels: (Z, Y, X) or (Y, X) labels as in the layer.
+            corrected, edited: slice indices.
+            edited_pixels: bool array of the labels' shape (None = none known).
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         data = np.asarray(labels)
-        atomic_write(self.labels_path, lambda p: tifffile.imwrite(p, data, photometric="minisblack"))
+        pixels = np.zeros(data.shape, np.uint8) if edited_pixels is None else np.asarray(edited_pixels, np.uint8)
+        if pixels.shape != data.shape:
+            raise ValueError(f"Edited pixels of shape {pixels.shape} do not match labels of shape {data.shape}.")
         state = {
             "corrected_slices": sorted(int(z) for z in corrected),
             "edited_slices": sorted(int(z) for z in edited),
             "image_source": str(image_source),
-            "shape": list(data.shape),
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write(self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
 
-    def load(self) -> tuple[np.ndarray, dict]:
-        """Return (labels, state); raises ValueError for unreadable files."""
+        def write(tmp: str) -> None:
+            with tifffile.TiffWriter(tmp) as tif:
+                tif.write(data, photometric="minisblack", compression="zlib",
+                          metadata={"napari_unet": json.dumps(state)})
+                tif.write(pixels, photometric="minisblack", compression="zlib",
+                          metadata={"napari_unet": "edited pixels"})
+
+        return atomic_write(self.path, write)
+
+    def load(self) -> tuple[np.ndarray, dict, np.ndarray]:
+        """Return (labels, state, edited pixels as bool, same shape as the labels).
+
+        Raises:
+            ValueError: the file cannot be read; the message names the folder.
+        """
         try:
-            state = json.loads(self.state_path.read_text())
-            labels = tifffile.imread(self.labels_path)
-        except Exception as exc:
-            raise ValueError(f"The saved corrections in {self.folder} could not be read ({exc}).") from exc
-        if list(labels.shape) != state.get("shape"):
-            labels = labels.reshape(state["shape"]) if labels.size == np.prod(state["shape"]) else labels
-        return labels, state
+            if not self.path.is_file():
+                return self._load_legacy()
+            with tifffile.TiffFile(self.path) as tif:
+                labels = tif.series[0].asarray()
+                state = json.loads(tif.shaped_metadata[0]["napari_unet"])
+                pixels = tif.series[1].asarray().astype(bool)
+        except Exception as exc:  # tifffile/json raise many types for damaged files
+            raise ValueError(f"The saved corrections in {self.folder} could not be read ({exc}): "
+                             "they are left as they are; predict again to start new corrections.") from exc
+        return labels, state, pixels
+
+    def _load_legacy(self) -> tuple[np.ndarray, dict, np.ndarray]:
+        """Stores written before 0.2: labels.tif + state.json, no edited pixels."""
+        state = json.loads((self.folder / "state.json").read_text())
+        labels = tifffile.imread(self.folder / "labels.tif")
+        if "shape" in state and list(labels.shape) != state["shape"]:
+            labels = labels.reshape(state["shape"])
+        return labels, state, np.zeros(labels.shape, bool)
 
 
 def ignore_unedited(labels: np.ndarray, edited: np.ndarray, margin: int = 8) -> np.ndarray:
@@ -73,8 +136,6 @@ def ignore_unedited(labels: np.ndarray, edited: np.ndarray, margin: int = 8) -> 
         (Y, X) copy of the labels with IGNORE outside the edited region.
     """
     from scipy import ndimage
-
-    from .data import IGNORE
 
     if not edited.any():
         raise ValueError("Nothing was edited on this slice: paint the corrections first.")

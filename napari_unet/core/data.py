@@ -4,8 +4,8 @@ Conventions used across the project:
 
 * Images are handled as stacks ``(Z, Y, X, C)``: a 2D grey image is ``(1, Y, X, 1)``, an
   RGB fundus image ``(1, Y, X, 3)``, an EM stack ``(Z, Y, X, 1)``.
-* Labels are ``(Z, Y, X)`` uint8: ``BACKGROUND = 0``, ``STRUCTURE = 1`` (membrane,
-  vessel) and ``IGNORE = 2`` for pixels that are unlabelled or outside the FOV mask.
+* Labels are ``(Z, Y, X)`` uint8 in the convention of `napari_unet.core.labels`
+  (0 background, 1 structure, 2 ignore: unlabelled or outside the FOV mask).
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-BACKGROUND = 0
-STRUCTURE = 1
-IGNORE = 2
-LABEL_CONVENTION = {"background": BACKGROUND, "structure": STRUCTURE, "ignore": IGNORE}
+from .labels import IGNORE, STRUCTURE, first_channel, labels_from_array
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp")
 # Stored with every model: the same normalisation must be applied when it predicts.
@@ -152,24 +149,6 @@ def as_stack(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def labels_from_array(raw: np.ndarray, invert: bool = False) -> np.ndarray:
-    """Convert stored labels to the project convention (0 bg, 1 structure, 2 ignore).
-
-    Files already in the convention (values within {0, 1, 2}) are kept as they are.
-    Anything else is binary: nonzero = structure, or, with ``invert``, zero = structure
-    (ISBI 2012 stores cells as 255 and membranes as 0).
-    """
-    raw = np.asarray(raw)
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
-        raw = raw[..., 0]  # a label saved as RGB: all channels are equal
-    if invert:
-        return (raw == 0).astype(np.uint8)
-    values = np.unique(raw)
-    if values.size <= 3 and set(values.tolist()) <= {0, 1, 2}:
-        return raw.astype(np.uint8)
-    return (raw != 0).astype(np.uint8)
-
-
 def read_labels(path: str | Path, invert: bool = False) -> np.ndarray:
     """Read a label file or folder as (Z, Y, X) uint8 in the project convention."""
     labels = labels_from_array(read_stack(path), invert=invert)
@@ -178,10 +157,7 @@ def read_labels(path: str | Path, invert: bool = False) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a FOV mask (file or folder) as (Z, Y, X) bool, nonzero = inside."""
-    mask = read_stack(path)
-    if mask.ndim >= 3 and mask.shape[-1] in (3, 4):
-        mask = mask[..., 0]
-    mask = np.asarray(mask) != 0
+    mask = first_channel(read_stack(path)) != 0
     return mask if mask.ndim == 3 else mask[None]
 
 
@@ -295,11 +271,55 @@ def load_dataset(path: str | Path) -> LabelledStack:
 # ---------------------------------------------------------------------------- normalisation
 
 
+MIN_IMAGE_SIDE = 16  # smaller images hold too little context for a U-Net to say anything
+
+
+def check_images(images: np.ndarray, name: str = "The image") -> str:
+    """Refuse images that cannot give a meaningful prediction; describe repaired ones.
+
+    Args:
+        images: (Z, Y, X, C) any dtype.
+        name: how to call the image in messages (e.g. "'slice.tif'").
+
+    Returns:
+        "" for clean input, else one sentence on what `normalize` will do about it
+        (non-finite pixels are treated as the darkest value of their slice).
+
+    Raises:
+        DataError: smaller than MIN_IMAGE_SIDE pixels, no finite value in a slice, or
+            the same value everywhere.
+    """
+    z, y, x = images.shape[:3]
+    if min(y, x) < MIN_IMAGE_SIDE:
+        raise DataError(f"{name} is {y}x{x} pixels: too small to segment (at least "
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}). Open the full image, not a thumbnail or a crop.")
+    if images.dtype.kind not in "biuf":
+        raise DataError(f"{name} holds {images.dtype} values, not intensities: open an image file.")
+    finite = np.isfinite(images) if images.dtype.kind == "f" else None
+    if finite is not None:
+        empty = [int(k) for k in np.nonzero(~finite.reshape(z, -1).any(axis=1))[0]]
+        if empty:
+            which = "every slice" if len(empty) == z else f"slice(s) {empty[:10]}"
+            raise DataError(f"{name} has no finite value (only NaN or infinity) in {which}: "
+                            "nothing to segment there. Check how the image was exported.")
+        low, high = images[finite].min(), images[finite].max()
+    else:
+        low, high = images.min(), images.max()
+    if low == high:
+        raise DataError(f"{name} has the same value ({low}) everywhere: there is nothing to segment. "
+                        "Check that the right image or channel was opened.")
+    bad = 0 if finite is None else int(finite.size - np.count_nonzero(finite))
+    if bad:
+        return f"{bad:,} NaN or infinite pixel(s) were treated as the darkest value of their slice."
+    return ""
+
+
 def normalize(images: np.ndarray, normalization: dict | None = None) -> np.ndarray:
     """Scale each slice and channel to [0, 1] between two percentiles.
 
     Per slice, so that 8-bit, 16-bit and float data, and slices with drifting
-    brightness, look the same to the network.
+    brightness, look the same to the network. Percentiles are taken over the finite
+    pixels; NaN and infinite pixels become 0 (the darkest value).
 
     Args:
         images: (Z, Y, X, C) any dtype.
@@ -312,11 +332,18 @@ def normalize(images: np.ndarray, normalization: dict | None = None) -> np.ndarr
     if norm.get("method") != "percentile":
         raise DataError(f"Unknown normalisation {norm.get('method')!r} in the model metadata.")
     data = np.asarray(images, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = np.percentile(data, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
+    finite = np.isfinite(data)
+    if finite.all():
+        low, high = np.percentile(data, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
+    else:
+        data = np.where(finite, data, np.nan)
+        low, high = np.nanpercentile(data, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
+        low, high = np.nan_to_num(low), np.nan_to_num(high)
     scale = np.where(high - low > 1e-12, high - low, 1.0)
-    return np.clip((data - low) / scale, 0.0, 1.0).astype(np.float32)
+    out = np.clip((data - low) / scale, 0.0, 1.0)
+    if not finite.all():
+        out[~finite] = 0.0
+    return out.astype(np.float32, copy=False)
 
 
 def data_hash(images: np.ndarray, labels: np.ndarray | None = None) -> str:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .data import IGNORE, STRUCTURE
+from .labels import IGNORE, STRUCTURE
 
 
 def segmentation_loss(

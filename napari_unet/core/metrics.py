@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage, sparse
 
+from .labels import IGNORE, STRUCTURE, first_channel, labels_from_array
+
 __all__ = [
     "DEFAULT_EM_THRESHOLDS",
     "TASKS",
@@ -42,6 +44,7 @@ __all__ = [
     "em_challenge_scores",
     "evaluate",
     "evaluate_per_slice",
+    "scoring_inputs",
 ]
 
 #: The 11 thresholds of the ISBI 2012 evaluation script (0.0, 0.1, ..., 1.0), rounded so
@@ -610,6 +613,65 @@ def _check_prediction(pred: np.ndarray) -> bool:
             "apply a sigmoid/softmax, or pass a binary mask as an integer/bool array (nonzero = structure)."
         )
     return True
+
+
+def scoring_inputs(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    fov: np.ndarray | None = None,
+    invert_truth: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Bring a prediction, labels and a FOV as stored to what :func:`evaluate` scores.
+
+    The CLI (files) and the Evaluate widget (layers) both call this, so the same data
+    give the same numbers. Labels follow the project convention
+    (:func:`napari_unet.core.labels.labels_from_array`): pixels labelled IGNORE in the
+    truth, and pixels outside the FOV, are not scored.
+
+    Args:
+        pred: ``(Y, X)`` or ``(Z, Y, X)``: a float probability map in [0, 1], or labels
+            (integer/bool; structure = 1, or nonzero for a binary 0/255 mask).
+        truth: labels of the same shape (an RGB label image is read from its first channel).
+        fov: optional mask of the same shape, nonzero = inside.
+        invert_truth: zero = structure in the truth (ISBI 2012 files).
+
+    Returns:
+        ``(pred, truth, scored)`` as ``(Z, Y, X)``: float32 probabilities or a uint8 0/1
+        mask; bool truth (structure); bool scored-pixel mask, or None when every pixel counts.
+
+    Raises:
+        ValueError: shapes differ, a float prediction outside [0, 1] or not finite, or
+            no structure pixel left to score.
+    """
+    p = np.asarray(pred)
+    if p.dtype.kind == "f":
+        p = p.astype(np.float32)
+        if not np.all(np.isfinite(p)):
+            raise ValueError("The prediction holds NaN or infinite values: predict again, or choose another layer.")
+        if p.size and (p.min() < 0 or p.max() > 1):
+            raise ValueError(f"A float prediction must be a probability map in [0, 1], got values in "
+                             f"[{p.min():g}, {p.max():g}]: choose the probability map or a mask.")
+    else:
+        p = (labels_from_array(p) == STRUCTURE).astype(np.uint8)
+    labels = labels_from_array(truth, invert=invert_truth)
+    p, labels = (a[None] if a.ndim == 2 else a for a in (p, labels))
+    if p.shape != labels.shape:
+        raise ValueError(f"The prediction has shape {p.shape} but the truth {labels.shape}: "
+                         "compare a prediction with the ground truth of the same image.")
+    scored = labels != IGNORE
+    if fov is not None:
+        inside = np.asarray(fov)
+        inside = first_channel(inside) != 0
+        inside = inside[None] if inside.ndim == 2 else inside
+        if inside.shape != labels.shape:
+            raise ValueError(f"The FOV mask has shape {inside.shape} but the truth {labels.shape}: "
+                             "choose the FOV of the same image.")
+        scored &= inside
+    truth_fg = labels == STRUCTURE
+    if not np.any(truth_fg & scored):
+        raise ValueError("The ground truth has no structure pixel (label 1, or nonzero in a 0/255 mask) to "
+                         "score: choose the ground-truth labels (ISBI 2012 files store membranes as 0: invert them).")
+    return p, truth_fg, (None if scored.all() else scored)
 
 
 def evaluate(

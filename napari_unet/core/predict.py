@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .data import DataError, normalize
+from .data import DataError, check_images, normalize
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -212,12 +212,16 @@ def predict_stack(
 
     Returns:
         (Z, Y, X) float32 in [0, 1].
+
+    Raises:
+        DataError: images that cannot give a meaningful result (`check_images`).
     """
     config = checkpoint.config
     if images.ndim != 4:
         raise DataError(f"Expected a (Z, Y, X, C) stack, got shape {images.shape}.")
     if images.shape[-1] != config.in_channels:
         raise DataError(_channel_message(images.shape[-1], config.in_channels))
+    check_images(images)
     multiple = config.size_multiple
     tile = int(tile or checkpoint.metadata.get("tile_size", 256))
     tile = max(multiple, math.ceil(tile / multiple) * multiple)

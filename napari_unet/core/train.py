@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .checkpoint import save_checkpoint
-from .data import IGNORE, STRUCTURE, Augmentation, augment, random_crop
+from .data import Augmentation, augment, random_crop
+from .labels import IGNORE, STRUCTURE
 from .losses import border_weight_map, segmentation_loss
 from .metrics import dice
 from .model import UNet
@@ -195,13 +196,15 @@ def train(
         data: normalised slices and the train/validation split.
         config: the recipe.
         checkpoint_path: where the best model is saved (None = keep in memory only).
-        metadata: checkpoint metadata; a history entry for this run is appended.
+        metadata: checkpoint metadata, updated in place: a history entry for this run is
+            appended (its steps and score follow the kept model), so a caller that saves
+            the model itself (``checkpoint_path`` None) saves the same record.
     """
     device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     model.to(device)
-    metadata = copy.deepcopy(metadata or {})
+    metadata = metadata if metadata is not None else {}
     history = metadata.setdefault("history", [])
     run_record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

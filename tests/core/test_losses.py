@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from napari_unet.core.data import IGNORE
+from napari_unet.core.labels import IGNORE
 from napari_unet.core.losses import border_weight_map, segmentation_loss
 
 

@@ -4,7 +4,8 @@ import torch
 
 from napari_unet.core import train as train_module
 from napari_unet.core.checkpoint import default_metadata, load_checkpoint
-from napari_unet.core.data import IGNORE, Augmentation, normalize
+from napari_unet.core.data import Augmentation, normalize
+from napari_unet.core.labels import IGNORE
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.train import TrainConfig, TrainingData, fine_tune_recipe, train
 

@@ -48,17 +48,22 @@ def tiny_fundus(tmp_path):
     return _tiny(tmp_path, 3, "fundus")
 
 
+@pytest.fixture(autouse=True)
+def napari_unet_home(tmp_path, monkeypatch):
+    """Files that belong to no image (models, corrections of unsaved images) go to tmp, not ~."""
+    home = tmp_path / "napari-unet-home"
+    monkeypatch.setenv("NAPARI_UNET_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def widgets(make_napari_viewer):
-    """A real viewer with the five dock widgets docked, as a user opens them."""
-    from napari_unet._widgets import CorrectWidget, EvaluateWidget, FineTuneWidget, LoadWidget, PredictWidget
-
+    """A real viewer with the five widgets opened one by one from Plugins ▸ napari-unet."""
     viewer = make_napari_viewer()
     docked = {}
-    for name, cls in (("load", LoadWidget), ("predict", PredictWidget), ("correct", CorrectWidget),
-                      ("finetune", FineTuneWidget), ("evaluate", EvaluateWidget)):
-        docked[name] = cls(viewer)
-        viewer.window.add_dock_widget(docked[name], name=name, area="right")
+    for key, name in (("load", "Load"), ("predict", "Predict"), ("correct", "Correct"),
+                      ("finetune", "Fine-tune"), ("evaluate", "Evaluate")):
+        docked[key] = viewer.window.add_plugin_dock_widget("napari-unet", name)[1]
     docked["viewer"] = viewer
     return docked
 

@@ -106,21 +106,23 @@ def test_autosave_and_restore(widgets, qtbot, isbi_folder, tiny_em, make_napari_
     session.autosave()  # what the timer does every minute
     store = CorrectionStore(isbi_folder.parent / "isbi_subset.napari-unet")
     assert store.exists()
-    saved, state = store.load()
+    saved, state, edited = store.load()
     np.testing.assert_array_equal(saved, labels.data)
     assert state["corrected_slices"] == [2]
+    np.testing.assert_array_equal(edited, get_session(viewer).tracker(labels).edited_mask())
+    assert edited[2].any() and not edited[[0, 1, 3]].any()
 
-    # Reopening the image (as after a crash) offers the corrections back.
-    from napari_unet._widgets import LoadWidget
-
+    # Reopening the image (as after a crash) offers the corrections back, edited pixels included.
     other = make_napari_viewer()
-    load = LoadWidget(other)
+    load = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     load.path.value = str(isbi_folder)
     load.load()
     assert not load.restore_button.native.isHidden() and "Saved corrections found (1 corrected" in load.status.value
     restored = load.restore_corrections()
     np.testing.assert_array_equal(restored.data, labels.data)
-    assert get_session(other).tracker(restored).corrected == {2}
+    tracker = get_session(other).tracker(restored)
+    assert tracker.corrected == {2}
+    np.testing.assert_array_equal(tracker.edited_mask(), edited)
 
 
 def test_ignore_unedited_parts(widgets, qtbot, isbi_folder, tiny_em):

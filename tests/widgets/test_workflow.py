@@ -23,6 +23,8 @@ def _heartbeat():
 
 
 def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
+    """The whole loop with widgets opened from Plugins ▸ napari-unet, and layers renamed
+    midway: links are by identity, so every result still lands where it belongs."""
     viewer = widgets["viewer"]
     # Load: the ISBI layout is recognised, ground truth added.
     widgets["load"].path.value = str(isbi_folder)
@@ -57,6 +59,9 @@ def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
     labels.data[2] = truth.data[2]
     labels.refresh()
 
+    # The user renames both layers: nothing may follow the old names.
+    image.name, labels.name = "my stack", "my corrections"
+
     # Fine-tune with one click; the GUI keeps breathing (heartbeat) all along.
     finetune = widgets["finetune"]
     finetune.steps.value = 6
@@ -81,18 +86,26 @@ def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
     history = load_checkpoint(saved).metadata["history"][-1]
     assert history["train_slices"] == [1] and history["val_slices"] == [2]
     # Corrections were saved before training, next to the data.
-    assert (isbi_folder.parent / "isbi_subset.napari-unet" / "labels.tif").is_file()
-    # The loop is closed: uncorrected slices re-predicted, changes shown, corrected slices kept.
+    assert (isbi_folder.parent / "isbi_subset.napari-unet" / "corrections.tif").is_file()
+    # The loop is closed: uncorrected slices re-predicted into the chosen (renamed) layer,
+    # changes shown, corrected slices kept.
     np.testing.assert_array_equal(labels.data[1], truth.data[1])
-    changed = viewer.layers[f"{image.name} changed by fine-tune"]
+    assert "into 'my corrections'" in finetune.status.value
+    assert [layer.name for layer in viewer.layers if "prediction" in layer.name] == []  # no stray layer
+    changed = viewer.layers["my corrections changed by fine-tune"]
     assert changed.data.shape == labels.data.shape and not changed.data[[1, 2]].any()
+    assert not (changed.data[[0, 3]] == 0).all() or "0.00%" in finetune.status.value
     assert predict.model.value == "fine-tuned"
 
-    # Predict again with the fine-tuned model: the user's slices are kept, as one undo step.
+    # Predict again with the fine-tuned model: into the renamed layer; the user's slices
+    # are kept, as one undo step.
     before = np.array(labels.data)
+    layer_count = len(viewer.layers)
     wait_for(qtbot, predict.predict())
     np.testing.assert_array_equal(labels.data[1:3], before[1:3])
+    assert "Updated 'my corrections'" in predict.status.value
     assert "kept your 2 edited slice(s)" in predict.status.value
+    assert len(viewer.layers) == layer_count  # probability and cells updated in place, not duplicated
 
     # Evaluate against the ground truth.
     evaluate = widgets["evaluate"]
