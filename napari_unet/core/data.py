@@ -99,7 +99,8 @@ def read_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # tifffile/PIL raise many types for corrupt files
         raise DataError(f"{path.name} could not be read as an image ({exc}); is the file corrupt?") from exc
     if array.ndim < 2 or array.size == 0:
-        raise DataError(f"{path.name} holds no 2D image (shape {array.shape}).")
+        raise DataError(f"{path.name} could not be read as an image (no 2D pixel data, shape {array.shape}); "
+                        "is the file corrupt?")
     if array.dtype == bool:
         array = array.astype(np.uint8)
     return np.asarray(array)
