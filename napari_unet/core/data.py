@@ -306,6 +306,9 @@ def check_images(images: np.ndarray, name: str = "The image") -> str:
         low, high = images[finite].min(), images[finite].max()
     else:
         low, high = images.min(), images.max()
+    if max(abs(float(low)), abs(float(high))) > float(np.finfo(np.float32).max):
+        raise DataError(f"{name} holds values beyond ±3.4e38, more than the network can read: "
+                        "rescale the image (e.g. divide it by its maximum) and open it again.")
     if low == high:
         raise DataError(f"{name} has the same value ({low}) everywhere: there is nothing to segment. "
                         "Check that the right image or channel was opened.")

@@ -25,6 +25,8 @@ def first_channel(raw: np.ndarray) -> np.ndarray:
 
 def _rule(values: np.ndarray) -> str:
     """How labels with these distinct values are read: "convention", "binary" or "ids"."""
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        return "ids"  # NaN is never structure
     if set(values.tolist()) <= {BACKGROUND, STRUCTURE, IGNORE}:
         return "convention"
     if np.count_nonzero(values) == 1:  # {0, v} or {v}: a binary mask such as 0/255

@@ -626,13 +626,15 @@ def scoring_inputs(
     The CLI (files) and the Evaluate widget (layers) both call this, so the same data
     give the same numbers. Labels follow the project convention
     (:func:`napari_unet.core.labels.labels_from_array`): pixels labelled IGNORE in the
-    truth, and pixels outside the FOV, are not scored.
+    truth, and pixels outside the FOV, are not counted by the pixel scores (Dice, IoU,
+    accuracy, Se/Sp/F1/AUC). V_Rand and V_Info, like the ISBI protocol, see whole
+    slices: there IGNORE pixels count as cell interior.
 
     Args:
         pred: ``(Y, X)`` or ``(Z, Y, X)``: a float probability map in [0, 1], or labels
             (integer/bool; structure = 1, or nonzero for a binary 0/255 mask).
         truth: labels of the same shape (an RGB label image is read from its first channel).
-        fov: optional mask of the same shape, nonzero = inside.
+        fov: optional mask of the same shape (or one (Y, X) mask for a stack), nonzero = inside.
         invert_truth: zero = structure in the truth (ISBI 2012 files).
 
     Returns:
@@ -662,7 +664,8 @@ def scoring_inputs(
     if fov is not None:
         inside = np.asarray(fov)
         inside = first_channel(inside) != 0
-        inside = inside[None] if inside.ndim == 2 else inside
+        if inside.shape == labels.shape[1:]:  # one FOV for every slice of a stack
+            inside = np.broadcast_to(inside, labels.shape)
         if inside.shape != labels.shape:
             raise ValueError(f"The FOV mask has shape {inside.shape} but the truth {labels.shape}: "
                              "choose the FOV of the same image.")

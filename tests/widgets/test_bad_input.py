@@ -253,6 +253,22 @@ def finetune_then_remove_labels(env):
     return act
 
 
+def finetune_destination_lost(env):
+    """The chosen folder turns into a file (drive swapped, disk gone) while training."""
+    image, labels = env.predicted()
+    paint_square(labels, 1, 20, 20)
+    folder = env.tmp / "models"
+    ft = env.finetune(image, labels, steps=10)
+    ft.save_to.value = str(folder / "tuned.pt")
+
+    def act():
+        job = ft.start()
+        folder.rmdir()
+        folder.write_text("not a folder any more")
+        return job
+    return act
+
+
 def finetune_then_stop(env):
     image, labels = env.predicted()
     paint_square(labels, 1, 20, 20)
@@ -359,6 +375,8 @@ PRODUCE = [
     ("fine-tune labels removed while training", "finetune", finetune_then_remove_labels,
      "was removed during training, so nothing was re-predicted"),
     ("fine-tune Stop pressed", "finetune", finetune_then_stop, "Stopped; kept the best model so far"),
+    ("fine-tune destination lost while training", "finetune", finetune_destination_lost,
+     "so the model was saved to"),
 ]
 
 
@@ -412,6 +430,8 @@ def test_refused_with_one_clear_message(env, excepthook_calls, widget, action, e
 def test_repaired_or_interrupted_jobs_say_what_happened(env, excepthook_calls, widget, action, expected):
     status = _run_case(env, action, widget, excepthook_calls)
     assert expected in status, status
+    if widget == "finetune":  # whatever happened, the trained model is on disk where the status says
+        assert get_session(env.viewer).fine_tuned_path.is_file()
 
 
 def test_cases_cover_every_widget():
