@@ -11,9 +11,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..core.corrections import napari_unet_home
 from ..core.data import data_hash, normalize
-from ..core.files import check_writable, free_path
+from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.labels import labels_from_array, labels_note
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
 from ..core.train import TrainingData, fine_tune_recipe, train

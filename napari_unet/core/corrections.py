@@ -15,22 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from .files import atomic_write
+from .files import atomic_write, napari_unet_home
 from .labels import IGNORE
 
 FILE_NAME = "corrections.tif"
-
-
-def napari_unet_home() -> Path:
-    """Folder for files that belong to no image (models, corrections of unsaved images)."""
-    return Path(os.environ.get("NAPARI_UNET_HOME") or Path.home() / "napari-unet")
 
 
 def corrections_folder(image_source: str | Path | None, pixels_hash: str = "", root: str | Path | None = None) -> Path:

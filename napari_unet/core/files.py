@@ -8,6 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def napari_unet_home() -> Path:
+    """Folder for files that belong to no image (models, corrections of unsaved images):
+    ``$NAPARI_UNET_HOME``, default ``~/napari-unet``."""
+    return Path(os.environ.get("NAPARI_UNET_HOME") or Path.home() / "napari-unet")
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)`` on a temp file beside ``path``, flush it to disk, rename.
 
