@@ -10,16 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.files import napari_unet_home
 from .core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
 
-SOURCE = Path.home() / "napari-unet" / "samples"  # where corrections and fine-tunes of samples go
+
+def sample_source(name: str) -> Path:
+    """The path a sample stands for: where its corrections and fine-tunes go."""
+    return napari_unet_home() / "samples" / name
 
 
 def _meta(name: str, role: str, kind: str, **extra) -> dict:
     from ._widgets._layers import label_colormap
 
     meta = {"name": name, "metadata": {"napari_unet": {"role": role, "kind": kind,
-                                                       "source": str(SOURCE / name.split()[0])}}}
+                                                       "source": str(sample_source(name.split()[0]))}}}
     if role != "image":
         meta.update(colormap=label_colormap(role), opacity=0.5 if role == "truth" else 0.3)
     meta.update(extra)

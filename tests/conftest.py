@@ -28,3 +28,12 @@ def isbi_stack(isbi_dir):
     from napari_unet.core.data import load_dataset
 
     return load_dataset(isbi_dir)
+
+
+@pytest.fixture(autouse=True)
+def napari_unet_home(tmp_path, monkeypatch):
+    """Files that belong to no image (models, corrections of unsaved images, samples) go to
+    tmp, never to the tester's home folder."""
+    home = tmp_path / "napari-unet-home"
+    monkeypatch.setenv("NAPARI_UNET_HOME", str(home))
+    return home

@@ -48,14 +48,6 @@ def tiny_fundus(tmp_path):
     return _tiny(tmp_path, 3, "fundus")
 
 
-@pytest.fixture(autouse=True)
-def napari_unet_home(tmp_path, monkeypatch):
-    """Files that belong to no image (models, corrections of unsaved images) go to tmp, not ~."""
-    home = tmp_path / "napari-unet-home"
-    monkeypatch.setenv("NAPARI_UNET_HOME", str(home))
-    return home
-
-
 @pytest.fixture
 def widgets(make_napari_viewer):
     """A real viewer with the five widgets opened one by one from Plugins ▸ napari-unet."""
