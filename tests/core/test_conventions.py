@@ -29,7 +29,6 @@ from napari_unet.core import corrections as C
 from napari_unet.core.data import DataError, check_images, normalize
 from napari_unet.core.files import atomic_write, check_writable, free_path
 from napari_unet.core.labels import (
-    BACKGROUND,
     IGNORE,
     STRUCTURE,
     labels_from_array,
