@@ -241,45 +241,37 @@ def finetune_unknown_ids(env):
     return env.finetune(image, labels).start
 
 
-def finetune_then_remove_labels(env):
-    image, labels = env.predicted()
-    paint_square(labels, 1, 20, 20)
-    ft = env.finetune(image, labels, steps=30)
+def finetune_then(interrupt, steps=30, save_to=None):
+    """Start a fine-tune on one corrected slice, then ``interrupt(env, widget, job, labels)``."""
+    def run(env):
+        image, labels = env.predicted()
+        paint_square(labels, 1, 20, 20)
+        ft = env.finetune(image, labels, steps=steps)
+        if save_to:
+            ft.save_to.value = str(env.tmp / save_to)
 
-    def act():
-        job = ft.start()
-        env.viewer.layers.remove(labels)
-        return job
-    return act
+        def act():
+            job = ft.start()
+            interrupt(env, ft, job, labels)
+            return job
+        return act
+    return run
 
 
-def finetune_destination_lost(env):
+def remove_labels(env, ft, job, labels):
+    env.viewer.layers.remove(labels)
+
+
+def lose_destination(env, ft, job, labels):
     """The chosen folder turns into a file (drive swapped, disk gone) while training."""
-    image, labels = env.predicted()
-    paint_square(labels, 1, 20, 20)
     folder = env.tmp / "models"
-    ft = env.finetune(image, labels, steps=10)
-    ft.save_to.value = str(folder / "tuned.pt")
-
-    def act():
-        job = ft.start()
-        folder.rmdir()
-        folder.write_text("not a folder any more")
-        return job
-    return act
+    folder.rmdir()
+    folder.write_text("not a folder any more")
 
 
-def finetune_then_stop(env):
-    image, labels = env.predicted()
-    paint_square(labels, 1, 20, 20)
-    ft = env.finetune(image, labels, steps=400)
-
-    def act():
-        job = ft.start()
-        env.qtbot.waitUntil(lambda: len(job.state.events) >= 2, timeout=60_000)
-        ft._clicked()
-        return job
-    return act
+def press_stop(env, ft, job, labels):
+    env.qtbot.waitUntil(lambda: len(job.state.events) >= 2, timeout=60_000)
+    ft._clicked()
 
 
 # ------------------------------------------------------------------------------ Evaluate
@@ -372,10 +364,12 @@ PRODUCE = [
      "NaN or infinite pixel(s) were treated as the darkest value"),
     ("predict boolean image", "predict", predict_image(np.random.default_rng(0).random((64, 64)) > 0.5), "Added"),
     ("fine-tune with unknown label ids", "finetune", finetune_unknown_ids, "ids other than 0/1/2 and are ignored"),
-    ("fine-tune labels removed while training", "finetune", finetune_then_remove_labels,
+    ("fine-tune labels removed while training", "finetune", finetune_then(remove_labels),
      "was removed during training, so nothing was re-predicted"),
-    ("fine-tune Stop pressed", "finetune", finetune_then_stop, "Stopped; kept the best model so far"),
-    ("fine-tune destination lost while training", "finetune", finetune_destination_lost,
+    ("fine-tune Stop pressed", "finetune", finetune_then(press_stop, steps=400),
+     "Stopped; kept the best model so far"),
+    ("fine-tune destination lost while training", "finetune",
+     finetune_then(lose_destination, steps=10, save_to="models/tuned.pt"),
      "so the model was saved to"),
 ]
 
