@@ -167,6 +167,8 @@ class PredictWidget(Container):
         tile = self.tile.value or None
         overlap, threshold = self.overlap.value, self.threshold.value
         with_cells = self.show_instances.value and not layer.rgb
+        # Corrections of an image without a file are keyed by its pixels (hashed only then).
+        needs_hash = not plugin_meta(layer).get("source")
         watch = ImageWatch(self.viewer, layer)
 
         def work(state):
@@ -178,7 +180,7 @@ class PredictWidget(Container):
                 return None
             mask = threshold_mask(probabilities, threshold)
             cells = cell_instances(mask) if with_cells else None
-            return Prediction(probabilities, mask, cells, data_hash(stack), note)
+            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note)
 
         def done(result):
             if watch.changed:
