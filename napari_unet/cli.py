@@ -79,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
     t.add_argument("--out", required=True, help="checkpoint file to write (the best model)")
     t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch, 120 to fine-tune)")
-    t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 slices)")
+    t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 "
+                   "slices; with --from: one corrected slice, default the last)")
     t.add_argument("--no-val", action="store_true", help="train on every slice, without validation")
+    t.add_argument("--slices", nargs="+", help="with --from: the corrected slices to learn from, e.g. 3 7 or 0-4 "
+                   "(default: every slice with a labelled pixel)")
+    t.add_argument("--edited", help="with --from: mask of the pixels you changed, nonzero = edited (default: where "
+                   "the starting model disagrees with the labels)")
     t.add_argument("--task", choices=["em", "fundus"], help="default: fundus for RGB images, em otherwise")
     t.add_argument("--base-width", type=WIDTH, default=32, help="U-Net width of the first level (from scratch)")
     t.add_argument("--depth", type=DEPTH, default=4, help="U-Net depth (from scratch)")
@@ -150,7 +155,7 @@ def _progress_bar(total: int, unit: str):
     return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
-def _parse_slices(values: list[str], count: int) -> list[int]:
+def _parse_slices(values: list[str], count: int, option: str = "--val-slices") -> list[int]:
     slices: list[int] = []
     for value in values:
         try:
@@ -160,10 +165,10 @@ def _parse_slices(values: list[str], count: int) -> list[int]:
             else:
                 slices.append(int(value))
         except ValueError:
-            raise UsageError(f"--val-slices {value!r}: give slice numbers such as 25 26 or a range 25-29.") from None
+            raise UsageError(f"{option} {value!r}: give slice numbers such as 25 26 or a range 25-29.") from None
     bad = [z for z in slices if not 0 <= z < count]
     if bad:
-        raise UsageError(f"--val-slices {bad}: the stack has slices 0-{count - 1}.")
+        raise UsageError(f"{option} {bad}: the stack has slices 0-{count - 1}.")
     return sorted(set(slices))
 
 
@@ -226,11 +231,11 @@ def _predict(args) -> int:
 
 
 def _train(args) -> int:
-    from .core.checkpoint import default_metadata, load_checkpoint
-    from .core.data import DataError, apply_fov, check_images, data_hash, load_pairs, normalize
+    from .core.checkpoint import default_metadata
+    from .core.data import apply_fov, check_images, data_hash, load_pairs, normalize
     from .core.model import UNet, UNetConfig
     from .core.predict import describe_device, resolve_device
-    from .core.train import TrainConfig, TrainingData, fine_tune_recipe, train
+    from .core.train import TrainConfig, TrainingData, train
 
     out = _check_output(args.out, args.force, (".pt", ".pth"))
     device = resolve_device(args.device)
@@ -239,18 +244,11 @@ def _train(args) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     channels = stack.images.shape[-1]
-    if args.from_model:
-        checkpoint = load_checkpoint(args.from_model)
-        model, metadata = checkpoint.model, checkpoint.metadata
-        if model.config.in_channels != channels:
-            raise DataError(
-                f"The model {args.from_model} takes {model.config.in_channels} channel(s) but the images have "
-                f"{channels}: choose a matching model."
-            )
-    else:
-        model = UNet(UNetConfig(in_channels=channels, base_width=args.base_width, depth=args.depth))
-        metadata = default_metadata(args.task or stack.kind)
     labels = apply_fov(stack.labels, stack.fov)
+    if args.from_model:
+        return _fine_tune(args, stack.images, labels, out, device)
+    model = UNet(UNetConfig(in_channels=channels, base_width=args.base_width, depth=args.depth))
+    metadata = default_metadata(args.task or stack.kind)
     count = labels.shape[0]
     if args.no_val or count < 2:
         val = []
@@ -261,14 +259,8 @@ def _train(args) -> int:
     train_slices = [z for z in range(count) if z not in val]
     if not train_slices:
         raise UsageError("Every slice is held out for validation: leave at least one to train on.")
-    overrides = {k: v for k, v in {
-        "batch_size": args.batch_size, "crop_size": args.crop_size, "learning_rate": args.lr,
-    }.items() if v is not None}
-    overrides.update(seed=args.seed, device=str(device), border_weights=args.border_weights)
-    if args.from_model:
-        config = fine_tune_recipe(120 if args.steps is None else args.steps, **overrides)
-    else:
-        config = TrainConfig(steps=1500 if args.steps is None else args.steps, **overrides)
+    config = TrainConfig(steps=1500 if args.steps is None else args.steps, seed=args.seed, device=str(device),
+                         **_recipe_overrides(args))
     data = TrainingData(normalize(stack.images, metadata.get("normalization")), labels, train_slices, val)
     metadata["data_hash"] = data_hash(stack.images, labels)
     metadata["tile_size"] = max(256, config.crop_size)
@@ -295,6 +287,61 @@ def _train(args) -> int:
     bar.close()
     score = f", best validation Dice {last.best_dice:.3f}" if last.best_dice is not None else ""
     print(f"trained {config.steps} steps in {last.elapsed_s:.0f} s{score} -> {out}")
+    return 0
+
+
+def _recipe_overrides(args) -> dict:
+    """The training options the user gave (the recipe's defaults stand for the others)."""
+    given = {"batch_size": args.batch_size, "crop_size": args.crop_size, "learning_rate": args.lr,
+             "border_weights": args.border_weights or None}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _fine_tune(args, images, labels, out: Path, device) -> int:
+    """``train --from``: the fine-tune of the widget (`core.finetune`), from files."""
+    from .core.checkpoint import load_checkpoint, save_checkpoint
+    from .core.data import DataError, check_same_shape, read_stack
+    from .core.finetune import FineTune, FineTuneOptions, describe_outcome
+    from .core.labels import IGNORE
+    from .core.predict import describe_device
+
+    count = labels.shape[0]
+    if args.slices:
+        corrected = _parse_slices(args.slices, count, "--slices")
+    else:
+        corrected = [z for z in range(count) if np.any(labels[z] != IGNORE)]
+    if args.val_slices and not args.no_val:
+        held = _parse_slices(args.val_slices, count)
+        if len(held) != 1 or held[0] not in corrected:
+            raise UsageError(f"--val-slices {held}: a fine-tune holds out one of the corrected slices {corrected}.")
+        corrected = [z for z in corrected if z != held[0]] + held  # the held-out slice is the last
+    edited = None
+    if args.edited:
+        edited = read_stack(args.edited)
+        edited = (edited[..., 0] if edited.ndim == 4 else edited) != 0
+        check_same_shape(labels, edited, "--edited mask")
+    checkpoint = load_checkpoint(args.from_model)
+    options = FineTuneOptions(steps=120 if args.steps is None else args.steps, hold_out=not args.no_val,
+                              device=str(device), seed=args.seed, recipe=_recipe_overrides(args))
+    try:
+        run = FineTune(checkpoint, images, labels, corrected, edited, options, start_name=args.from_model)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    plan = f"choosing the steps on slice {corrected[-1]}, then " if run.held_out is not None else ""
+    print(f"fine-tuning {args.from_model}: {plan}training on corrected slice(s) {corrected}, {options.steps} steps "
+          f"on {describe_device(device)}", file=sys.stderr)
+    bar = _progress_bar(options.steps, "step")
+    for event in run.run():
+        bar.total = event.total
+        bar.update(event.step - bar.n)
+        postfix = {"loss": f"{event.loss:.3f}" if event.loss is not None else "-"}
+        if event.best_dice is not None and event.stage == "select":
+            postfix["best on edits"] = f"{event.best_dice:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+    bar.close()
+    result = run.result
+    save_checkpoint(out, result.model, result.metadata)
+    print(f"{describe_outcome(result.report)} -> {out}")
     return 0
 
 

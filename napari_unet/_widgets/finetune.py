@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..core.data import data_hash, normalize
 from ..core.files import check_writable, free_path, napari_unet_home
+from ..core.finetune import FineTune, FineTuneOptions, describe_outcome
 from ..core.labels import labels_from_array, labels_note
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
-from ..core.train import TrainingData, fine_tune_recipe, train
 from ._jobs import BackgroundJob
 from ._layers import (
     follow_new_layers,
@@ -51,7 +49,8 @@ class FineTuneWidget(Container):
         self.corrected_labels = ComboBox(label="Corrected labels",
                                          choices=lambda _w=None: layer_choices(viewer, Labels, "prediction"))
         self.steps = SpinBox(label="Steps", min=5, max=5000, value=120)
-        self.hold_out = CheckBox(text="Hold one corrected slice out for validation", value=True)
+        self.hold_out = CheckBox(text="Choose the steps on a held-out corrected slice", value=True,
+                                 tooltip="Then train again on all corrected slices for that many steps")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.save_to = FileEdit(label="Save model to", mode="w", filter="*.pt",
                                 tooltip="Empty: next to the image, never overwriting")
@@ -108,6 +107,11 @@ class FineTuneWidget(Container):
             if checkpoint.config.in_channels != stack.shape[-1]:
                 raise ValueError("The current model does not take this kind of image (grey vs RGB).")
             device = resolve_device(self.device.value)
+            options = FineTuneOptions(steps=self.steps.value, hold_out=self.hold_out.value, device=str(device))
+            # Copies of the corrected slices: painting during training changes nothing.
+            run = FineTune(checkpoint, stack, labels_from_array(labels), corrected,
+                           edited=tracker.edited_mask().reshape(labels.shape), options=options,
+                           start_name=start_name)
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
             return None
@@ -122,55 +126,45 @@ class FineTuneWidget(Container):
         except OSError as exc:
             self.status.value = f"Could not save your corrections before training ({exc}): choose a folder in Correct."
             return None
-        val = [corrected[-1]] if self.hold_out.value and len(corrected) >= 2 else []
-        train_slices = [z for z in corrected if z not in val]
-        label_copy = labels_from_array(labels)  # a copy: painting during training changes nothing
         note = labels_note(labels)
-        try:
-            data = TrainingData(normalize(stack, checkpoint.normalization), label_copy, train_slices, val)
-        except ValueError as exc:
-            self.status.value = str(exc)
-            return None
-        config = fine_tune_recipe(self.steps.value, device=str(device))
-        metadata = copy.deepcopy(checkpoint.metadata)
-        metadata["data_hash"] = data_hash(stack[corrected], label_copy[corrected])
-        metadata["fine_tuned_from"] = start_name
-        model = copy.deepcopy(checkpoint.model)
         uncorrected = [z for z in range(stack.shape[0]) if z not in corrected]
-        threshold = float(metadata.get("threshold", 0.5))
 
         def work(state):
-            events = train(model, data, config, None, metadata)
-            stopped = False
+            events = run.run()
             for event in events:
                 state.events.append(event)
                 state.report(event.step, event.total)
                 if state.cancelled():
-                    stopped = True
                     break
-            events.close()  # restores the best weights into `model`
+            events.close()  # `run.result` holds the best model so far
             if state.abandoned:  # the window was closed: write nothing
                 return None
-            saved_to, fallback = save_with_fallback(out, model, metadata)
+            result = run.result
+            saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
             tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
             mask = None
             if uncorrected:
                 probabilities = predict_stack(tuned, stack[uncorrected], device=device, cancel=lambda: state.abandoned)
-                mask = threshold_mask(probabilities, threshold)
-            return tuned, saved_to, fallback, mask, stopped
+                mask = threshold_mask(probabilities, float(result.metadata["threshold"]))
+            return tuned, saved_to, fallback, mask, result.report
 
         def done(result):
             self._finished(image, labels_layer, uncorrected, note, *result)
 
-        self.plot.reset(config.steps)
+        self.plot.reset(2 * options.steps if run.held_out is not None and options.refit else options.steps)
         self.history = []
         self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
-                                 description=f"Fine-tuning on {len(train_slices)} slice(s)", activity=False)
+                                 description=f"Fine-tuning on {len(corrected)} slice(s)", activity=False)
         self.run_button.text = "Stop"
-        held = f", validating on slice {val[0]}" if val else ""
-        self.status.value = (f"Fine-tuning {start_name} on slice(s) {train_slices}{held}, {config.steps} steps "
-                             f"on {describe_device(device)}… {note}").strip()
+        if run.held_out is not None:
+            held = corrected[run.held_out]
+            plan = (f"choosing the steps on slice {held} (scored where you edited it), then training on all "
+                    f"{len(corrected)} corrected slices")
+        else:
+            plan = f"on slice(s) {corrected}"
+        self.status.value = (f"Fine-tuning {start_name} {plan}, {options.steps} steps on "
+                             f"{describe_device(device)}… {note}").strip()
         self.job.start()
         return self.job
 
@@ -204,9 +198,13 @@ class FineTuneWidget(Container):
         if state.total == 0 and self.job and self.job.running:
             self.eta.value = "Re-predicting the uncorrected slices…"
             return
-        best = f", best validation Dice {last.best_dice:.3f}" if last.best_dice is not None else ""
+        if last.stage == "refit":
+            what = "training on all corrected slices"
+        else:
+            what = f"best score on the held-out edits {last.best_dice:.3f}" if last.best_dice is not None else ""
+            what += " (last check refused: it broke the segmentation)" if _last_check(self.history).refused else ""
         loss = f"loss {last.loss:.3f}" if last.loss is not None else "scoring the starting model"
-        self.eta.value = f"step {last.step}/{last.total}, {loss}{best}, about {last.eta_s:.0f} s left"
+        self.eta.value = f"step {last.step}/{last.total}, {loss}, {what}, about {last.eta_s:.0f} s left"
 
     def _failed(self, message: str) -> None:
         self.status.value = f"Fine-tuning failed: {message} Your corrections are saved."
@@ -214,12 +212,11 @@ class FineTuneWidget(Container):
     def _ended(self) -> None:
         self.run_button.text = START
 
-    def _finished(self, image, labels_layer, uncorrected, note, tuned, out: Path, fallback: str, mask, stopped) -> None:
+    def _finished(self, image, labels_layer, uncorrected, note, tuned, out: Path, fallback: str, mask, report) -> None:
         self.session.set_fine_tuned(tuned, out)
-        first = next((e.val_dice for e in self.history if e.val_dice is not None), None)
-        best = self.history[-1].best_dice if self.history else None
-        score = f" Validation Dice {first:.3f} → {best:.3f}." if first is not None and best is not None else ""
-        how = "Stopped; kept the best model so far." if stopped else "Done."
+        self.progress_bar.value = self.progress_bar.max  # also when no refit was needed
+        how = "Stopped; kept the best model so far." if report["stopped"] else "Done."
+        score = " " + describe_outcome(report)
         saved = fallback or f"Saved to {out}"
         changed_text = ""
         if mask is not None and labels_layer not in self.viewer.layers:
@@ -240,6 +237,11 @@ class FineTuneWidget(Container):
                             f"{100 * changed[uncorrected].mean():.2f}% of their pixels changed (yellow layer).")
         self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
         self.status.value = f"{how}{score} {saved}; it is now the model in Predict.{changed_text} {note}".strip()
+
+
+def _last_check(history: list) -> object:
+    """The last event that carried a validation (or the last event)."""
+    return next((e for e in reversed(history) if e.val_dice is not None), history[-1])
 
 
 def save_with_fallback(path: Path, model, metadata: dict) -> tuple[Path, str]:

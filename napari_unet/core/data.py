@@ -380,10 +380,11 @@ class Augmentation:
     gamma: float = 0.25
 
 
-def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Crop the same random (size x size) window from arrays sharing (Y, X, ...).
-
-    Arrays smaller than the crop are mirror-padded first.
+def crop_around(
+    arrays: list[np.ndarray], size: int, centre: tuple[int, int], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Crop the same (size x size) window, holding pixel ``centre`` at a random place in
+    it, from arrays sharing (Y, X, ...). Arrays smaller than the crop are mirror-padded.
     """
     y, x = arrays[0].shape[:2]
     pad_y, pad_x = max(0, size - y), max(0, size - x)
@@ -393,8 +394,8 @@ def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -
             for a in arrays
         ]
         y, x = arrays[0].shape[:2]
-    top = int(rng.integers(0, y - size + 1))
-    left = int(rng.integers(0, x - size + 1))
+    top = int(np.clip(centre[0] - rng.integers(0, size), 0, y - size))
+    left = int(np.clip(centre[1] - rng.integers(0, size), 0, x - size))
     return [a[top : top + size, left : left + size] for a in arrays]
 
 

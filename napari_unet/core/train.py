@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import save_checkpoint
-from .data import Augmentation, augment, random_crop
+from .data import Augmentation, augment, crop_around
 from .labels import IGNORE, STRUCTURE
 from .losses import border_weight_map, segmentation_loss
 from .metrics import dice
@@ -49,7 +49,9 @@ class TrainConfig:
     dice_weight: float = 1.0
     border_weights: bool = False
     freeze_batchnorm: bool = False
-    min_labelled_fraction: float = 0.05
+    # Share of crops centred on a `TrainingData.focus` pixel (the user's edits); the
+    # others are centred on any labelled pixel, so no crop is ever all unlabelled.
+    focus_fraction: float = 0.0
     device: str = "auto"
     # bfloat16 autocast in the forward pass; None = where it is fast (see has_fast_bfloat16).
     mixed_precision: bool | None = None
@@ -64,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"crop_size={self.crop_size}: use crops of at least 16 pixels (256 is usual).")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate={self.learning_rate}: use a small positive value such as 1e-3.")
+        if not 0 <= self.focus_fraction <= 1:
+            raise ValueError(f"focus_fraction={self.focus_fraction}: use a fraction between 0 and 1.")
 
 
 def fine_tune_recipe(steps: int = 120, **overrides) -> TrainConfig:
@@ -92,10 +96,14 @@ class TrainEvent:
         val_dice: Dice on the held-out slices when validated at this step, else None.
         best_dice: best validation Dice so far (None without validation data).
         improved: the saved/kept model changed at this step.
+        refused: the validation refused this model (e.g. it broke membranes into
+            merged cells), whatever its score.
         eta_s: estimated seconds left.
         elapsed_s: seconds since the start.
         learning_rate: current learning rate.
         done: the last event of a run that completed all its steps.
+        stage: which part of a longer job this step belongs to ("" for a plain run;
+            the fine-tune's "select" and "refit").
     """
 
     step: int
@@ -104,10 +112,12 @@ class TrainEvent:
     val_dice: float | None = None
     best_dice: float | None = None
     improved: bool = False
+    refused: bool = False
     eta_s: float = 0.0
     elapsed_s: float = 0.0
     learning_rate: float = 0.0
     done: bool = False
+    stage: str = ""
 
 
 @dataclass
@@ -119,16 +129,25 @@ class TrainingData:
         labels: (N, Y, X) uint8, project convention (IGNORE pixels are not learnt).
         train_slices: indices used for training crops.
         val_slices: indices held out for validation (may be empty).
+        weights: optional (N, Y, X) float32 per-pixel loss weights (e.g. more on edits).
+        focus: optional (N, Y, X) bool, pixels that crops are centred on
+            ``TrainConfig.focus_fraction`` of the time (e.g. the user's edits).
     """
 
     images: np.ndarray
     labels: np.ndarray
     train_slices: list[int]
     val_slices: list[int] = field(default_factory=list)
+    weights: np.ndarray | None = None
+    focus: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.shape[:3] != self.labels.shape:
             raise ValueError(f"images {self.images.shape[:3]} and labels {self.labels.shape} differ in (Z, Y, X).")
+        for name in ("weights", "focus"):
+            extra = getattr(self, name)
+            if extra is not None and extra.shape != self.labels.shape:
+                raise ValueError(f"{name} {extra.shape} and labels {self.labels.shape} differ in shape.")
         if not self.train_slices:
             raise ValueError("No slice to train on: label (correct) at least one slice.")
         for z in self.train_slices:
@@ -155,13 +174,14 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def validation_dice(
-    model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device, tile: int = 256
-) -> float:
-    """Dice of the structure (threshold 0.5) over labelled pixels of whole slices.
+def probabilities(model: UNet, images: np.ndarray, device: torch.device, tile: int = 256) -> np.ndarray:
+    """Structure probability of normalised slices, tiled as in deployment.
 
     Args:
-        images: (N, Y, X, C) float32 normalised; labels: (N, Y, X) uint8.
+        images: (N, Y, X, C) float32 normalised.
+
+    Returns:
+        (N, Y, X) float32 in [0, 1].
     """
     model.eval()
     multiple = model.config.size_multiple
@@ -170,11 +190,24 @@ def validation_dice(
     def predictor(batch: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model(batch)[:, :1])
 
-    predictions = np.stack(
-        [sliding_window(img.transpose(2, 0, 1), predictor, tile=tile, device=device)[0] for img in images]
-    )
+    return np.stack([sliding_window(img.transpose(2, 0, 1), predictor, tile=tile, device=device)[0] for img in images])
+
+
+def validation_dice(
+    model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device, tile: int = 256
+) -> float:
+    """Dice of the structure (threshold 0.5) over labelled pixels of whole slices.
+
+    Args:
+        images: (N, Y, X, C) float32 normalised; labels: (N, Y, X) uint8.
+    """
     valid = labels != IGNORE
-    return dice(predictions > 0.5, labels == STRUCTURE, mask=valid)
+    return dice(probabilities(model, images, device, tile) > 0.5, labels == STRUCTURE, mask=valid)
+
+
+#: A validation: (model, device) -> (score to maximise, accepted). A refused model
+#: (accepted False) is never kept, whatever its score.
+Validate = Callable[[UNet, torch.device], tuple[float, bool]]
 
 
 def train(
@@ -183,6 +216,7 @@ def train(
     config: TrainConfig,
     checkpoint_path: str | Path | None = None,
     metadata: dict | None = None,
+    validate: Validate | None = None,
 ) -> Iterator[TrainEvent]:
     """Train ``model`` in place, yielding a `TrainEvent` after every step.
 
@@ -199,6 +233,8 @@ def train(
         metadata: checkpoint metadata, updated in place: a history entry for this run is
             appended (its steps and score follow the kept model), so a caller that saves
             the model itself (``checkpoint_path`` None) saves the same record.
+        validate: replaces the default validation (Dice on the labelled pixels of
+            ``data.val_slices``), e.g. the fine-tune's score on edited pixels with a guard.
     """
     device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed)
@@ -220,19 +256,22 @@ def train(
 
     train_images = [data.images[z] for z in data.train_slices]
     train_labels = [data.labels[z] for z in data.train_slices]
-    train_weights = (
-        [border_weight_map(lbl) for lbl in train_labels] if config.border_weights else [None] * len(train_labels)
-    )
-    val_images = data.images[data.val_slices] if data.val_slices else None
-    val_labels = data.labels[data.val_slices] if data.val_slices else None
-    has_val = val_images is not None and np.any(val_labels == STRUCTURE)
+    train_weights = [_loss_weights(data, z, config.border_weights) for z in data.train_slices]
+    sampler = _CropCentres(data, config, rng)
+    tile = max(config.crop_size, 256)
+    if validate is None and data.val_slices and np.any(data.labels[data.val_slices] == STRUCTURE):
+        val_images, val_labels = data.images[data.val_slices], data.labels[data.val_slices]
+
+        def validate(model: UNet, device: torch.device) -> tuple[float, bool]:
+            return validation_dice(model, val_images, val_labels, device, tile), True
+
+    has_val = validate is not None
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     wanted = has_fast_bfloat16(device) if config.mixed_precision is None else config.mixed_precision
     use_amp = wanted and device.type in ("cuda", "cpu")  # the autocast devices with bfloat16
     run_record["bfloat16"] = use_amp
-    tile = max(config.crop_size, 256)
 
     def save(step: int, score: float | None) -> None:
         run_record["steps"] = step
@@ -244,7 +283,7 @@ def train(
     best_dice: float | None = None
     best_state = copy.deepcopy(model.state_dict())
     if has_val:
-        best_dice = validation_dice(model, val_images, val_labels, device, tile)
+        best_dice, _ = validate(model, device)  # the starting model is the one to beat
         save(0, best_dice)
         yield TrainEvent(0, config.steps, None, best_dice, best_dice, True, elapsed_s=time.perf_counter() - start)
     step_times: list[float] = []
@@ -252,7 +291,7 @@ def train(
         for step in range(1, config.steps + 1):
             tick = time.perf_counter()
             _set_train_mode(model, config.freeze_batchnorm)
-            images, labels, weights = _sample_batch(train_images, train_labels, train_weights, config, rng)
+            images, labels, weights = _sample_batch(train_images, train_labels, train_weights, sampler, config, rng)
             images, labels = images.to(device), labels.to(device)
             weights = weights.to(device) if weights is not None else None
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -267,9 +306,9 @@ def train(
             event.learning_rate = optimizer.param_groups[0]["lr"]
             if step % config.validate_every == 0 or step == config.steps:
                 if has_val:
-                    score = validation_dice(model, val_images, val_labels, device, tile)
-                    event.val_dice = score
-                    if score > best_dice + 1e-4:
+                    score, accepted = validate(model, device)
+                    event.val_dice, event.refused = score, not accepted
+                    if accepted and score > best_dice + 1e-4:
                         best_dice, event.improved = score, True
                         best_state = copy.deepcopy(model.state_dict())
                         save(step, score)
@@ -290,20 +329,58 @@ def train(
         model.eval()
 
 
-def _sample_batch(images, labels, weights, config: TrainConfig, rng: np.random.Generator):
-    """A batch of augmented random crops with enough labelled pixels.
+def _loss_weights(data: TrainingData, z: int, border_weights: bool) -> np.ndarray | None:
+    """(Y, X) float32 loss weights of slice ``z``: the data's own times the U-Net border map."""
+    weights = data.weights[z] if data.weights is not None else None
+    if border_weights:
+        border = border_weight_map(data.labels[z])
+        weights = border if weights is None else border * weights
+    return weights
+
+
+class _CropCentres:
+    """Draws crop centres: on a focus pixel ``config.focus_fraction`` of the time, else on
+    any labelled pixel, so every crop holds labels and small edits are seen often."""
+
+    MAX_POINTS = 200_000  # a random subset of the candidates is enough, and bounded
+
+    def __init__(self, data: TrainingData, config: TrainConfig, rng: np.random.Generator) -> None:
+        self.labelled = [self._points(data.labels[z] != IGNORE, rng) for z in data.train_slices]
+        self.focus = [
+            self._points(data.focus[z] & (data.labels[z] != IGNORE), rng) if data.focus is not None else None
+            for z in data.train_slices
+        ]
+        self.has_focus = [f is not None and len(f) > 0 for f in self.focus]
+        self.fraction = config.focus_fraction if any(self.has_focus) else 0.0
+
+    def _points(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        points = np.argwhere(mask)
+        if len(points) > self.MAX_POINTS:
+            points = points[rng.choice(len(points), self.MAX_POINTS, replace=False)]
+        return points
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, tuple[int, int]]:
+        """(index into the training slices, (y, x) centre)."""
+        if rng.random() < self.fraction:
+            index = int(rng.choice(np.flatnonzero(self.has_focus)))
+            points = self.focus[index]
+        else:
+            index = int(rng.integers(len(self.labelled)))
+            points = self.labelled[index]
+        return index, tuple(points[int(rng.integers(len(points)))])
+
+
+def _sample_batch(images, labels, weights, sampler: _CropCentres, config: TrainConfig, rng: np.random.Generator):
+    """A batch of augmented crops, each holding the labelled pixel it was drawn around.
 
     Returns:
         (B, C, S, S) float32 images, (B, S, S) int64 labels, (B, S, S) weights or None.
     """
     batch_images, batch_labels, batch_weights = [], [], []
     for _ in range(config.batch_size):
-        for _attempt in range(20):
-            index = int(rng.integers(len(images)))
-            arrays = [images[index], labels[index]] + ([weights[index]] if weights[index] is not None else [])
-            crop = random_crop(arrays, config.crop_size, rng)
-            if np.mean(crop[1] != IGNORE) >= config.min_labelled_fraction:
-                break
+        index, centre = sampler.draw(rng)
+        arrays = [images[index], labels[index]] + ([weights[index]] if weights[index] is not None else [])
+        crop = crop_around(arrays, config.crop_size, centre, rng)
         image, label, weight = augment(
             crop[0], crop[1], rng, config.augmentation, crop[2] if len(crop) > 2 else None
         )

@@ -14,7 +14,7 @@ from napari_unet.core.data import (
     load_dataset,
     load_pairs,
     normalize,
-    random_crop,
+    crop_around,
     read_stack,
 )
 
@@ -133,8 +133,19 @@ def test_intensity_augmentation_changes_only_the_image():
     np.testing.assert_array_equal(out_label, label)
 
 
-def test_random_crop_pads_small_images():
+def test_crop_around_pads_small_images():
     rng = np.random.default_rng(0)
     image, label = np.ones((10, 12, 1), np.float32), np.ones((10, 12), np.uint8)
-    crops = random_crop([image, label], 16, rng)
+    crops = crop_around([image, label], 16, (5, 5), rng)
     assert crops[0].shape == (16, 16, 1) and crops[1].shape == (16, 16)
+
+
+def test_crop_around_always_holds_its_centre():
+    rng = np.random.default_rng(0)
+    marked = np.zeros((300, 200), np.uint8)
+    for centre in [(0, 0), (299, 199), (150, 3), (7, 100)]:
+        marked[:] = 0
+        marked[centre] = 1
+        for _ in range(20):
+            (crop,) = crop_around([marked], 64, centre, rng)
+            assert crop.shape == (64, 64) and crop.sum() == 1

@@ -1,0 +1,308 @@
+"""The one-click fine-tune: learn from a few corrected slices without breaking what worked.
+
+One recipe for the Fine-tune widget and ``napari-unet train --from``:
+
+1. **Edits.** The pixels the user changed (the widget tracks them); without them, the
+   pixels where the starting model disagrees with the labels, which is what a user
+   correcting its prediction would have painted.
+2. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
+   others on labelled ones (never an unlabelled crop), and edited pixels weigh more.
+3. **Select honestly.** With two or more corrected slices, the last one is held out.
+   It is scored on its edited pixels grown by a margin, where the starting model was
+   wrong, so keeping the old model scores nothing there; and a **guard** refuses any
+   model whose segmentation got worse on the whole held-out slice than the starting
+   model's: V_Rand of the cells after border thinning (EM: broken membranes merge
+   cells) or clDice (vessels: broken vessels). The best accepted step wins; the
+   starting model is kept when none beats it.
+4. **Then use everything.** The model is trained again from the start on all corrected
+   slices for the chosen number of steps (same schedule and seed), and kept if it passes
+   the same guard; so no correction is wasted.
+
+With one corrected slice there is nothing to hold out: the score and the guard are
+measured on that slice itself (the guard still refuses broken membranes).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .checkpoint import Checkpoint
+from .data import data_hash, normalize
+from .labels import IGNORE, STRUCTURE
+from .metrics import cl_dice, dice, em_challenge_scores
+from .model import UNet
+from .predict import resolve_device
+from .train import TrainEvent, TrainingData, fine_tune_recipe, probabilities, train
+
+
+@dataclass
+class FineTuneOptions:
+    """Choices of one fine-tune (the rest is the recipe of :func:`fine_tune_recipe`).
+
+    Attributes:
+        steps: training steps of the selection run (the refit runs at most as many).
+        hold_out: choose the steps on a held-out corrected slice.
+        refit: then train again on all corrected slices for the chosen steps.
+        edit_weight: loss weight of edited pixels (others weigh 1).
+        focus_fraction: share of crops centred on edited pixels.
+        margin: pixels around the edits that the held-out score also counts.
+        device, seed: where and how reproducibly to train.
+        recipe: overrides of the training recipe (batch_size, crop_size, learning_rate,
+            border_weights, ...), see `TrainConfig`.
+    """
+
+    steps: int = 120
+    hold_out: bool = True
+    refit: bool = True
+    edit_weight: float = 3.0
+    focus_fraction: float = 0.5
+    margin: int = 8
+    device: str = "auto"
+    seed: int = 0
+    recipe: dict = field(default_factory=dict)
+
+
+@dataclass
+class FineTuneResult:
+    """The fine-tuned model, its checkpoint metadata and what happened.
+
+    ``report`` keys: held_out (slice or None), start_score / best_score (held-out score),
+    best_step (0 = the starting model was kept), start_guard / guard (V_Rand or clDice of
+    the kept model; refit_guard of a refused refit), threshold (chosen with the score),
+    guard_name, refit ("done", "refused", "stopped", "skipped"), stopped, seconds,
+    validations ([score, guard] of every validation of the selection run).
+    """
+
+    model: UNet
+    metadata: dict
+    report: dict
+
+
+class FineTune:
+    """One fine-tune run; iterate `run()` for progress, then read `result`.
+
+    Args:
+        checkpoint: the starting model (left unchanged).
+        images: (Z, Y, X, C) raw stack (only the corrected slices are read).
+        labels: (Z, Y, X) uint8 in the project convention (IGNORE = not learnt).
+        corrected: indices of the corrected slices, in the order they were corrected.
+        edited: optional (Z, Y, X) bool, the pixels the user changed.
+        options: see `FineTuneOptions`.
+        start_name: how the starting model is called in the new model's history.
+
+    Raises:
+        ValueError: with a message for the user (no corrected slice, no labels, shapes).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        images: np.ndarray,
+        labels: np.ndarray,
+        corrected: list[int],
+        edited: np.ndarray | None = None,
+        options: FineTuneOptions | None = None,
+        start_name: str | None = None,
+    ) -> None:
+        self.options = options = options or FineTuneOptions()
+        if images.shape[:3] != labels.shape:
+            raise ValueError(f"The labels {labels.shape} do not match the images {images.shape[:3]}.")
+        if images.shape[-1] != checkpoint.config.in_channels:
+            raise ValueError("The model does not take this kind of image (grey vs RGB): choose a matching model.")
+        if edited is not None and edited.shape != labels.shape:
+            raise ValueError(f"The edited-pixel mask {edited.shape} does not match the labels {labels.shape}.")
+        self.corrected = list(dict.fromkeys(int(z) for z in corrected))
+        if not self.corrected:
+            raise ValueError("No corrected slice yet: correct at least one slice.")
+        self.start = checkpoint
+        self.start_name = start_name or checkpoint.source
+        self.device = resolve_device(options.device)
+        self.threshold = float(checkpoint.metadata.get("threshold", 0.5))
+        self.task = checkpoint.task
+        self.config = fine_tune_recipe(
+            options.steps, device=str(self.device), seed=options.seed, focus_fraction=options.focus_fraction,
+            **options.recipe,
+        )
+        self.tile = max(self.config.crop_size, 256)
+        # Only the corrected slices are copied: painting during training changes nothing.
+        self.images = normalize(images[self.corrected], checkpoint.normalization)
+        self.labels = np.array(labels[self.corrected], dtype=np.uint8)
+        self.hash = data_hash(images[self.corrected], self.labels)
+        self.held_out = len(self.corrected) - 1 if options.hold_out and len(self.corrected) >= 2 else None
+        self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
+        self.edited = None if edited is None else np.array(edited[self.corrected], dtype=bool)
+        self.result: FineTuneResult | None = None
+        TrainingData(self.images, self.labels, self.train_slices)  # the same checks as training
+
+    # ------------------------------------------------------------------ inputs
+
+    def _edits(self) -> np.ndarray:
+        """(N, Y, X) bool edited pixels of the corrected slices (given, else inferred)."""
+        if self.edited is None:
+            before = probabilities(self.start.model.to(self.device), self.images, self.device, self.tile)
+            self.edited = ((before > self.threshold) != (self.labels == STRUCTURE)) & (self.labels != IGNORE)
+        return self.edited
+
+    def _training_data(self, slices: list[int]) -> TrainingData:
+        edited = self._edits()
+        weights = np.where(edited, self.options.edit_weight, 1.0).astype(np.float32)
+        return TrainingData(self.images, self.labels, slices, weights=weights, focus=edited)
+
+    # ------------------------------------------------------------------ validation
+
+    def _scorer(self):
+        """The validation given to `train`, and the check of a finished model.
+
+        Returns:
+            ``check(model, thresholds, baseline) -> {"score", "guard", "threshold",
+            "accepted"}`` on the held-out slice (all corrected slices without one): the
+            Dice on the edits grown by a margin, and the guard. A fine-tune changes how
+            sure the model is, so the threshold is chosen again (the best accepted one).
+        """
+        slices = [self.held_out] if self.held_out is not None else self.train_slices
+        images, labels = self.images[slices], self.labels[slices]
+        labelled = labels != IGNORE
+        grown = ndimage.binary_dilation(self._edits()[slices], iterations=self.options.margin, axes=(1, 2))
+        region = grown & labelled
+        if not region.any():  # a slice checked without a change: score all of it
+            region = labelled
+        truth = labels == STRUCTURE
+
+        def check(model: UNet, thresholds: list[float], baseline: float = -1.0) -> dict:
+            """The best score over ``thresholds`` whose guard is at least ``baseline``."""
+            prob = probabilities(model, images, self.device, self.tile)
+            scored = sorted(((dice(prob > t, truth, mask=region), t) for t in thresholds), reverse=True)
+            for score, threshold in scored:
+                guard = self._guard(prob > threshold, truth, labelled)
+                if guard >= baseline - GUARD_TOLERANCE:
+                    return {"score": score, "guard": guard, "threshold": threshold, "accepted": True}
+            score, threshold = scored[0]
+            return {"score": score, "guard": guard, "threshold": threshold, "accepted": False}
+
+        return check
+
+    def _guard(self, mask: np.ndarray, truth: np.ndarray, labelled: np.ndarray) -> float:
+        """The segmentation a biologist uses: V_Rand of the cells (EM) or clDice (vessels)."""
+        if self.task == "em":
+            return em_challenge_scores(mask, truth, thresholds=[0.5])["vrand"]
+        return cl_dice(mask, truth, labelled)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> Iterator[TrainEvent]:
+        """Train, yielding `TrainEvent`s (``stage`` "select", then "refit"); closing the
+        generator stops and keeps the best model so far. `result` is set at the end."""
+        tick = time.perf_counter()
+        steps = self.config.steps
+        check = self._scorer()
+        checks: list[dict] = []  # every validation of the selection run, in order
+        kept: dict = {}
+
+        def validate(model: UNet, device: torch.device) -> tuple[float, bool]:
+            if checks:
+                result = check(model, THRESHOLDS, checks[0]["guard"])
+            else:  # the starting model, as it predicts today: the one to beat
+                result = check(model, [self.threshold])
+            if result["accepted"] and (not kept or result["score"] > kept["score"] + 1e-4):
+                kept.update(result)  # the same rule as `train` keeps the model by
+            checks.append(result)
+            return result["score"], result["accepted"]
+
+        model = copy.deepcopy(self.start.model)
+        select_meta: dict = {}
+        record: dict | None = None  # the history record of the kept model
+        report = {"held_out": self.corrected[self.held_out] if self.held_out is not None else None,
+                  "guard_name": "V_Rand" if self.task == "em" else "clDice", "best_step": 0,
+                  "refit": "skipped", "stopped": True}
+        try:
+            refit_planned = self.held_out is not None and self.options.refit
+            planned = 2 * steps if refit_planned else steps
+            select = train(model, self._training_data(self.train_slices), self.config, None, select_meta, validate)
+            yield from _relay(select, "select", 0, planned, planned - steps)
+            record = select_meta["history"][-1]
+            report["best_step"] = record["steps"]
+            if refit_planned and report["best_step"] > 0:
+                report["refit"] = "stopped"
+                refit, refit_meta = copy.deepcopy(self.start.model), {}
+                every_slice = list(range(len(self.corrected)))
+                events = train(refit, self._training_data(every_slice), self.config, None, refit_meta)
+                yield from _relay(events, "refit", steps, steps + report["best_step"], stop_at=report["best_step"])
+                # Scored on a slice it learnt from: this only checks that nothing broke.
+                refit_check = check(refit, [kept["threshold"]], checks[0]["guard"])
+                if refit_check["accepted"]:
+                    model, record = refit, refit_meta["history"][-1]
+                    report.update(refit="done", guard=refit_check["guard"])
+                else:
+                    report.update(refit="refused", refit_guard=refit_check["guard"])
+            report["stopped"] = False
+        finally:
+            if record is None:  # stopped while selecting: the best step so far is kept
+                record = (select_meta.get("history") or [{}])[-1]
+                report["best_step"] = record.get("steps", 0)
+            if checks:
+                report.update(start_score=checks[0]["score"], best_score=kept["score"], start_guard=checks[0]["guard"],
+                              threshold=kept["threshold"])
+                report.setdefault("guard", kept["guard"])
+            report["seconds"] = round(time.perf_counter() - tick, 1)
+            report["validations"] = [[round(c["score"], 4), round(c["guard"], 4)] for c in checks]
+            self.result = self._result(model, record, report)
+
+    def _result(self, model: UNet, record: dict, report: dict) -> FineTuneResult:
+        metadata = copy.deepcopy(self.start.metadata)
+        in_stack = [self.corrected[i] for i in record.get("train_slices", [])]  # indices into the stack
+        held_out = [report["held_out"]] if report["held_out"] is not None else []
+        record = dict(record, train_slices=in_stack, val_slices=held_out, data_hash=self.hash,
+                      corrected_slices=self.corrected, fine_tune=dict(report))
+        metadata.setdefault("history", []).append(record)
+        metadata["fine_tuned_from"] = self.start_name
+        metadata["threshold"] = float(report.get("threshold", self.threshold))
+        return FineTuneResult(model.eval(), metadata, report)
+
+
+#: Thresholds a fine-tuned model may be given (chosen on the held-out corrections).
+THRESHOLDS = [round(float(t), 2) for t in np.arange(0.2, 0.81, 0.05)]
+
+#: How much the guard (V_Rand / clDice on the held-out slice) may fall before a model is refused.
+GUARD_TOLERANCE = 1e-3
+
+
+def _relay(events: Iterator[TrainEvent], stage: str, offset: int, total: int, later: int = 0,
+           stop_at: int | None = None) -> Iterator[TrainEvent]:
+    """Pass on ``train``'s events as one run's: steps shifted by ``offset`` out of ``total``,
+    the estimate including ``later`` steps still to come; stops after step ``stop_at``."""
+    try:
+        for event in events:
+            per_step = event.elapsed_s / max(1, event.step)
+            end = stop_at if stop_at is not None else event.total
+            yield replace(event, step=offset + event.step, total=total, stage=stage,
+                          eta_s=(end - event.step + later) * per_step)
+            if stop_at is not None and event.step >= stop_at:
+                return
+    finally:
+        events.close()  # the model holds the kept weights of this run
+
+
+def describe_outcome(report: dict) -> str:
+    """One or two sentences on what the fine-tune kept, from `FineTuneResult.report`."""
+    if "start_score" not in report:
+        return "Stopped before the first check: the starting model is kept."
+    where = f"slice {report['held_out']}" if report["held_out"] is not None else "the corrected slice(s)"
+    guard = report["guard_name"]
+    if report["best_step"] == 0:
+        return (f"No step beat the starting model on your edits of {where} without lowering its {guard}, "
+                f"so the starting model is kept (try more corrected slices).")
+    text = (f"On your edits of {where}: Dice {report['start_score']:.3f} → {report['best_score']:.3f} "
+            f"(step {report['best_step']}, {guard} {report['start_guard']:.3f} → {report['guard']:.3f}, "
+            f"threshold {report['threshold']:.2f}).")
+    if report["refit"] == "done":
+        text += " Then trained on all corrected slices for those steps."
+    elif report["refit"] == "refused":
+        text += f" Training again on all corrected slices lowered the {guard}, so the checked model is kept."
+    return text
