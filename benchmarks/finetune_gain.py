@@ -32,11 +32,12 @@ CORRECTED = [0, 1]
 
 RECIPES = {
     "default": {},
-    "no refit (held-out model)": {"hold_out": True, "refit": False},
+    "no refit": {"refit": False},
     "edits weigh 1, uniform crops": {"edit_weight": 1.0, "focus_fraction": 0.0},
-    "border weights": {"recipe": {"border_weights": True}},
-    "lr 1e-4": {"recipe": {"learning_rate": 1e-4}},
-    "60 steps": {"steps": 60},
+    "border weights on": {"recipe": {"border_weights": True}},
+    "border weights off": {"recipe": {"border_weights": False}},
+    "border term, classes unbalanced": {"recipe": {"border_weights": True, "balance_classes": False}},
+    "90 steps": {"steps": 90},
 }
 
 

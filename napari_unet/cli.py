@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert-labels", action="store_true", help="structure is 0 in the label files (ISBI 2012)")
     t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
     t.add_argument("--out", required=True, help="checkpoint file to write (the best model)")
-    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch, 120 to fine-tune)")
+    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch, 90 to fine-tune)")
     t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 "
                    "slices; with --from: one corrected slice, default the last)")
     t.add_argument("--no-val", action="store_true", help="train on every slice, without validation")
@@ -321,7 +321,7 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         edited = (edited[..., 0] if edited.ndim == 4 else edited) != 0
         check_same_shape(labels, edited, "--edited mask")
     checkpoint = load_checkpoint(args.from_model)
-    options = FineTuneOptions(steps=120 if args.steps is None else args.steps, hold_out=not args.no_val,
+    options = FineTuneOptions(steps=FineTuneOptions.steps if args.steps is None else args.steps, hold_out=not args.no_val,
                               device=str(device), seed=args.seed, recipe=_recipe_overrides(args))
     try:
         run = FineTune(checkpoint, images, labels, corrected, edited, options, start_name=args.from_model)

@@ -1,4 +1,4 @@
-"""A small live plot of the training loss and the validation Dice (QPainter, no extra dependency)."""
+"""A small live plot of the training loss and the held-out score (QPainter, no extra dependency)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 LOSS_COLOUR = QColor("#4fc3f7")
 DICE_COLOUR = QColor("#ffb74d")
+REFUSED_COLOUR = QColor("#e57373")
 
 
 class LossPlot(QWidget):
-    """Loss per step (blue, left scale) and validation Dice (orange, 0-1 on the right)."""
+    """Loss per step (blue, left scale) and the held-out Dice (orange, 0-1 on the right;
+    red dots: checks refused because the segmentation got worse)."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -23,12 +25,15 @@ class LossPlot(QWidget):
         self.total = max(1, total_steps)
         self.losses: list[tuple[int, float]] = []
         self.dices: list[tuple[int, float]] = []
+        self.refused: set[int] = set()  # indices into `dices`
         self.update()
 
-    def add(self, step: int, loss: float | None, dice: float | None) -> None:
+    def add(self, step: int, loss: float | None, dice: float | None, refused: bool = False) -> None:
         if loss is not None:
             self.losses.append((step, loss))
         if dice is not None:
+            if refused:
+                self.refused.add(len(self.dices))
             self.dices.append((step, dice))
         self.update()
 
@@ -54,7 +59,7 @@ class LossPlot(QWidget):
         painter.setPen(LOSS_COLOUR)
         painter.drawText(middle, rect.bottom() + 16, "loss")
         painter.setPen(DICE_COLOUR)
-        painter.drawText(middle + 36, rect.bottom() + 16, "validation Dice")
+        painter.drawText(middle + 36, rect.bottom() + 16, "held-out Dice")
 
         def points(series, scale):
             return QPolygonF([
@@ -67,7 +72,9 @@ class LossPlot(QWidget):
         painter.setPen(QPen(DICE_COLOUR, 2))
         dice_points = points(self.dices, 1.0)
         painter.drawPolyline(dice_points)
-        painter.setBrush(DICE_COLOUR)
-        for point in dice_points:
+        for index, point in enumerate(dice_points):
+            colour = REFUSED_COLOUR if index in self.refused else DICE_COLOUR
+            painter.setPen(colour)
+            painter.setBrush(colour)
             painter.drawEllipse(point, 3, 3)
         painter.end()

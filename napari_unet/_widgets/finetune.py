@@ -48,7 +48,7 @@ class FineTuneWidget(Container):
         self.image = ComboBox(label="Image", choices=lambda _w=None: layer_choices(viewer, Image))
         self.corrected_labels = ComboBox(label="Corrected labels",
                                          choices=lambda _w=None: layer_choices(viewer, Labels, "prediction"))
-        self.steps = SpinBox(label="Steps", min=5, max=5000, value=120)
+        self.steps = SpinBox(label="Steps", min=5, max=5000, value=FineTuneOptions.steps)
         self.hold_out = CheckBox(text="Choose the steps on a held-out corrected slice", value=True,
                                  tooltip="Then train again on all corrected slices for that many steps")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
@@ -189,7 +189,7 @@ class FineTuneWidget(Container):
         new = state.events[len(self.history):]
         self.history.extend(new)
         for event in new:
-            self.plot.add(event.step, event.loss, event.val_dice)
+            self.plot.add(event.step, event.loss, event.val_dice, event.refused)
         if not self.history:
             return
         last = self.history[-1]

@@ -55,10 +55,10 @@ class FineTuneOptions:
         margin: pixels around the edits that the held-out score also counts.
         device, seed: where and how reproducibly to train.
         recipe: overrides of the training recipe (batch_size, crop_size, learning_rate,
-            border_weights, ...), see `TrainConfig`.
+            border_weights: default on for EM, off for vessels, ...), see `TrainConfig`.
     """
 
-    steps: int = 120
+    steps: int = 90
     hold_out: bool = True
     refit: bool = True
     edit_weight: float = 3.0
@@ -126,11 +126,13 @@ class FineTune:
         self.device = resolve_device(options.device)
         self.threshold = float(checkpoint.metadata.get("threshold", 0.5))
         self.task = checkpoint.task
+        # The U-Net border weights keep thin membranes between cells whole (they raised V_Rand
+        # on another lab's EM in benchmarks/finetune_gain.py) but lowered F1 on vessels.
+        recipe = {"border_weights": self.task == "em", **options.recipe}
         self.config = fine_tune_recipe(
-            options.steps, device=str(self.device), seed=options.seed, focus_fraction=options.focus_fraction,
-            **options.recipe,
+            options.steps, device=str(self.device), seed=options.seed, focus_fraction=options.focus_fraction, **recipe
         )
-        self.tile = max(self.config.crop_size, 256)
+        self.tile = int(checkpoint.metadata.get("tile_size", 256))  # checked as it predicts
         # Only the corrected slices are copied: painting during training changes nothing.
         self.images = normalize(images[self.corrected], checkpoint.normalization)
         self.labels = np.array(labels[self.corrected], dtype=np.uint8)
@@ -139,6 +141,9 @@ class FineTune:
         self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
         self.edited = None if edited is None else np.array(edited[self.corrected], dtype=bool)
         self.result: FineTuneResult | None = None
+        for z, label in zip(self.corrected, self.labels):
+            if not np.any(label != IGNORE):
+                raise ValueError(f"Corrected slice {z} has no labelled pixel: label it or leave it out.")
         TrainingData(self.images, self.labels, self.train_slices)  # the same checks as training
 
     # ------------------------------------------------------------------ inputs

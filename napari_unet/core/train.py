@@ -48,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     dice_weight: float = 1.0
     border_weights: bool = False
+    # With border_weights: also balance the two classes (w_c of the U-Net paper).
+    balance_classes: bool = True
     freeze_batchnorm: bool = False
     # Share of crops centred on a `TrainingData.focus` pixel (the user's edits); the
     # others are centred on any labelled pixel, so no crop is ever all unlabelled.
@@ -70,7 +72,7 @@ class TrainConfig:
             raise ValueError(f"focus_fraction={self.focus_fraction}: use a fraction between 0 and 1.")
 
 
-def fine_tune_recipe(steps: int = 120, **overrides) -> TrainConfig:
+def fine_tune_recipe(steps: int = 90, **overrides) -> TrainConfig:
     """The default one-click fine-tune: quick on a CPU, guarded against making things worse."""
     values = dict(
         steps=steps,
@@ -256,7 +258,7 @@ def train(
 
     train_images = [data.images[z] for z in data.train_slices]
     train_labels = [data.labels[z] for z in data.train_slices]
-    train_weights = [_loss_weights(data, z, config.border_weights) for z in data.train_slices]
+    train_weights = [_loss_weights(data, z, config) for z in data.train_slices]
     sampler = _CropCentres(data, config, rng)
     tile = max(config.crop_size, 256)
     if validate is None and data.val_slices and np.any(data.labels[data.val_slices] == STRUCTURE):
@@ -329,11 +331,11 @@ def train(
         model.eval()
 
 
-def _loss_weights(data: TrainingData, z: int, border_weights: bool) -> np.ndarray | None:
+def _loss_weights(data: TrainingData, z: int, config: TrainConfig) -> np.ndarray | None:
     """(Y, X) float32 loss weights of slice ``z``: the data's own times the U-Net border map."""
     weights = data.weights[z] if data.weights is not None else None
-    if border_weights:
-        border = border_weight_map(data.labels[z])
+    if config.border_weights:
+        border = border_weight_map(data.labels[z], balance_classes=config.balance_classes)
         weights = border if weights is None else border * weights
     return weights
 

@@ -10,7 +10,7 @@ import tifffile
 import torch
 
 from napari_unet.cli import main
-from napari_unet.core.checkpoint import default_metadata, save_checkpoint
+from napari_unet.core.checkpoint import default_metadata, load_checkpoint, save_checkpoint
 from napari_unet.core.model import UNet, UNetConfig
 
 
@@ -64,6 +64,27 @@ def test_train_predict_evaluate_end_to_end(isbi_files, tmp_path, capsys):
         scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert {"dice", "iou", "pixel_accuracy", "vrand", "vinfo"} <= set(scores)
         assert all(0 <= v <= 1 for v in scores.values())
+
+
+def test_fine_tune_from_two_corrected_slices_and_their_edits(isbi_files, tiny_model, tmp_path, capsys):
+    edited = np.zeros((6, 160, 160), np.uint8)
+    edited[1, 40:60, 40:60] = 1
+    tuned = tmp_path / "tuned.pt"
+    base = ["train", "--images", isbi_files["images"], "--labels", isbi_files["labels"], "--invert-labels",
+            "--from", tiny_model, "--steps", "4", "--crop-size", "64", "--batch-size", "2", "--device", "cpu"]
+    assert main(base + ["--out", str(tuned), "--slices", "1", "3", "--edited",
+                        _write(tmp_path / "edited.tif", edited)]) == 0
+    out = capsys.readouterr()
+    assert "choosing the steps on slice 3" in out.err and str(tuned) in out.out
+    record = load_checkpoint(tuned).metadata["history"][-1]
+    assert record["corrected_slices"] == [1, 3] and record["val_slices"] == [3]
+    assert record["fine_tune"]["guard_name"] == "V_Rand"
+    # The held-out slice is one of the corrected ones; the edits match the labels.
+    _bad(base + ["--out", str(tmp_path / "x.pt"), "--slices", "1", "3", "--val-slices", "2"], capsys,
+         "holds out one of the corrected slices")
+    _bad(base + ["--out", str(tmp_path / "x.pt"), "--edited", _write(tmp_path / "small.tif", edited[:, :50])],
+         capsys, "shape")
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_fundus_evaluate_json_keys(drive_dir, capsys):

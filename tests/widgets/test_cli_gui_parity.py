@@ -45,3 +45,47 @@ def test_evaluate_widget_and_cli_agree(make_napari_viewer, qtbot, drive_dir, tmp
     assert main(["evaluate", "--pred", str(files["pred"]), "--truth", str(files["truth"]), "--task", task,
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["dice"] != pytest.approx(cli["dice"])
+
+
+def test_fine_tune_widget_and_cli_train_the_same_model(widgets, qtbot, isbi_folder, tiny_em, tmp_path):
+    """The Fine-tune widget and `napari-unet train --from` share one recipe: the same image,
+    corrected slices, edits and starting model give the same weights."""
+    import torch
+
+    from napari_unet._widgets._session import get_session
+    from napari_unet.core.checkpoint import load_checkpoint
+
+    from .conftest import paint_square
+
+    viewer, predict, finetune = widgets["viewer"], widgets["predict"], widgets["finetune"]
+    widgets["load"].path.value = str(isbi_folder)
+    image, truth = widgets["load"].load()
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tiny_em)
+    wait_for(qtbot, predict.predict())
+    labels = viewer.layers[f"{image.name} prediction"]
+    labels.data[2] = truth.data[2]  # slice 2 fully corrected (pasted), slice 1 painted
+    paint_square(labels, 2, 50, 50)
+    paint_square(labels, 1, 100, 100)
+    tracker = get_session(viewer).tracker(labels)
+    assert tracker.corrected == {1, 2}
+    files = {"images": tmp_path / "images.tif", "labels": tmp_path / "labels.tif", "edited": tmp_path / "edited.tif"}
+    tifffile.imwrite(files["images"], np.asarray(image.data))
+    tifffile.imwrite(files["labels"], np.asarray(labels.data))
+    tifffile.imwrite(files["edited"], tracker.edited_mask().astype(np.uint8))
+
+    finetune.steps.value = 5
+    wait_for(qtbot, finetune.start())
+    gui = load_checkpoint(get_session(viewer).fine_tuned_path)
+
+    out = tmp_path / "cli.pt"
+    assert main(["train", "--images", str(files["images"]), "--labels", str(files["labels"]), "--from", str(tiny_em),
+                 "--slices", "1", "2", "--edited", str(files["edited"]), "--steps", "5", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    cli = load_checkpoint(out)
+    gui_weights, cli_weights = gui.model.state_dict(), cli.model.state_dict()
+    assert all(torch.equal(gui_weights[k], cli_weights[k]) for k in gui_weights)
+    gui_record, cli_record = gui.metadata["history"][-1], cli.metadata["history"][-1]
+    for key in ("train_slices", "val_slices", "corrected_slices", "data_hash", "steps"):
+        assert gui_record[key] == cli_record[key], key
+    assert gui.metadata["threshold"] == cli.metadata["threshold"]
