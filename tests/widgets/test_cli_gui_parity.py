@@ -70,9 +70,9 @@ def test_fine_tune_widget_and_cli_train_the_same_model(widgets, qtbot, isbi_fold
     tracker = get_session(viewer).tracker(labels)
     assert tracker.corrected == {1, 2}
     files = {"images": tmp_path / "images.tif", "labels": tmp_path / "labels.tif", "edited": tmp_path / "edited.tif"}
-    tifffile.imwrite(files["images"], np.asarray(image.data))
-    tifffile.imwrite(files["labels"], np.asarray(labels.data))
-    tifffile.imwrite(files["edited"], tracker.edited_mask().astype(np.uint8))
+    tifffile.imwrite(files["images"], np.asarray(image.data), photometric="minisblack")
+    tifffile.imwrite(files["labels"], np.asarray(labels.data), photometric="minisblack")
+    tifffile.imwrite(files["edited"], tracker.edited_mask().astype(np.uint8), photometric="minisblack")
 
     finetune.steps.value = 5
     wait_for(qtbot, finetune.start())
