@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-val", action="store_true", help="train on every slice, without validation")
     t.add_argument("--slices", nargs="+", help="with --from: the corrected slices to learn from, e.g. 3 7 or 0-4 "
                    "(default: every slice with a labelled pixel)")
-    t.add_argument("--edited", help="with --from: mask of the pixels you changed, nonzero = edited (default: where "
-                   "the starting model disagrees with the labels)")
+    t.add_argument("--edited", help="with --from: mask of the pixels you painted, nonzero = edited (added to "
+                   "those where the starting model disagrees with the labels)")
     t.add_argument("--task", choices=["em", "fundus"], help="default: fundus for RGB images, em otherwise")
     t.add_argument("--base-width", type=WIDTH, default=32, help="U-Net width of the first level (from scratch)")
     t.add_argument("--depth", type=DEPTH, default=4, help="U-Net depth (from scratch)")

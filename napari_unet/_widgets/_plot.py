@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import QPointF
+from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -26,9 +26,15 @@ class LossPlot(QWidget):
         self.losses: list[tuple[int, float]] = []
         self.dices: list[tuple[int, float]] = []
         self.refused: set[int] = set()  # indices into `dices`
+        self.refit_from: int | None = None  # first step of the fine-tune's refit on all slices
         self.update()
 
-    def add(self, step: int, loss: float | None, dice: float | None, refused: bool = False) -> None:
+    def add(self, step: int, loss: float | None, dice: float | None, refused: bool = False,
+            stage: str = "", total: int | None = None) -> None:
+        """One event: the plan (``total``) may change, e.g. when the refit's length is known."""
+        self.total = max(1, total or self.total)
+        if stage == "refit" and self.refit_from is None:
+            self.refit_from = step
         if loss is not None:
             self.losses.append((step, loss))
         if dice is not None:
@@ -67,6 +73,11 @@ class LossPlot(QWidget):
                 for s, v in series
             ])
 
+        if self.refit_from is not None:  # the loss starts again from the starting model here
+            x = rect.left() + rect.width() * (self.refit_from - 1) / self.total
+            painter.setPen(QPen(QColor("#8a8f9a"), 1, Qt.PenStyle.DashLine))
+            painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
+            painter.drawText(QPointF(x + 4, rect.top() + 12), "all slices")
         painter.setPen(QPen(LOSS_COLOUR, 1.5))
         painter.drawPolyline(points(self.losses, top or 1.0))
         painter.setPen(QPen(DICE_COLOUR, 2))

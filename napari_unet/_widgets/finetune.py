@@ -62,7 +62,7 @@ class FineTuneWidget(Container):
                      self.run_button, self.progress_bar, self.eta, self.status])
         # Fixed heights: text that changes height would re-layout the window and make
         # the canvas redraw (a visible stall with software OpenGL).
-        self.status.native.setFixedHeight(120)
+        self.status.native.setFixedHeight(170)
         self.eta.native.setFixedHeight(20)
         self.plot = LossPlot()
         self.native.layout().insertWidget(7, self.plot)
@@ -189,7 +189,7 @@ class FineTuneWidget(Container):
         new = state.events[len(self.history):]
         self.history.extend(new)
         for event in new:
-            self.plot.add(event.step, event.loss, event.val_dice, event.refused)
+            self.plot.add(event.step, event.loss, event.val_dice, event.refused, event.stage, event.total)
         if not self.history:
             return
         last = self.history[-1]

@@ -2,9 +2,9 @@
 
 One recipe for the Fine-tune widget and ``napari-unet train --from``:
 
-1. **Edits.** The pixels the user changed (the widget tracks them); without them, the
-   pixels where the starting model disagrees with the labels, which is what a user
-   correcting its prediction would have painted.
+1. **Edits.** The pixels the user painted (the widget tracks them) and the pixels where
+   the starting model disagrees with the labels: what a user correcting its prediction
+   changed, also when the correction was pasted or filled rather than painted.
 2. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
    others on labelled ones (never an unlabelled crop), and edited pixels weigh more.
 3. **Select honestly.** With two or more corrected slices, the last one is held out.
@@ -93,7 +93,7 @@ class FineTune:
         images: (Z, Y, X, C) raw stack (only the corrected slices are read).
         labels: (Z, Y, X) uint8 in the project convention (IGNORE = not learnt).
         corrected: indices of the corrected slices, in the order they were corrected.
-        edited: optional (Z, Y, X) bool, the pixels the user changed.
+        edited: optional (Z, Y, X) bool, the pixels the user painted.
         options: see `FineTuneOptions`.
         start_name: how the starting model is called in the new model's history.
 
@@ -139,7 +139,8 @@ class FineTune:
         self.hash = data_hash(images[self.corrected], self.labels)
         self.held_out = len(self.corrected) - 1 if options.hold_out and len(self.corrected) >= 2 else None
         self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
-        self.edited = None if edited is None else np.array(edited[self.corrected], dtype=bool)
+        self.painted = None if edited is None else np.array(edited[self.corrected], dtype=bool)
+        self.edited: np.ndarray | None = None  # see `_edits`
         self.result: FineTuneResult | None = None
         for z, label in zip(self.corrected, self.labels):
             if not np.any(label != IGNORE):
@@ -149,10 +150,13 @@ class FineTune:
     # ------------------------------------------------------------------ inputs
 
     def _edits(self) -> np.ndarray:
-        """(N, Y, X) bool edited pixels of the corrected slices (given, else inferred)."""
+        """(N, Y, X) bool edited pixels of the corrected slices: painted, or where the
+        starting model disagrees with the labels."""
         if self.edited is None:
             before = probabilities(self.start.model.to(self.device), self.images, self.device, self.tile)
             self.edited = ((before > self.threshold) != (self.labels == STRUCTURE)) & (self.labels != IGNORE)
+            if self.painted is not None:
+                self.edited |= self.painted
         return self.edited
 
     def _training_data(self, slices: list[int]) -> TrainingData:
@@ -302,7 +306,7 @@ def describe_outcome(report: dict) -> str:
     guard = report["guard_name"]
     if report["best_step"] == 0:
         return (f"No step beat the starting model on your edits of {where} without lowering its {guard}, "
-                f"so the starting model is kept (try more corrected slices).")
+                f"so it is kept (correct more slices).")
     text = (f"On your edits of {where}: Dice {report['start_score']:.3f} → {report['best_score']:.3f} "
             f"(step {report['best_step']}, {guard} {report['start_guard']:.3f} → {report['guard']:.3f}, "
             f"threshold {report['threshold']:.2f}).")
