@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", required=True, choices=["em", "fundus"])
     e.add_argument("--json", action="store_true", help="print the scores as one JSON object on the last line")
 
+    x = commands.add_parser("export", help="write a model as a bioimage.io package (needs napari-unet[bioimageio])")
+    x.add_argument("--model", required=True, help="checkpoint file or built-in name")
+    x.add_argument("--out", required=True, help="the package to write, MODEL.zip")
+    x.add_argument("--sample", help="an image the model is meant for: its centre becomes the test image and the "
+                   "cover (default: a generated one)")
+    x.add_argument("--name", help="the model's name in the package")
+    x.add_argument("--author", action="append", help="an author's name (repeat for several)")
+    x.add_argument("--license", default="MIT", help="SPDX licence id (default MIT)")
+    x.add_argument("--force", action="store_true", help="overwrite an existing package")
+
     g = commands.add_parser("gui", help="open napari with the napari-unet widgets docked and a sample loaded")
     g.add_argument("data", nargs="?", help="image, stack or folder to open instead of a sample")
     g.add_argument("--sample", choices=["em", "fundus", "none"], default="em", help="sample to load (default em)")
@@ -116,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"predict": _predict, "train": _train, "evaluate": _evaluate, "gui": _gui}
+        commands = {"predict": _predict, "train": _train, "evaluate": _evaluate, "export": _export, "gui": _gui}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("napari-unet: interrupted; no output was written.", file=sys.stderr)
@@ -356,6 +366,22 @@ def _evaluate(args) -> int:
     print(f"{args.task} scores over {truth.shape[0]} slice(s): {summary}")
     if args.json:
         print(json.dumps({k: float(v) for k, v in scores.items()}))
+    return 0
+
+
+def _export(args) -> int:
+    from .core.bmz import default_sample, export_package
+    from .core.checkpoint import load_checkpoint
+    from .core.data import as_stack, read_stack
+
+    out = _check_output(args.out, args.force, (".zip",))
+    checkpoint = load_checkpoint(args.model)
+    sample = as_stack(read_stack(args.sample))[0] if args.sample else default_sample(checkpoint.task)
+    if sample.shape[-1] != checkpoint.config.in_channels:
+        raise UsageError(f"--sample has {sample.shape[-1]} channel(s) but the model takes "
+                         f"{checkpoint.config.in_channels}: give an image of the kind the model is for.")
+    path = export_package(checkpoint, out, sample, name=args.name, authors=args.author, license=args.license)
+    print(f"exported {args.model} as a bioimage.io package -> {path}")
     return 0
 
 

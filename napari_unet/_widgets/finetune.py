@@ -9,6 +9,7 @@ import torch._dynamo  # noqa: F401  (see below)
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
+from ..core.bmz import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.finetune import FineTune, FineTuneOptions, describe_outcome
@@ -58,8 +59,11 @@ class FineTuneWidget(Container):
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
         self.eta = text_row()
         self.status = text_row()
+        self.export_to = FileEdit(label="Export to", mode="w", filter="*.zip",
+                                  tooltip="A bioimage.io package of the model in Predict. Empty: next to it")
+        self.export_button = PushButton(text="Export for bioimage.io…")
         self.extend([self.image, self.corrected_labels, self.steps, self.hold_out, self.device, self.save_to,
-                     self.run_button, self.progress_bar, self.eta, self.status])
+                     self.run_button, self.progress_bar, self.eta, self.status, self.export_to, self.export_button])
         # Fixed heights: text that changes height would re-layout the window and make
         # the canvas redraw (a visible stall with software OpenGL).
         self.status.native.setFixedHeight(170)
@@ -67,6 +71,7 @@ class FineTuneWidget(Container):
         self.plot = LossPlot()
         self.native.layout().insertWidget(7, self.plot)
         self.run_button.changed.connect(self._clicked)
+        self.export_button.changed.connect(self.export)
         self.job: BackgroundJob | None = None
         self.history: list = []
         follow_new_layers(viewer, self, {"image": self.image, "prediction": self.corrected_labels})
@@ -180,6 +185,51 @@ class FineTuneWidget(Container):
             folder = Path(source).parent if source else napari_unet_home() / "models"
             stem = Path(source).stem if source else image.name.replace("/", "_")
             path = folder / f"{stem}_finetuned.pt"
+        check_writable(path.parent)
+        return free_path(path)
+
+    # ------------------------------------------------------------------ export
+
+    def export(self) -> BackgroundJob | None:
+        """Write the model in Predict (the fine-tuned one after a fine-tune) as a bioimage.io
+        package; the image's current slice becomes its test image and cover."""
+        image = self.image.value
+        try:
+            if image is None:
+                raise ValueError("Choose the image the model is for: its current slice becomes the package's "
+                                 "test image.")
+            checkpoint, name = self._starting_model(image)
+            stack = image_stack(image)
+            z = int(self.viewer.dims.current_step[0]) if stack.shape[0] > 1 else 0
+            sample = np.asarray(stack[min(z, stack.shape[0] - 1)])
+            out = self._export_path(name)
+        except (ValueError, CheckpointError) as exc:
+            self.status.value = str(exc)
+            return None
+
+        def done(path) -> None:
+            self.status.value = (f"Exported {name} as a bioimage.io package: {path}. It runs in ilastik, deepImageJ, "
+                                 "Fiji and QuPath, and in Predict as a checkpoint file.")
+
+        def failed(message: str) -> None:
+            self.status.value = f"Export failed: {message}"
+
+        self.status.value = f"Exporting {name} (traced, with a test image from slice {z})…"
+        self.export_job = BackgroundJob(lambda state: export_package(checkpoint, out, sample, name=Path(out).stem),
+                                        done, failed, self, description="Exporting for bioimage.io")
+        self.export_job.start()
+        return self.export_job
+
+    def _export_path(self, name: str) -> Path:
+        chosen = str(self.export_to.value)
+        if chosen not in ("", "."):
+            path = Path(chosen)
+            path = path if path.suffix == ".zip" else path.with_suffix(".zip")
+        else:
+            model_file = self.session.fine_tuned_path
+            folder = model_file.parent if model_file else napari_unet_home() / "models"
+            stem = model_file.stem if model_file else name.replace("/", "_").replace(" ", "_")
+            path = folder / f"{stem}.bioimageio.zip"
         check_writable(path.parent)
         return free_path(path)
 

@@ -54,7 +54,8 @@ class PredictWidget(Container):
         self.session.attach(self)
         self.image = ComboBox(label="Image", choices=self._image_choices)
         self.model = ComboBox(label="Model", choices=self._model_choices)
-        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", visible=False)
+        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.zip", visible=False,
+                                  tooltip="A napari-unet checkpoint, or a bioimage.io package (.zip) exported by napari-unet")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.device_info = text_row(label="In use")
         self.tile = SpinBox(label="Tile (0 = model's)", min=0, max=4096, step=16, value=0)

@@ -121,11 +121,19 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 def load_checkpoint(name_or_path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint by built-in name or path without executing any code.
+    """Load a checkpoint by built-in name or path (a napari-unet .pt file, or a bioimage.io
+    package exported by napari-unet) without executing any code.
 
     Raises:
         CheckpointError: unknown name, missing file, corrupt or foreign file.
     """
+    if str(name_or_path) not in BUILTIN_MODELS:
+        from .bmz import is_package, load_package  # bioimage.io packages (zip or folder)
+
+        if is_package(name_or_path):
+            checkpoint = load_package(Path(name_or_path).expanduser())
+            checkpoint.model.to(device)
+            return checkpoint
     path = resolve_model(name_or_path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -158,3 +158,27 @@ def test_threshold_follows_the_chosen_model(widgets, tmp_path):
     predict.model.value = "file"
     predict.checkpoint.value = str(path)
     assert predict.threshold.value == 0.3
+
+
+def test_export_for_bioimageio_then_predict_with_the_package(widgets, qtbot, isbi_folder, tmp_path):
+    """Fine-tune's "Export for bioimage.io…" writes a package; Predict takes it as a model file."""
+    import pytest
+
+    pytest.importorskip("bioimageio.core", reason='the bioimageio extra is not installed: '
+                        'pip install "napari-unet[bioimageio]"')
+    viewer, finetune, predict = widgets["viewer"], widgets["finetune"], widgets["predict"]
+    widgets["load"].path.value = str(isbi_folder)
+    image, _ = widgets["load"].load()
+    assert finetune.image.value is image
+    finetune.export_to.value = str(tmp_path / "for the zoo.zip")
+    wait_for(qtbot, finetune.export())
+    assert "Exported em-membranes as a bioimage.io package" in finetune.status.value, finetune.status.value
+    assert (tmp_path / "for the zoo.zip").is_file()
+    wait_for(qtbot, finetune.export())  # a second export never overwrites the first
+    assert (tmp_path / "for the zoo_2.zip").is_file()
+
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tmp_path / "for the zoo.zip")
+    wait_for(qtbot, predict.predict())
+    labels = viewer.layers[f"{image.name} prediction"]
+    assert labels.data.shape == (4, 512, 512) and labels.data.any()
