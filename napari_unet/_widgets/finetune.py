@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch._dynamo  # noqa: F401  (see below)
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
 from ..core.bmz import export_package
@@ -61,9 +61,11 @@ class FineTuneWidget(Container):
         self.status = text_row()
         self.export_to = FileEdit(label="Export to", mode="w", filter="*.zip",
                                   tooltip="A bioimage.io package of the model in Predict. Empty: next to it")
+        self.export_authors = LineEdit(label="Authors", tooltip="Names for the package, separated by commas")
         self.export_button = PushButton(text="Export for bioimage.io…")
         self.extend([self.image, self.corrected_labels, self.steps, self.hold_out, self.device, self.save_to,
-                     self.run_button, self.progress_bar, self.eta, self.status, self.export_to, self.export_button])
+                     self.run_button, self.progress_bar, self.eta, self.status, self.export_to, self.export_authors,
+                     self.export_button])
         # Fixed heights: text that changes height would re-layout the window and make
         # the canvas redraw (a visible stall with software OpenGL).
         self.status.native.setFixedHeight(170)
@@ -215,8 +217,10 @@ class FineTuneWidget(Container):
             self.status.value = f"Export failed: {message}"
 
         self.status.value = f"Exporting {name} (traced, with a test image from slice {z})…"
-        self.export_job = BackgroundJob(lambda state: export_package(checkpoint, out, sample, name=Path(out).stem),
-                                        done, failed, self, description="Exporting for bioimage.io")
+        authors = [a.strip() for a in self.export_authors.value.split(",") if a.strip()] or None
+        self.export_job = BackgroundJob(
+            lambda state: export_package(checkpoint, out, sample, name=Path(out).stem, authors=authors),
+            done, failed, self, description="Exporting for bioimage.io")
         self.export_job.start()
         return self.export_job
 

@@ -124,10 +124,13 @@ def export_package(
         size = v.ParameterizedSize(min=MIN_SIZE, step=config.size_multiple)
         channels = ["raw"] if config.in_channels == 1 else ["red", "green", "blue"][: config.in_channels]
         y, x = v.AxisId("y"), v.AxisId("x")
+        # The pixel size the model was trained at, where the metadata knows it (nm, (y, x)).
+        pixel = meta.get("pixel_size_nm")
+        scale = [{} if pixel is None else {"unit": "nanometer", "scale": float(p)} for p in (pixel or (1, 1))]
         inputs = v.InputTensorDescr(
             id=v.TensorId("raw"),
             axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in channels]),
-                  v.SpaceInputAxis(id=y, size=size), v.SpaceInputAxis(id=x, size=size)],
+                  v.SpaceInputAxis(id=y, size=size, **scale[0]), v.SpaceInputAxis(id=x, size=size, **scale[1])],
             test_tensor=v.FileDescr(source=folder / "test_input.npy"),
             sample_tensor=v.FileDescr(source=folder / "sample_input.png"),
             data=v.IntervalOrRatioDataDescr(type="float32"),
@@ -141,8 +144,8 @@ def export_package(
         outputs = v.OutputTensorDescr(
             id=v.TensorId("probability"),
             axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier("membrane" if task == "em" else "vessel")]),
-                  v.SpaceOutputAxis(id=y, size=v.SizeReference(tensor_id=reference, axis_id=y)),
-                  v.SpaceOutputAxis(id=x, size=v.SizeReference(tensor_id=reference, axis_id=x))],
+                  v.SpaceOutputAxis(id=y, size=v.SizeReference(tensor_id=reference, axis_id=y), **scale[0]),
+                  v.SpaceOutputAxis(id=x, size=v.SizeReference(tensor_id=reference, axis_id=x), **scale[1])],
             test_tensor=v.FileDescr(source=folder / "test_output.npy"),
             sample_tensor=v.FileDescr(source=folder / "sample_output.png"),
             data=v.IntervalOrRatioDataDescr(type="float32"),

@@ -45,9 +45,12 @@ def test_fine_tuned_model_exports_and_round_trips(isbi_stack, tmp_path):
     options = FineTuneOptions(steps=3, device="cpu", recipe={"crop_size": 64, "batch_size": 2})
     run = FineTune(original, images, labels, [0, 1], options=options)
     list(run.run())
-    tuned = Checkpoint(run.result.model, run.result.metadata, "my fine-tune")
-    package = export_package(tuned, tmp_path / "tuned.zip", isbi_stack.images[5], name="my fine-tune")
+    tuned = Checkpoint(run.result.model, {**run.result.metadata, "pixel_size_nm": [4.0, 4.0]}, "my fine-tune")
+    package = export_package(tuned, tmp_path / "tuned.zip", isbi_stack.images[5], name="my fine-tune",
+                             authors=["A. Biologist", "B. Engineer"], license="CC-BY-4.0")
     _passes(package)
+    rdf = zipfile.ZipFile(package).read("rdf.yaml").decode()
+    assert "nanometer" in rdf and "A. Biologist" in rdf and "CC-BY-4.0" in rdf
     _same_masks(tuned, package, isbi_stack.images[25:26, :256, :256])
     assert load_checkpoint(package).metadata["history"] == tuned.metadata["history"]
 

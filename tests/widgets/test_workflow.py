@@ -171,6 +171,7 @@ def test_export_for_bioimageio_then_predict_with_the_package(widgets, qtbot, isb
     image, _ = widgets["load"].load()
     assert finetune.image.value is image
     finetune.export_to.value = str(tmp_path / "for the zoo.zip")
+    finetune.export_authors.value = "A. Biologist, B. Engineer"
     wait_for(qtbot, finetune.export())
     assert "Exported em-membranes as a bioimage.io package" in finetune.status.value, finetune.status.value
     assert (tmp_path / "for the zoo.zip").is_file()
