@@ -257,6 +257,8 @@ def _train(args) -> int:
     labels = apply_fov(stack.labels, stack.fov)
     if args.from_model:
         return _fine_tune(args, stack.images, labels, out, device)
+    if args.slices or args.edited:
+        raise UsageError("--slices and --edited describe corrections: they go with --from (a fine-tune).")
     model = UNet(UNetConfig(in_channels=channels, base_width=args.base_width, depth=args.depth))
     metadata = default_metadata(args.task or stack.kind)
     count = labels.shape[0]

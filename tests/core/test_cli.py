@@ -84,6 +84,8 @@ def test_fine_tune_from_two_corrected_slices_and_their_edits(isbi_files, tiny_mo
          "holds out one of the corrected slices")
     _bad(base + ["--out", str(tmp_path / "x.pt"), "--edited", _write(tmp_path / "small.tif", edited[:, :50])],
          capsys, "shape")
+    _bad(["train", "--images", isbi_files["images"], "--labels", isbi_files["labels"], "--out", str(tmp_path / "x.pt"),
+          "--slices", "1"], capsys, "go with --from")
     assert not (tmp_path / "x.pt").exists()
 
 
