@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
     p.add_argument("--out", required=True, help="output mask, uint8 tif (0/1), same Z/Y/X as the input")
     p.add_argument("--probabilities", help="also write the float32 probability map to this tif")
+    p.add_argument("--instances", help="also write one id per cell (EM, seeded watershed) to this uint32 tif")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
@@ -188,12 +189,14 @@ def _parse_slices(values: list[str], count: int, option: str = "--val-slices") -
 def _predict(args) -> int:
     from .core.checkpoint import load_checkpoint
     from .core.data import as_stack, check_images, read_stack
-    from .core.predict import describe_device, predict_stack, resolve_device, threshold_mask
+    from .core.predict import cell_instances, describe_device, predict_stack, resolve_device, threshold_mask
 
     out = _check_output(args.out, args.force, (".tif", ".tiff"))
-    prob_out = _check_output(args.probabilities, args.force, (".tif", ".tiff")) if args.probabilities else None
-    if prob_out is not None and prob_out.resolve() == out.resolve():
-        raise UsageError("--out and --probabilities name the same file: choose two names.")
+    extra = {name: _check_output(path, args.force, (".tif", ".tiff"))
+             for name, path in (("--probabilities", args.probabilities), ("--instances", args.instances)) if path}
+    names = [out.resolve()] + [p.resolve() for p in extra.values()]
+    if len(set(names)) < len(names):
+        raise UsageError("--out, --probabilities and --instances name the same file: choose different names.")
     device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.model)
     raw = read_stack(args.input)
@@ -218,16 +221,19 @@ def _predict(args) -> int:
         if bar is not None:
             bar.close()
     mask = threshold_mask(probabilities, threshold)
+    outputs = {out: mask}
+    if "--probabilities" in extra:
+        outputs[extra["--probabilities"]] = probabilities.astype(np.float32)
+    if "--instances" in extra:
+        outputs[extra["--instances"]] = cell_instances(mask).astype(np.uint32)
     # Same Z/Y/X as the input: a single 2D (or RGB) image gives a 2D mask.
     squeeze = images.shape[0] == 1 and (raw.ndim == 2 or images.shape[-1] == 3 and raw.ndim == 3)
-    if squeeze:
-        mask, probabilities = mask[0], probabilities[0]
     try:
-        _write_tif_atomic(out, mask)
-        if prob_out is not None:
-            _write_tif_atomic(prob_out, probabilities.astype(np.float32))
+        for path, array in outputs.items():
+            _write_tif_atomic(path, array[0] if squeeze else array)
     except BaseException:
-        out.unlink(missing_ok=True)
+        for path in outputs:
+            path.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
     z, y, x = images.shape[:3]

@@ -63,7 +63,9 @@ class PredictWidget(Container):
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5,
                                       tooltip="Mask = probability > threshold; set to the model's own when you choose it")
         self.show_probability = CheckBox(text="Add the probability as an image", value=False)
-        self.show_instances = CheckBox(text="Add cell instances (EM)", value=False)
+        self.show_instances = CheckBox(text="Add cell instances (EM)", value=False,
+                                       tooltip="One id per cell: a seeded watershed of the membrane mask, so a small gap "
+                                       "in a membrane does not merge two cells")
         self.edited_policy = ComboBox(label="Edited labels", choices=[KEEP_EDITS, NEW_LAYER], value=KEEP_EDITS)
         self.run_button = PushButton(text="Predict")
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)

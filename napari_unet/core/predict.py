@@ -287,21 +287,46 @@ def threshold_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndar
     return (probabilities > threshold).astype(np.uint8)
 
 
-def cell_instances(mask: np.ndarray) -> np.ndarray:
-    """One id per cell: 4-connected regions enclosed by membrane, labelled slice by slice.
+INSTANCE_METHODS = ("watershed", "components")
+
+
+def cell_instances(mask: np.ndarray, method: str = "watershed", seed_depth: float = 0.7) -> np.ndarray:
+    """One id per cell, slice by slice, from a membrane mask.
+
+    ``components``: the 4-connected regions enclosed by membrane; one gap in a membrane
+    merges the two cells it separates. ``watershed`` (default, better V_Rand in
+    benchmarks/instances.py): seeds are the h-maxima of the distance to the nearest
+    membrane, h being ``seed_depth`` times the median inner radius of the enclosed
+    regions (so it follows the pixel size), and a watershed of the negated distance grows
+    them inside the cells until they meet, drawing a border at each neck, where a
+    narrow gap in a membrane is.
 
     Args:
         mask: (Z, Y, X) membrane mask (nonzero = membrane).
+        method: one of INSTANCE_METHODS.
 
     Returns:
-        (Z, Y, X) int32, 0 on membranes, ids unique across the whole stack.
+        (Z, Y, X) int32, 0 on membranes (and watershed borders), ids unique across the stack.
     """
+    from scipy import ndimage
     from skimage.measure import label
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
 
+    if method not in INSTANCE_METHODS:
+        raise ValueError(f"method={method!r}: choose one of {', '.join(INSTANCE_METHODS)}.")
     out = np.zeros(mask.shape, dtype=np.int32)
     offset = 0
     for z in range(mask.shape[0]):
-        cells = label(mask[z] == 0, connectivity=1).astype(np.int32)
+        inside = mask[z] == 0
+        cells = label(inside, connectivity=1)
+        if method == "watershed" and cells.max() > 0:
+            distance = ndimage.distance_transform_edt(inside)
+            radii = ndimage.maximum(distance, cells, np.arange(1, cells.max() + 1))
+            depth = max(1.0, seed_depth * float(np.median(radii)))
+            seeds = label(h_maxima(distance, depth) & inside, connectivity=2)
+            cells = watershed(-distance, seeds, mask=inside, watershed_line=True)
+        cells = cells.astype(np.int32)
         out[z] = np.where(cells > 0, cells + offset, 0)
         offset += int(cells.max())
     return out

@@ -51,13 +51,17 @@ def test_train_predict_evaluate_end_to_end(isbi_files, tmp_path, capsys):
                  "--no-val", "--device", "cpu"]) == 0
     assert tuned.is_file()
 
-    mask, prob = tmp_path / "mask.tif", tmp_path / "prob.tif"
+    mask, prob, cells = tmp_path / "mask.tif", tmp_path / "prob.tif", tmp_path / "cells.tif"
     assert main(["predict", isbi_files["test"], "--model", str(tuned), "--out", str(mask),
-                 "--probabilities", str(prob), "--device", "cpu", "--tile", "64"]) == 0
+                 "--probabilities", str(prob), "--instances", str(cells), "--device", "cpu", "--tile", "64"]) == 0
     assert "predicted 2 slice(s) of 160x160" in capsys.readouterr().out
-    m, p = tifffile.imread(mask), tifffile.imread(prob)
-    assert m.shape == p.shape == (2, 160, 160)
+    m, p, c = tifffile.imread(mask), tifffile.imread(prob), tifffile.imread(cells)
+    assert m.shape == p.shape == c.shape == (2, 160, 160)
     assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} and p.dtype == np.float32
+    assert c.dtype == np.uint32 and (c[m == 1] == 0).all()
+    assert main(["predict", isbi_files["test"], "--model", str(tuned), "--out", str(tmp_path / "other.tif"),
+                 "--instances", str(tmp_path / "other.tif"), "--device", "cpu"]) == 2
+    assert "same file" in capsys.readouterr().err
 
     for pred, has_auc in ((mask, False), (prob, False)):
         assert main(["evaluate", "--pred", str(pred), "--truth", isbi_files["truth"], "--task", "em", "--json"]) == 0

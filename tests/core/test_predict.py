@@ -136,3 +136,23 @@ def test_test_time_flips_average_the_mirror_images():
     both = predict_stack(ckpt, images, tile=64, device="cpu", progress=lambda d, t: calls.append((d, t)))
     np.testing.assert_allclose(both, (plain + mirrored) / 2, atol=1e-5)
     assert calls[-1][0] == calls[-1][1] and all(t == calls[0][1] for _, t in calls)
+
+
+def test_watershed_instances_split_cells_at_a_gap_in_their_membrane():
+    """Two round cells whose shared membrane has a 3-pixel gap: connected components
+    merge them into one; the seeded watershed gives two, with a border at the gap."""
+    from napari_unet.core.predict import cell_instances
+
+    yy, xx = np.mgrid[0:80, 0:140]
+    membrane = np.ones((80, 140), np.uint8)
+    for cx in (40, 100):
+        membrane[(yy - 40) ** 2 + (xx - cx) ** 2 < 26**2] = 0  # two cell bodies
+    membrane[:, 68:72] = 1  # the wall between them
+    membrane[38:41, 60:80] = 0  # a gap through it, as a thin predicted membrane breaks
+    components = cell_instances(membrane[None], "components")
+    watershed = cell_instances(membrane[None], "watershed")
+    assert len(np.unique(components[components > 0])) == 1
+    assert len(np.unique(watershed[watershed > 0])) == 2
+    assert (watershed[membrane[None] == 1] == 0).all()  # membranes stay 0
+    ids = cell_instances(np.stack([membrane, membrane]))
+    assert set(np.unique(ids[0])) & set(np.unique(ids[1])) == {0}  # ids unique across slices
