@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output mask, uint8 tif (0/1), same Z/Y/X as the input")
     p.add_argument("--probabilities", help="also write the float32 probability map to this tif")
     p.add_argument("--instances", help="also write one id per cell (EM, seeded watershed) to this uint32 tif")
+    p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
+                   "default), 'none', or a mask file; nothing is predicted outside it")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
@@ -220,6 +222,9 @@ def _predict(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    fov = _field_of_view(args.fov, images)
+    if fov is not None:
+        probabilities[~fov] = 0.0
     mask = threshold_mask(probabilities, threshold)
     outputs = {out: mask}
     if "--probabilities" in extra:
@@ -244,6 +249,22 @@ def _predict(args) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _field_of_view(option: str, images: np.ndarray) -> np.ndarray | None:
+    """(Z, Y, X) bool FOV of RGB images (found, or read from a file); None for grey ones."""
+    from .core.data import as_stack, check_same_shape, read_stack
+    from .core.fov import fields_of_view
+
+    if images.shape[-1] != 3 or option == "none":
+        return None
+    if option == "auto":
+        return fields_of_view(images)
+    fov = as_stack(read_stack(option))[..., 0] != 0
+    if fov.shape[0] == 1 and images.shape[0] > 1:
+        fov = np.broadcast_to(fov, images.shape[:3])  # one mask for every image of a stack
+    check_same_shape(images[..., 0], fov, "--fov mask")
+    return fov
 
 
 def _train(args) -> int:

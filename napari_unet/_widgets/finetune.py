@@ -13,6 +13,7 @@ from ..core.bmz import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.finetune import FineTune, FineTuneOptions, describe_outcome
+from ..core.fov import fields_of_view
 from ..core.labels import labels_from_array, labels_note
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
 from ._jobs import BackgroundJob
@@ -29,7 +30,7 @@ from ._layers import (
 from ._plot import LossPlot
 from ._session import get_session, real_viewer
 from ._text import text_row
-from .predict import write_prediction
+from .predict import fov_of, write_prediction
 
 # torch's optimizers import torch._dynamo lazily on their first step; in a worker thread
 # that big import (and the full garbage collections it triggers in napari's large heap)
@@ -135,6 +136,7 @@ class FineTuneWidget(Container):
             return None
         note = labels_note(labels)
         uncorrected = [z for z in range(stack.shape[0]) if z not in corrected]
+        given_fov = fov_of(self.viewer, image, stack.shape[:3])
 
         def work(state):
             events = run.run()
@@ -153,6 +155,9 @@ class FineTuneWidget(Container):
             mask = None
             if uncorrected:
                 probabilities = predict_stack(tuned, stack[uncorrected], device=device, cancel=lambda: state.abandoned)
+                if image.rgb:  # as Predict does: nothing outside the field of view
+                    found = fields_of_view(stack[uncorrected]) if given_fov is None else given_fov[uncorrected]
+                    probabilities[~found] = 0.0
                 mask = threshold_mask(probabilities, float(result.metadata["threshold"]))
             return tuned, saved_to, fallback, mask, result.report
 

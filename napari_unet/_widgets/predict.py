@@ -11,6 +11,7 @@ from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.data import check_images, data_hash
+from ..core.fov import fields_of_view
 from ..core.predict import (
     PredictionCancelled,
     cell_instances,
@@ -172,6 +173,7 @@ class PredictWidget(Container):
         with_cells = self.show_instances.value and not layer.rgb
         # Corrections of an image without a file are keyed by its pixels (hashed only then).
         needs_hash = not plugin_meta(layer).get("source")
+        given_fov = fov_of(self.viewer, layer, stack.shape[:3])
         watch = ImageWatch(self.viewer, layer)
 
         def work(state):
@@ -181,9 +183,14 @@ class PredictWidget(Container):
                                               progress=state.report, cancel=state.cancelled)
             except PredictionCancelled:
                 return None
+            fov = None
+            if layer.rgb:  # fundus: nothing is predicted outside the field of view
+                fov = given_fov if given_fov is not None else fields_of_view(stack)
+                probabilities[~fov] = 0.0
             mask = threshold_mask(probabilities, threshold)
             cells = cell_instances(mask) if with_cells else None
-            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note)
+            found = fov if given_fov is None else None  # shown as a layer the user can edit
+            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note, found)
 
         def done(result):
             if watch.changed:
@@ -230,7 +237,29 @@ class PredictWidget(Container):
             show_linked(self.viewer, "cells", image, layer_shaped(result.cells, ndim),
                         lambda data, meta: self.viewer.add_labels(
                             data, name=f"{image.name} cells", opacity=0.4, metadata=meta))
-        self.status.value = f"{message} {result.note}".strip()
+        fov_text = ""
+        if result.found_fov is not None:
+            def add_fov(data, meta):  # an outline: it shows the border without tinting the image
+                self.viewer.add_labels(data, name=f"{image.name} field of view", opacity=0.7, metadata=meta).contour = 2
+
+            show_linked(self.viewer, "fov", image, layer_shaped(result.found_fov.astype(np.uint8), ndim), add_fov)
+            fov_text = ("Predicted inside the field of view found in the image (layer 'field of view': paint or "
+                        "erase it and predict again to change it).")
+        self.status.value = f"{message} {fov_text} {result.note}".strip()
+
+
+def fov_of(viewer, image: Image, shape: tuple) -> np.ndarray | None:
+    """(Z, Y, X) bool field of view the user gave an RGB image, or None (then it is found
+    from the image): the FOV layer Predict made (perhaps edited), or a mask opened with
+    the image (DRIVE's). None for grey images."""
+    if not image.rgb:
+        return None
+    source = plugin_meta(image).get("source")
+    opened_with = [layer for layer in viewer.layers if isinstance(layer, Labels) and source
+                   and plugin_meta(layer).get("role") == "fov" and plugin_meta(layer).get("source") == source]
+    layers = [layer for layer in linked_layers(viewer, "fov", image, Labels) + opened_with
+              if labels_stack(layer).shape == shape]
+    return np.array(labels_stack(layers[-1])) != 0 if layers else None
 
 
 @dataclass
@@ -242,6 +271,7 @@ class Prediction:
     cells: np.ndarray | None
     image_hash: str
     note: str = ""
+    found_fov: np.ndarray | None = None  # (Z, Y, X) bool, when found from the image
 
 
 class ImageWatch:

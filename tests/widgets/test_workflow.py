@@ -183,3 +183,27 @@ def test_export_for_bioimageio_then_predict_with_the_package(widgets, qtbot, isb
     wait_for(qtbot, predict.predict())
     labels = viewer.layers[f"{image.name} prediction"]
     assert labels.data.shape == (4, 512, 512) and labels.data.any()
+
+
+def test_fundus_prediction_stays_inside_the_field_of_view(widgets, qtbot, drive_dir, tiny_fundus, tmp_path):
+    """A photograph opened alone (no FOV file): the FOV is found, shown as an editable layer,
+    and nothing is predicted outside it; after the user edits it, the edit is used."""
+    import shutil
+
+    viewer, predict = widgets["viewer"], widgets["predict"]
+    shutil.copy(drive_dir / "test" / "images" / "01_test.tif", tmp_path / "photo.tif")
+    (image,) = viewer.open(str(tmp_path / "photo.tif"), plugin="napari-unet")
+    predict.image.value = image
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tiny_fundus)
+    predict.threshold.value = 0.0  # every pixel the model sees would be vessel
+    wait_for(qtbot, predict.predict())
+    fov = viewer.layers[f"{image.name} field of view"]
+    labels = viewer.layers[f"{image.name} prediction"]
+    assert 0.5 < fov.data.mean() < 0.9 and "field of view" in predict.status.value
+    np.testing.assert_array_equal(labels.data != 0, fov.data != 0)  # nothing outside
+    fov.data[:, :300] = 0  # the user takes the left half out
+    fov.refresh()
+    wait_for(qtbot, predict.predict())
+    assert not labels.data[:, :300].any() and labels.data[:, 300:].any()
+    assert [layer.name for layer in viewer.layers].count(f"{image.name} field of view") == 1

@@ -1,0 +1,50 @@
+"""The field of view (FOV) of a fundus photograph, found from the image itself.
+
+A fundus camera images the retina through a round aperture: outside it the photograph
+is (nearly) black. Predicting there gives haze and a bright ring along the aperture's
+edge, and scoring there inflates specificity, so napari-unet predicts inside the FOV
+only. When the user gives no FOV mask, it is found as the bright disc: the brightest
+channel of each pixel (works whatever the camera's colour balance), smoothed, split
+from the black surround by Otsu's threshold, the largest region kept, holes filled,
+and the rim eroded by one pixel (the aperture's edge is blurred and often bright).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+
+def field_of_view(image: np.ndarray) -> np.ndarray:
+    """The FOV of one colour fundus photograph.
+
+    Args:
+        image: (Y, X, C) any dtype.
+
+    Returns:
+        (Y, X) bool, True inside the field of view. An image without a dark surround
+        (already cropped to the retina) gives all True.
+    """
+    from skimage.filters import threshold_otsu
+
+    brightest = np.nan_to_num(np.asarray(image, dtype=np.float32)).max(axis=-1)
+    smooth = ndimage.gaussian_filter(brightest, max(1.0, image.shape[1] / 500))
+    if smooth.max() - smooth.min() < 1e-6:
+        return np.ones(image.shape[:2], bool)
+    inside = smooth > threshold_otsu(smooth)
+    regions, count = ndimage.label(inside)
+    if count == 0:
+        return np.ones(image.shape[:2], bool)
+    sizes = ndimage.sum_labels(inside, regions, np.arange(1, count + 1))
+    disc = ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
+    # No black surround (a photograph cropped to the retina): Otsu then only splits
+    # brighter from darker retina, and the "outside" is not much darker than the inside.
+    if disc.mean() > 0.97 or np.median(brightest[~disc]) > 0.25 * np.median(brightest[disc]):
+        return np.ones(image.shape[:2], bool)
+    return ndimage.binary_erosion(disc)  # one pixel: wider erosions lost vessels (benchmarks/fov.py)
+
+
+def fields_of_view(images: np.ndarray) -> np.ndarray:
+    """`field_of_view` of every image of a (N, Y, X, C) stack, as (N, Y, X) bool."""
+    return np.stack([field_of_view(image) for image in images])

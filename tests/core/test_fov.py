@@ -1,0 +1,60 @@
+"""The field of view found from a fundus photograph (core.fov)."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import default_metadata, save_checkpoint
+from napari_unet.core.fov import field_of_view
+from napari_unet.core.model import UNet, UNetConfig
+
+
+@pytest.fixture()
+def tiny_fundus_model(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(in_channels=3, base_width=4, depth=2))
+    return str(save_checkpoint(tmp_path / "tiny_fundus.pt", model, default_metadata("fundus", tile_size=128)))
+
+
+def _drive(drive_dir, name="01"):
+    image = tifffile.imread(drive_dir / "test" / "images" / f"{name}_test.tif")
+    fov = np.asarray(Image.open(drive_dir / "test" / "mask" / f"{name}_test_mask.gif")) > 0
+    return image, fov
+
+
+def test_found_fov_matches_the_drive_mask_also_for_another_camera(drive_dir):
+    image, truth = _drive(drive_dir)
+    for photo in (image, (image * [1.0, 0.5, 0.1]).astype(np.uint8)):  # as taken; red-dominant, no blue
+        found = field_of_view(photo)
+        assert found.shape == truth.shape and found.dtype == bool
+        assert np.sum(found & truth) / np.sum(found | truth) > 0.95
+
+
+def test_a_photograph_without_dark_surround_is_all_field_of_view(drive_dir):
+    image, truth = _drive(drive_dir)
+    ys, xs = np.nonzero(truth)
+    cropped = image[ys.min() + 150 : ys.max() - 150, xs.min() + 150 : xs.max() - 150]  # retina only
+    assert field_of_view(cropped).all()
+    assert field_of_view(np.full((64, 64, 3), 7, np.uint8)).all()
+
+
+def test_cli_predicts_nothing_outside_the_field_of_view(drive_dir, tiny_fundus_model, tmp_path):
+    image, truth = _drive(drive_dir)
+    path = tmp_path / "photo.tif"
+    tifffile.imwrite(path, image[::2, ::2], photometric="rgb")
+    prob = {}
+    for option in ("auto", "none"):
+        assert main(["predict", str(path), "--model", tiny_fundus_model, "--out", str(tmp_path / f"{option}.tif"),
+                     "--probabilities", str(tmp_path / f"p_{option}.tif"), "--fov", option, "--device", "cpu"]) == 0
+        prob[option] = tifffile.imread(tmp_path / f"p_{option}.tif")
+    outside = ~truth[::2, ::2]
+    assert (prob["auto"][outside & ~field_of_view(image[::2, ::2])] == 0).all()
+    assert (prob["none"][outside] > 0).any()  # the model does say something there
+    mask_file = tmp_path / "fov.tif"
+    tifffile.imwrite(mask_file, truth[::2, ::2].astype(np.uint8))
+    assert main(["predict", str(path), "--model", tiny_fundus_model, "--out", str(tmp_path / "given.tif"),
+                 "--probabilities", str(tmp_path / "p_given.tif"), "--fov", str(mask_file), "--device", "cpu"]) == 0
+    assert (tifffile.imread(tmp_path / "p_given.tif")[outside] == 0).all()
