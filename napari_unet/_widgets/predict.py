@@ -240,7 +240,8 @@ class PredictWidget(Container):
         fov_text = ""
         if result.found_fov is not None:
             def add_fov(data, meta):  # an outline: it shows the border without tinting the image
-                self.viewer.add_labels(data, name=f"{image.name} field of view", opacity=0.7, metadata=meta).contour = 2
+                self.viewer.add_labels(data, name=f"{image.name} field of view", opacity=0.9,
+                                       colormap=label_colormap("fov"), metadata=meta).contour = 2
 
             show_linked(self.viewer, "fov", image, layer_shaped(result.found_fov.astype(np.uint8), ndim), add_fov)
             fov_text = ("Predicted inside the field of view found in the image (layer 'field of view': paint or "
