@@ -48,6 +48,7 @@ LEARNING_RATE = _number(float, 0.0, 1.0, low_open=True, what="a learning rate ab
 WIDTH = _number(int, 2, 512, what="a width between 2 and 512")
 DEPTH = _number(int, 1, 7, what="a depth between 1 and 7")
 SEED = _number(int, 0, what="a seed of 0 or more")
+PIXEL_SIZE = _number(float, 0.0, 1e6, low_open=True, what="a pixel size in nm above 0, e.g. 4")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output mask, uint8 tif (0/1), same Z/Y/X as the input")
     p.add_argument("--probabilities", help="also write the float32 probability map to this tif")
     p.add_argument("--instances", help="also write one id per cell (EM, seeded watershed) to this uint32 tif")
+    p.add_argument("--pixel-size", type=PIXEL_SIZE, help="the images' pixel size in nm: they are resampled to the "
+                   "model's (em-membranes: 4 nm) and the result back (default: as they are)")
     p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
                    "default), 'none', or a mask file; nothing is predicted outside it")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
@@ -217,7 +220,7 @@ def _predict(args) -> int:
     try:
         probabilities = predict_stack(
             checkpoint, images, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-            device=device, progress=progress,
+            device=device, progress=progress, pixel_size=args.pixel_size,
         )
     finally:
         if bar is not None:

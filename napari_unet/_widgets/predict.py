@@ -63,6 +63,9 @@ class PredictWidget(Container):
         self.overlap = FloatSpinBox(label="Overlap", min=0.0, max=0.75, step=0.05, value=0.25)
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5,
                                       tooltip="Mask = probability > threshold; set to the model's own when you choose it")
+        self.pixel_size = FloatSpinBox(label="Pixel size (nm)", min=0.0, max=100000.0, step=0.5, value=0.0,
+                                       tooltip="Your images' pixel size: they are resampled to the model's (EM built-in: "
+                                       "4 nm) and the result back. 0 = predict them as they are")
         self.show_probability = CheckBox(text="Add the probability as an image", value=False)
         self.show_instances = CheckBox(text="Add cell instances (EM)", value=False,
                                        tooltip="One id per cell: a seeded watershed of the membrane mask, so a small gap "
@@ -73,7 +76,7 @@ class PredictWidget(Container):
         self.status = text_row()
         self.extend([
             self.image, self.model, self.checkpoint, self.device, self.device_info, self.tile, self.overlap,
-            self.threshold, self.show_probability, self.show_instances, self.edited_policy, self.run_button,
+            self.threshold, self.pixel_size, self.show_probability, self.show_instances, self.edited_policy, self.run_button,
             self.progress_bar, self.status,
         ])
         self.model.changed.connect(self._model_changed)
@@ -170,6 +173,7 @@ class PredictWidget(Container):
             return None
         tile = self.tile.value or None
         overlap, threshold = self.overlap.value, self.threshold.value
+        pixel_size = self.pixel_size.value or None
         with_cells = self.show_instances.value and not layer.rgb
         # Corrections of an image without a file are keyed by its pixels (hashed only then).
         needs_hash = not plugin_meta(layer).get("source")
@@ -180,7 +184,7 @@ class PredictWidget(Container):
             note = check_images(stack, f"'{layer.name}'")
             try:
                 probabilities = predict_stack(checkpoint, stack, tile=tile, overlap=overlap, device=device,
-                                              progress=state.report, cancel=state.cancelled)
+                                              progress=state.report, cancel=state.cancelled, pixel_size=pixel_size)
             except PredictionCancelled:
                 return None
             fov = None

@@ -272,6 +272,9 @@ class FineTune:
         metadata.setdefault("history", []).append(record)
         metadata["fine_tuned_from"] = self.start_name
         metadata["threshold"] = float(report.get("threshold", self.threshold))
+        # It learnt from the user's slices, whose pixel size is not known here: predicting
+        # with it must not resample them to the starting model's.
+        metadata.pop("pixel_size_nm", None)
         return FineTuneResult(model.eval(), metadata, report)
 
 

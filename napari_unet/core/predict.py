@@ -201,6 +201,7 @@ def predict_stack(
     blend: str = "gaussian",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    pixel_size: float | None = None,
 ) -> np.ndarray:
     """Probability of the structure for every slice of a stack.
 
@@ -209,6 +210,10 @@ def predict_stack(
         images: (Z, Y, X, C) raw images, C matching the model's input channels.
         tile: tile edge; default from the model's metadata, rounded up to a multiple of 2**depth.
         progress: called with (tiles done, tiles total) over the whole stack.
+        pixel_size: the images' pixel size in nm. When the model records the one it was
+            trained at (metadata ``pixel_size_nm``, (y, x)), the slices are resampled to
+            it, predicted, and the result resampled back: structures then have the width
+            the model learnt.
 
     Returns:
         (Z, Y, X) float32 in [0, 1].
@@ -219,6 +224,15 @@ def predict_stack(
     config = checkpoint.config
     if images.ndim != 4:
         raise DataError(f"Expected a (Z, Y, X, C) stack, got shape {images.shape}.")
+    scale = resampling(checkpoint, pixel_size)
+    if scale is not None:
+        from skimage.transform import rescale, resize
+
+        shrink = scale[0] < 1 or scale[1] < 1
+        resampled = np.stack([rescale(np.asarray(img, np.float32), scale, order=1, channel_axis=-1,
+                                      preserve_range=True, anti_aliasing=shrink) for img in images])
+        small = predict_stack(checkpoint, resampled, tile, overlap, batch_size, device, blend, progress, cancel)
+        return np.stack([resize(p, images.shape[1:3], order=1) for p in small]).astype(np.float32)
     if images.shape[-1] != config.in_channels:
         raise DataError(_channel_message(images.shape[-1], config.in_channels))
     check_images(images)
@@ -270,6 +284,18 @@ def predict_stack(
             total += out[0] if axis is None else np.flip(out[0], axis - 1)
         result[z] = np.clip(total / len(flips), 0.0, 1.0)
     return result
+
+
+def resampling(checkpoint: Checkpoint, pixel_size: float | None) -> tuple[float, float] | None:
+    """(y, x) zoom from the data's pixel size to the model's, or None when there is
+    nothing to do (either size unknown, or within 5 % of each other)."""
+    trained_at = checkpoint.metadata.get("pixel_size_nm")
+    if pixel_size is None or not trained_at:
+        return None
+    if not pixel_size > 0:
+        raise DataError(f"pixel size {pixel_size}: give the images' pixel size in nm, a positive number.")
+    scale = (pixel_size / float(trained_at[0]), pixel_size / float(trained_at[1]))
+    return None if all(abs(s - 1) < 0.05 for s in scale) else scale
 
 
 def _channel_message(got: int, expected: int) -> str:

@@ -193,3 +193,11 @@ def test_gui_without_a_display_explains(tmp_path):
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "No display found" in result.stderr and "xvfb-run" in result.stderr
     assert not (tmp_path / "s.png").exists()
+
+
+def test_predict_at_another_pixel_size(isbi_files, tmp_path, capsys):
+    """--pixel-size resamples to the model's pixel size and back: same Z/Y/X out."""
+    out = tmp_path / "mask.tif"
+    assert main(["predict", isbi_files["test"], "--model", "em-membranes", "--pixel-size", "6", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert tifffile.imread(out).shape == (2, 160, 160)

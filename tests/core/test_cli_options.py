@@ -117,6 +117,9 @@ def test_train_rejects_bad_numbers(small_data, tmp_path, capsys, option, value):
 
 PREDICT_BAD = [
     ("--tile", "4"),
+    ("--pixel-size", "0"),
+    ("--pixel-size", "-4"),
+    ("--pixel-size", "nan"),
     ("--tile", "15"),
     ("--tile", "100000"),
     ("--tile", "64.5"),

@@ -207,3 +207,15 @@ def test_fundus_prediction_stays_inside_the_field_of_view(widgets, qtbot, drive_
     wait_for(qtbot, predict.predict())
     assert not labels.data[:, :300].any() and labels.data[:, 300:].any()
     assert [layer.name for layer in viewer.layers].count(f"{image.name} field of view") == 1
+
+
+def test_predict_at_the_images_pixel_size(widgets, qtbot, isbi_folder):
+    """Predict's "Pixel size (nm)": slices resampled to the built-in model's 4 nm and back."""
+    viewer, predict = widgets["viewer"], widgets["predict"]
+    widgets["load"].path.value = str(isbi_folder)
+    image, _ = widgets["load"].load()
+    predict.model.value = "em-membranes"
+    predict.pixel_size.value = 8.0  # as if each pixel were 8 nm: the slices shrink to half for the model
+    wait_for(qtbot, predict.predict())
+    labels = viewer.layers[f"{image.name} prediction"]
+    assert labels.data.shape == (4, 512, 512) and 0.05 < labels.data.mean() < 0.6
