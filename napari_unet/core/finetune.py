@@ -19,7 +19,9 @@ One recipe for the Fine-tune widget and ``napari-unet train --from``:
    the same guard; so no correction is wasted.
 
 With one corrected slice there is nothing to hold out: the score and the guard are
-measured on that slice itself (the guard still refuses broken membranes).
+measured on that slice itself (the guard still refuses broken membranes). Fundus
+photographs are standardised as `predict_stack` standardises them (FOV diameter, colour),
+so the model learns from what it will be shown.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .data import data_hash, normalize
 from .labels import IGNORE, STRUCTURE
 from .metrics import cl_dice, dice, em_challenge_scores
 from .model import UNet
-from .predict import resolve_device
+from .predict import fundus_zoom, resolve_device, standardise_fundus
 from .train import TrainEvent, TrainingData, fine_tune_recipe, probabilities, train
 
 
@@ -134,12 +136,13 @@ class FineTune:
         )
         self.tile = int(checkpoint.metadata.get("tile_size", 256))  # checked as it predicts
         # Only the corrected slices are copied: painting during training changes nothing.
-        self.images = normalize(images[self.corrected], checkpoint.normalization)
-        self.labels = np.array(labels[self.corrected], dtype=np.uint8)
-        self.hash = data_hash(images[self.corrected], self.labels)
+        self.hash = data_hash(images[self.corrected], np.asarray(labels[self.corrected]))
+        self.images, self.labels, painted = self._as_the_model_sees(
+            images[self.corrected], np.array(labels[self.corrected], dtype=np.uint8),
+            None if edited is None else np.array(edited[self.corrected], dtype=bool))
         self.held_out = len(self.corrected) - 1 if options.hold_out and len(self.corrected) >= 2 else None
         self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
-        self.painted = None if edited is None else np.array(edited[self.corrected], dtype=bool)
+        self.painted = painted
         self.edited: np.ndarray | None = None  # see `_edits`
         self.result: FineTuneResult | None = None
         for z, label in zip(self.corrected, self.labels):
@@ -148,6 +151,23 @@ class FineTune:
         TrainingData(self.images, self.labels, self.train_slices)  # the same checks as training
 
     # ------------------------------------------------------------------ inputs
+
+    def _as_the_model_sees(self, raw: np.ndarray, labels: np.ndarray, painted: np.ndarray | None):
+        """Normalised slices (fundus: standardised like `predict_stack` does, labels and
+        edits resampled with them), so the model learns what it will be shown."""
+        if not (self.start.metadata.get("fundus_reference") and raw.shape[-1] == 3):
+            return normalize(raw, self.start.normalization), labels, painted
+        from skimage.transform import resize
+
+        zoom = float(np.median([fundus_zoom(self.start, image) for image in raw]))
+        images = np.stack([standardise_fundus(self.start, image, zoom)[0] for image in raw])
+
+        def nearest(array: np.ndarray) -> np.ndarray:
+            return resize(array, images.shape[1:3], order=0, preserve_range=True, anti_aliasing=False).astype(array.dtype)
+
+        labels = np.stack([nearest(label) for label in labels])
+        painted = None if painted is None else np.stack([nearest(p) for p in painted])
+        return images, labels, painted
 
     def _edits(self) -> np.ndarray:
         """(N, Y, X) bool edited pixels of the corrected slices: painted, or where the

@@ -48,3 +48,32 @@ def field_of_view(image: np.ndarray) -> np.ndarray:
 def fields_of_view(images: np.ndarray) -> np.ndarray:
     """`field_of_view` of every image of a (N, Y, X, C) stack, as (N, Y, X) bool."""
     return np.stack([field_of_view(image) for image in images])
+
+
+def fov_diameter(fov: np.ndarray) -> float:
+    """Diameter in pixels of the disc with the FOV's area (robust to a clipped disc edge)."""
+    return float(2.0 * np.sqrt(np.count_nonzero(fov) / np.pi))
+
+
+def match_colour(image: np.ndarray, fov: np.ndarray, mean, std) -> np.ndarray:
+    """Give each channel, inside the FOV, the mean and spread of the model's training images.
+
+    Cameras differ in colour balance, exposure and contrast; after this (Reinhard-style
+    standardisation of a normalised image), a red-dominant, dark photograph looks to the
+    model like the ones it learnt from. Outside the FOV the image is 0.
+
+    Args:
+        image: (Y, X, C) float32 in [0, 1]; fov: (Y, X) bool; mean, std: C values.
+
+    Returns:
+        (Y, X, C) float32 in [0, 1].
+    """
+    out = np.zeros_like(image, dtype=np.float32)
+    if not fov.any():
+        return out
+    for c in range(image.shape[-1]):
+        values = image[..., c][fov]
+        spread = float(values.std()) or 1.0
+        out[..., c] = (image[..., c] - float(values.mean())) / spread * std[c] + mean[c]
+    out[~fov] = 0.0
+    return np.clip(out, 0.0, 1.0)

@@ -202,6 +202,7 @@ def predict_stack(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     pixel_size: float | None = None,
+    _standardised: bool = False,
 ) -> np.ndarray:
     """Probability of the structure for every slice of a stack.
 
@@ -215,6 +216,10 @@ def predict_stack(
             it, predicted, and the result resampled back: structures then have the width
             the model learnt.
 
+    Fundus models that store a ``fundus_reference`` (FOV diameter and colour statistics
+    of their training images) see every photograph standardised to it first: see
+    `_predict_fundus`.
+
     Returns:
         (Z, Y, X) float32 in [0, 1].
 
@@ -224,6 +229,8 @@ def predict_stack(
     config = checkpoint.config
     if images.ndim != 4:
         raise DataError(f"Expected a (Z, Y, X, C) stack, got shape {images.shape}.")
+    if checkpoint.metadata.get("fundus_reference") and images.shape[-1] == 3 and not _standardised:
+        return _predict_fundus(checkpoint, images, tile, overlap, batch_size, device, blend, progress, cancel)
     scale = resampling(checkpoint, pixel_size)
     if scale is not None:
         from skimage.transform import rescale, resize
@@ -251,7 +258,8 @@ def predict_stack(
         logits = logits.float()
         return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
 
-    normalized = normalize(images, checkpoint.normalization)
+    # Already normalised by `_predict_fundus` (float32 in [0, 1]).
+    normalized = images if _standardised else normalize(images, checkpoint.normalization)
     # Test-time flips stored with the model (e.g. ["x"]): the prediction is the mean over
     # the image and its mirror images, which smooths the probability a little.
     flips = [None] + [FLIP_AXES[name] for name in checkpoint.metadata.get("test_time_flips", [])]
@@ -284,6 +292,65 @@ def predict_stack(
             total += out[0] if axis is None else np.flip(out[0], axis - 1)
         result[z] = np.clip(total / len(flips), 0.0, 1.0)
     return result
+
+
+def _predict_fundus(checkpoint: Checkpoint, images: np.ndarray, tile, overlap, batch_size, device, blend,
+                    progress, cancel) -> np.ndarray:
+    """Fundus photographs from any camera, each made to look like the model's training images:
+
+    1. scale: resampled so that the field of view (found in the photograph) has the
+       diameter of the training images' (vessels then have the width the model learnt);
+    2. colour: normalised, then each channel given the training images' mean and spread
+       inside the FOV (`core.fov.match_colour`);
+    3. predicted, set to 0 outside the FOV and resampled back to the photograph.
+    """
+    from skimage.transform import resize
+
+    result = np.zeros(images.shape[:3], np.float32)
+    for z, image in enumerate(images):
+        ready, fov = standardise_fundus(checkpoint, image, fundus_zoom(checkpoint, image))
+
+        def image_progress(done: int, total: int, z: int = z) -> None:
+            if progress is not None:
+                progress(z * total + done, len(images) * total)
+
+        probability = predict_stack(checkpoint, ready[None], tile, overlap, batch_size, device, blend,
+                                    image_progress, cancel, _standardised=True)[0]
+        probability[~fov] = 0.0
+        result[z] = resize(probability, images.shape[1:3], order=1) if probability.shape != images.shape[1:3] \
+            else probability
+    return result
+
+
+def fundus_zoom(checkpoint: Checkpoint, image: np.ndarray) -> float:
+    """How much to resample a photograph so that its FOV has the training images' diameter
+    (1.0 within 5 %)."""
+    from .fov import field_of_view, fov_diameter
+
+    zoom = checkpoint.metadata["fundus_reference"]["fov_diameter_px"] / max(1.0, fov_diameter(field_of_view(image)))
+    return 1.0 if abs(zoom - 1) <= 0.05 else zoom
+
+
+def standardise_fundus(checkpoint: Checkpoint, image: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+    """A photograph as the model's training images looked (see `_predict_fundus`).
+
+    Args:
+        image: (Y, X, 3) raw; zoom: from `fundus_zoom`.
+
+    Returns:
+        (Y', X', 3) float32 normalised and colour-matched, and its (Y', X') bool FOV.
+    """
+    from skimage.transform import rescale
+
+    from .fov import field_of_view, match_colour
+
+    reference = checkpoint.metadata["fundus_reference"]
+    if zoom != 1.0:
+        image = rescale(np.asarray(image, np.float32), zoom, order=1, channel_axis=-1, preserve_range=True,
+                        anti_aliasing=zoom < 1)
+    fov = field_of_view(image)
+    ready = match_colour(normalize(image[None], checkpoint.normalization)[0], fov, reference["mean"], reference["std"])
+    return ready, fov
 
 
 def resampling(checkpoint: Checkpoint, pixel_size: float | None) -> tuple[float, float] | None:

@@ -58,3 +58,57 @@ def test_cli_predicts_nothing_outside_the_field_of_view(drive_dir, tiny_fundus_m
     assert main(["predict", str(path), "--model", tiny_fundus_model, "--out", str(tmp_path / "given.tif"),
                  "--probabilities", str(tmp_path / "p_given.tif"), "--fov", str(mask_file), "--device", "cpu"]) == 0
     assert (tifffile.imread(tmp_path / "p_given.tif")[outside] == 0).all()
+
+
+def _other_camera(drive_dir, name="02"):
+    """A DRIVE test photograph as another camera takes it: red-dominant, dark, no blue,
+    larger, JPEG-compressed (without the compression the unstandardised model still
+    scores F1 0.80 on image 02; with it, 0.15)."""
+    import io
+
+    from skimage.transform import rescale
+
+    image, fov = _drive(drive_dir, name)
+    truth = np.asarray(Image.open(drive_dir / "test" / "1st_manual" / f"{name}_manual1.gif")) > 0
+    shifted = np.clip((image / 255 * [1.15, 0.55, 0.12]) ** 1.3, 0, 1)
+    big = (rescale(shifted, 1.6, order=1, channel_axis=-1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, "JPEG", quality=75)
+    return (np.asarray(Image.open(buffer)), rescale(truth.astype(float), 1.6, order=1) > 0.5,
+            rescale(fov.astype(float), 1.6, order=1) > 0.5)
+
+
+def test_builtin_fundus_model_standardises_another_cameras_photographs(drive_dir):
+    import copy
+
+    from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
+    from napari_unet.core.metrics import fundus_scores
+    from napari_unet.core.predict import predict_stack
+
+    image, truth, fov = _other_camera(drive_dir)
+    model = load_checkpoint("fundus-vessels")
+    before = copy.deepcopy(model.metadata)
+    before.pop("fundus_reference")
+    standardised = predict_stack(model, image[None], device="cpu")
+    as_before = predict_stack(Checkpoint(model.model, before, "as before"), image[None], device="cpu")
+    assert standardised.shape == (1, *image.shape[:2])
+    assert fundus_scores(standardised, truth[None], fov[None])["f1"] > 0.75
+    assert fundus_scores(as_before, truth[None], fov[None])["f1"] < 0.3
+
+
+def test_fine_tune_learns_from_standardised_photographs(drive_dir):
+    """The fine-tune sees the photographs as prediction does: resampled to the model's FOV
+    diameter with their labels, and colour-matched."""
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.finetune import FineTune, FineTuneOptions
+
+    pairs = [_other_camera(drive_dir, name) for name in ("02", "03")]
+    images = np.stack([p[0] for p in pairs])
+    labels = np.stack([np.where(p[2], p[1], 2).astype(np.uint8) for p in pairs])
+    model = load_checkpoint("fundus-vessels")
+    run = FineTune(model, images, labels, [0, 1],
+                   options=FineTuneOptions(steps=2, device="cpu", recipe={"crop_size": 64, "batch_size": 2}))
+    assert run.images.shape[1] < images.shape[1] * 0.8  # shrunk towards the training images' FOV size
+    assert run.labels.shape == run.images.shape[:3] and set(np.unique(run.labels)) <= {0, 1, 2}
+    list(run.run())
+    assert "fundus_reference" in run.result.metadata  # its predictions are standardised the same way
