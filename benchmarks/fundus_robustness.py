@@ -15,7 +15,6 @@ import argparse
 import copy
 import time
 
-import numpy as np
 from _common import drive, table
 from _shift import foreign_fundus
 
