@@ -318,7 +318,8 @@ def check_images(images: np.ndarray, name: str = "The image") -> str:
     return ""
 
 
-def normalize(images: np.ndarray, normalization: dict | None = None) -> np.ndarray:
+def normalize(images: np.ndarray, normalization: dict | None = None,
+              levels: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Scale each slice and channel to [0, 1] between two percentiles.
 
     Per slice, so that 8-bit, 16-bit and float data, and slices with drifting
@@ -328,6 +329,8 @@ def normalize(images: np.ndarray, normalization: dict | None = None) -> np.ndarr
     Args:
         images: (Z, Y, X, C) any dtype.
         normalization: ``{"method": "percentile", "low": p, "high": q}`` (stored in models).
+        levels: (low, high), each (C,): the same intensities for every slice instead of
+            each slice's percentiles (volumes: `core.volume.volume_levels`).
 
     Returns:
         (Z, Y, X, C) float32 in [0, 1].
@@ -337,7 +340,9 @@ def normalize(images: np.ndarray, normalization: dict | None = None) -> np.ndarr
         raise DataError(f"Unknown normalisation {norm.get('method')!r} in the model metadata.")
     data = np.asarray(images, dtype=np.float32)
     finite = np.isfinite(data)
-    if finite.all():
+    if levels is not None:
+        low, high = (np.asarray(level, np.float32).reshape(1, 1, 1, -1) for level in levels)
+    elif finite.all():
         low, high = np.percentile(data, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
     else:
         data = np.where(finite, data, np.nan)

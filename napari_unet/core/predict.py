@@ -7,6 +7,7 @@ run in batches; on CUDA out-of-memory the batch, then the tile, is halved and re
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -108,59 +109,73 @@ def sliding_window(
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
-) -> np.ndarray:
-    """Run ``predictor`` over overlapping tiles of one image and blend the outputs.
+    keep_on_device: bool = False,
+) -> np.ndarray | torch.Tensor:
+    """Run ``predictor`` over overlapping tiles of one image (or several) and blend the outputs.
+
+    The images go to the device once; tiles are cut, predicted and blended there, so a
+    GPU never waits for the host between batches, and a batch takes tiles from several
+    images when one image has too few.
 
     Args:
-        image: (C, Y, X) float32.
-        predictor: maps a (B, C, tile, tile) tensor to (B, K, tile, tile) (same spatial size).
+        image: (C, Y, X) float32, or (N, C, Y, X) for N images of one size.
+        predictor: maps a (B, C, tile, tile) tensor on ``device`` to (B, K, tile, tile).
         tile: tile edge in pixels.
         overlap: fraction of a tile shared with its neighbour, in [0, 0.9].
         margin: mirror padding added around the image first (default tile // 8).
         progress: called with (tiles done, tiles total) after each batch.
         cancel: checked before each batch; True raises PredictionCancelled.
+        keep_on_device: return the torch tensor on ``device`` without waiting for it
+            (the caller can queue more work first).
 
     Returns:
-        (K, Y, X) float32, the blended output.
+        (K, Y, X) float32, or (N, K, Y, X) for (N, C, Y, X) input: the blended output.
     """
     if not 0 <= overlap <= 0.9:
         raise ValueError(f"overlap={overlap}: choose a fraction between 0 and 0.9.")
     if tile < 8:
         raise ValueError(f"tile={tile}: choose a tile of at least 8 pixels (256 is usual).")
-    channels, height, width = image.shape
+    single = image.ndim == 3
+    images = image[None] if single else image
+    height, width = images.shape[2:]
     margin = tile // 8 if margin is None else margin
     # Mirror the borders (U-Net paper); images smaller than a tile are mirrored further at
     # the end, so an image up to (tile - 2 * margin) wide is predicted as one single tile.
     extra_y = max(0, tile - (height + 2 * margin))
     extra_x = max(0, tile - (width + 2 * margin))
-    padded = np.pad(
-        image, [(0, 0), (margin, margin + extra_y), (margin, margin + extra_x)], mode="symmetric"
-    )
+    padded = np.pad(images, [(0, 0), (0, 0), (margin, margin + extra_y), (margin, margin + extra_x)],
+                    mode="symmetric")
+    device = torch.device(device)
+    source = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
+    if device.type == "cuda":  # pinned memory: the copy runs while the host goes on
+        source = source.pin_memory()
+    source = source.to(device, non_blocking=True)
     step = max(1, int(round(tile * (1 - overlap))))
-    corners = [
-        (y, x) for y in _tile_starts(padded.shape[1], tile, step) for x in _tile_starts(padded.shape[2], tile, step)
-    ]
-    window = blend_window(tile, blend)
-    output: np.ndarray | None = None
-    weights = np.zeros(padded.shape[1:], dtype=np.float32)
-    done = 0
-    while done < len(corners):
-        if cancel is not None and cancel():
-            raise PredictionCancelled("Prediction cancelled.")
-        batch = corners[done : done + batch_size]
-        tiles = np.stack([padded[:, y : y + tile, x : x + tile] for y, x in batch])
-        with torch.no_grad():
-            result = predictor(torch.from_numpy(tiles).to(device)).float().cpu().numpy()
-        if output is None:
-            output = np.zeros((result.shape[1],) + padded.shape[1:], dtype=np.float32)
-        for (y, x), values in zip(batch, result):
-            output[:, y : y + tile, x : x + tile] += values * window
-            weights[y : y + tile, x : x + tile] += window
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(corners))
-    output /= weights
-    return output[:, margin : margin + height, margin : margin + width]
+    corners = [(y, x) for y in _tile_starts(padded.shape[2], tile, step) for x in _tile_starts(padded.shape[3], tile, step)]
+    window = torch.from_numpy(blend_window(tile, blend)).to(device)
+    weights = torch.zeros(padded.shape[2:], dtype=torch.float32, device=device)
+    for y, x in corners:  # the same for every image
+        weights[y : y + tile, x : x + tile] += window
+    jobs = [(n, y, x) for n in range(len(images)) for y, x in corners]
+    output: torch.Tensor | None = None
+    with torch.inference_mode():
+        for done in range(0, len(jobs), batch_size):
+            if cancel is not None and cancel():
+                raise PredictionCancelled("Prediction cancelled.")
+            batch = jobs[done : done + batch_size]
+            tiles = torch.stack([source[n, :, y : y + tile, x : x + tile] for n, y, x in batch])
+            result = predictor(tiles).float()
+            if output is None:
+                output = torch.zeros((len(images), result.shape[1], *padded.shape[2:]), dtype=torch.float32,
+                                     device=device)
+            for (n, y, x), values in zip(batch, result):
+                output[n, :, y : y + tile, x : x + tile] += values * window
+            if progress is not None:
+                progress(done + len(batch), len(jobs))
+        output = (output / weights)[:, :, margin : margin + height, margin : margin + width]
+    if single:
+        output = output[0]
+    return output if keep_on_device else output.cpu().numpy()
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -191,17 +206,76 @@ def sliding_window_with_retry(image: np.ndarray, predictor, tile: int, batch_siz
                 ) from exc
 
 
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# Slices whose padded float32 copies fit in this go to the device together: their tiles
+# share batches, and the next group is prepared while the device works on this one.
+GROUP_BYTES = {"cuda": 512 * 2**20, "other": 64 * 2**20}
+
+
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype a model predicts in: "auto" is bfloat16 on GPUs that support it, else
+    float16 on GPUs (older cards), and float32 on CPU and MPS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, precision)
+
+
+class TilePredictor:
+    """A model ready to predict tiles: in eval mode, on its device, its weights cast once.
+
+    Called with (B, C, tile, tile) float tensors on the device; returns (B, 1, tile, tile)
+    float32 probabilities of the structure. The caller's model is never moved or cast (a
+    copy is, when needed), so a model being fine-tuned is left as it was.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "auto", precision: str = "auto",
+                 compile: bool = False) -> None:
+        self.device = resolve_device(device)
+        self.dtype = inference_dtype(self.device, precision)
+        self.config = getattr(model, "config", None)
+        parameter = next(model.parameters())
+        if parameter.device != self.device or parameter.dtype != self.dtype:
+            model = copy.deepcopy(model).to(self.device, self.dtype)
+        self.model = model.eval()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # tiles all have one size: pick the fastest kernels once
+        if compile:
+            self.model = torch.compile(self.model)
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = self.model(tiles.to(self.dtype)).float()
+        return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
+
+    def batch_size(self, tile: int) -> int:
+        """Tiles per batch: 4 on CPU; on a GPU as many as half its free memory holds (the
+        activations of a U-Net are about 12 x width x tile² values a tile)."""
+        if self.device.type != "cuda":
+            return 4
+        free, _total = torch.cuda.mem_get_info(self.device)
+        width = self.config.base_width if self.config is not None else 64
+        per_tile = 12 * width * tile * tile * torch.finfo(self.dtype).bits // 8
+        return int(max(1, min(256, free // 2 // per_tile)))
+
+
 def predict_stack(
     checkpoint: Checkpoint,
     images: np.ndarray,
     tile: int | None = None,
     overlap: float = 0.25,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | torch.device = "auto",
     blend: str = "gaussian",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     pixel_size: float | None = None,
+    levels: tuple[np.ndarray, np.ndarray] | None = None,
+    precision: str = "auto",
+    predictor: TilePredictor | None = None,
     _standardised: bool = False,
 ) -> np.ndarray:
     """Probability of the structure for every slice of a stack.
@@ -210,11 +284,16 @@ def predict_stack(
         checkpoint: the model and its metadata (normalisation, tile size).
         images: (Z, Y, X, C) raw images, C matching the model's input channels.
         tile: tile edge; default from the model's metadata, rounded up to a multiple of 2**depth.
+        batch_size: tiles per batch (default: `TilePredictor.batch_size`).
         progress: called with (tiles done, tiles total) over the whole stack.
         pixel_size: the images' pixel size in nm. When the model records the one it was
             trained at (metadata ``pixel_size_nm``, (y, x)), the slices are resampled to
             it, predicted, and the result resampled back: structures then have the width
             the model learnt.
+        levels: fixed (low, high) intensities per channel, each (C,), for every slice
+            (`core.volume.volume_levels`); default: each slice's own percentiles.
+        precision: see `inference_dtype`.
+        predictor: the model already on its device (`TilePredictor`), to reuse it across calls.
 
     Fundus models that store a ``fundus_reference`` (FOV diameter and colour statistics
     of their training images) see every photograph standardised to it first: see
@@ -229,8 +308,12 @@ def predict_stack(
     config = checkpoint.config
     if images.ndim != 4:
         raise DataError(f"Expected a (Z, Y, X, C) stack, got shape {images.shape}.")
+    if images.shape[-1] != config.in_channels:
+        raise DataError(_channel_message(images.shape[-1], config.in_channels))
+    predictor = predictor or TilePredictor(checkpoint.model, device, precision)
+    again = dict(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, cancel=cancel, predictor=predictor)
     if checkpoint.metadata.get("fundus_reference") and images.shape[-1] == 3 and not _standardised:
-        return _predict_fundus(checkpoint, images, tile, overlap, batch_size, device, blend, progress, cancel)
+        return _predict_fundus(checkpoint, images, progress, **again)
     scale = resampling(checkpoint, pixel_size)
     if scale is not None:
         from skimage.transform import rescale, resize
@@ -238,64 +321,53 @@ def predict_stack(
         shrink = scale[0] < 1 or scale[1] < 1
         resampled = np.stack([rescale(np.asarray(img, np.float32), scale, order=1, channel_axis=-1,
                                       preserve_range=True, anti_aliasing=shrink) for img in images])
-        small = predict_stack(checkpoint, resampled, tile, overlap, batch_size, device, blend, progress, cancel)
+        small = predict_stack(checkpoint, resampled, progress=progress, levels=levels, **again)
         return np.stack([resize(p, images.shape[1:3], order=1) for p in small]).astype(np.float32)
-    if images.shape[-1] != config.in_channels:
-        raise DataError(_channel_message(images.shape[-1], config.in_channels))
     check_images(images)
     multiple = config.size_multiple
     tile = int(tile or checkpoint.metadata.get("tile_size", 256))
     tile = max(multiple, math.ceil(tile / multiple) * multiple)
+    batch_size = batch_size or predictor.batch_size(tile)
     # Mirror margin around the image (default tile // 8); a model may store its own.
     margin = checkpoint.metadata.get("tile_margin")
-    torch_device = resolve_device(device)
-    model = checkpoint.model.to(torch_device).eval()
-    use_amp = torch_device.type == "cuda"
-
-    def predictor(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(batch)
-        logits = logits.float()
-        return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
-
     # Already normalised by `_predict_fundus` (float32 in [0, 1]).
-    normalized = images if _standardised else normalize(images, checkpoint.normalization)
+    normalized = images if _standardised else normalize(images, checkpoint.normalization, levels)
     # Test-time flips stored with the model (e.g. ["x"]): the prediction is the mean over
     # the image and its mirror images, which smooths the probability a little.
     flips = [None] + [FLIP_AXES[name] for name in checkpoint.metadata.get("test_time_flips", [])]
-    passes = normalized.shape[0] * len(flips)
-    result = np.zeros(normalized.shape[:3], dtype=np.float32)
-    for z in range(normalized.shape[0]):
-        image = normalized[z].transpose(2, 0, 1)
-        total = np.zeros(image.shape[1:], dtype=np.float32)
+    count, height, width = normalized.shape[:3]
+    kind = "cuda" if predictor.device.type == "cuda" else "other"
+    group = max(1, min(count, GROUP_BYTES[kind] // ((height + tile) * (width + tile) * normalized.shape[3] * 4)))
+    result = np.zeros((count, height, width), dtype=np.float32)
+    pending: tuple[int, torch.Tensor] | None = None
+    for start in range(0, count, group):
+        chunk = np.ascontiguousarray(normalized[start : start + group].transpose(0, 3, 1, 2))
+        total = None
         for f, axis in enumerate(flips):
-            run = z * len(flips) + f
+            before = start * len(flips) + f * len(chunk)  # slice-passes done before this call
 
-            def pass_progress(done: int, count: int, run: int = run) -> None:
+            def pass_progress(done: int, jobs: int, before: int = before, n: int = len(chunk)) -> None:
                 if progress is not None:
-                    progress(run * count + done, passes * count)
+                    per_slice = jobs // n
+                    progress(before * per_slice + done, count * len(flips) * per_slice)
 
-            flipped = image if axis is None else np.flip(image, axis)
+            flipped = chunk if axis is None else np.ascontiguousarray(np.flip(chunk, axis + 1))
             out, tile, batch_size = sliding_window_with_retry(
-                np.ascontiguousarray(flipped),
-                predictor,
-                tile=tile,
-                batch_size=batch_size,
-                multiple=multiple,
-                margin=margin,
-                overlap=overlap,
-                blend=blend,
-                device=torch_device,
-                progress=pass_progress,
-                cancel=cancel,
+                flipped, predictor, tile=tile, batch_size=batch_size, multiple=multiple, margin=margin,
+                overlap=overlap, blend=blend, device=predictor.device, progress=pass_progress, cancel=cancel,
+                keep_on_device=True,
             )
-            total += out[0] if axis is None else np.flip(out[0], axis - 1)
-        result[z] = np.clip(total / len(flips), 0.0, 1.0)
+            out = out[:, 0] if axis is None else torch.flip(out[:, 0], [axis])
+            total = out if total is None else total + out
+        # The device works on this group while the previous one is copied back.
+        if pending is not None:
+            result[pending[0] : pending[0] + len(pending[1])] = pending[1].cpu().numpy()
+        pending = (start, torch.clamp(total / len(flips), 0.0, 1.0))
+    result[pending[0] : pending[0] + len(pending[1])] = pending[1].cpu().numpy()
     return result
 
 
-def _predict_fundus(checkpoint: Checkpoint, images: np.ndarray, tile, overlap, batch_size, device, blend,
-                    progress, cancel) -> np.ndarray:
+def _predict_fundus(checkpoint: Checkpoint, images: np.ndarray, progress, **again) -> np.ndarray:
     """Fundus photographs from any camera, each made to look like the model's training images:
 
     1. scale: resampled so that the field of view (found in the photograph) has the
@@ -314,8 +386,7 @@ def _predict_fundus(checkpoint: Checkpoint, images: np.ndarray, tile, overlap, b
             if progress is not None:
                 progress(z * total + done, len(images) * total)
 
-        probability = predict_stack(checkpoint, ready[None], tile, overlap, batch_size, device, blend,
-                                    image_progress, cancel, _standardised=True)[0]
+        probability = predict_stack(checkpoint, ready[None], progress=image_progress, _standardised=True, **again)[0]
         probability[~fov] = 0.0
         result[z] = resize(probability, images.shape[1:3], order=1) if probability.shape != images.shape[1:3] \
             else probability

@@ -26,7 +26,7 @@ from .labels import IGNORE, STRUCTURE
 from .losses import border_weight_map, segmentation_loss
 from .metrics import dice
 from .model import UNet
-from .predict import has_fast_bfloat16, resolve_device, sliding_window
+from .predict import TilePredictor, has_fast_bfloat16, resolve_device, sliding_window
 
 
 @dataclass
@@ -177,7 +177,8 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
 
 
 def probabilities(model: UNet, images: np.ndarray, device: torch.device, tile: int = 256) -> np.ndarray:
-    """Structure probability of normalised slices, tiled as in deployment.
+    """Structure probability of normalised slices, predicted as in deployment (tiles,
+    blending, precision: `TilePredictor`).
 
     Args:
         images: (N, Y, X, C) float32 normalised.
@@ -185,14 +186,12 @@ def probabilities(model: UNet, images: np.ndarray, device: torch.device, tile: i
     Returns:
         (N, Y, X) float32 in [0, 1].
     """
-    model.eval()
     multiple = model.config.size_multiple
     tile = max(multiple, tile // multiple * multiple)
-
-    def predictor(batch: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(model(batch)[:, :1])
-
-    return np.stack([sliding_window(img.transpose(2, 0, 1), predictor, tile=tile, device=device)[0] for img in images])
+    predictor = TilePredictor(model, device)
+    out = sliding_window(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), predictor, tile=tile,
+                         batch_size=predictor.batch_size(tile), device=predictor.device)
+    return out[:, 0]
 
 
 def validation_dice(
