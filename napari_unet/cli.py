@@ -61,20 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = commands.add_parser("predict", help="predict a mask (and probabilities) for an image, stack or folder")
-    p.add_argument("input", help="image file, multi-page tif stack, or folder of images (stacked in name order)")
+    p.add_argument("input", help="image file, multi-page tif stack, folder of images (stacked in name order), or a "
+                   "zarr / OME-Zarr volume; zarr, and tifs or folders over 1 GB, are streamed slice by slice")
     p.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
-    p.add_argument("--out", required=True, help="output mask, uint8 tif (0/1), same Z/Y/X as the input")
-    p.add_argument("--probabilities", help="also write the float32 probability map to this tif")
-    p.add_argument("--instances", help="also write one id per cell (EM, seeded watershed) to this uint32 tif")
+    p.add_argument("--out", required=True, help="output mask, uint8 (0/1), same Z/Y/X as the input: a tif, or a "
+                   "chunked zarr store when it ends in .zarr (written slice by slice)")
+    p.add_argument("--probabilities", help="also write the float32 probability map here (.tif or .zarr)")
+    p.add_argument("--instances", help="also write one id per cell (EM, seeded watershed) here (uint32, .tif or .zarr)")
     p.add_argument("--pixel-size", type=PIXEL_SIZE, help="the images' pixel size in nm: they are resampled to the "
-                   "model's (em-membranes: 4 nm) and the result back (default: as they are)")
+                   "model's (em-membranes: 4 nm) and the result back (default: the file's, from its tif or "
+                   "OME-Zarr metadata, else as they are)")
     p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
                    "default), 'none', or a mask file; nothing is predicted outside it")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--threshold", type=PROBABILITY, help="probability threshold for the mask (default: the model's, 0.5)")
-    p.add_argument("--batch-size", type=BATCH, default=4, help="tiles per batch (default 4)")
+    p.add_argument("--batch-size", type=BATCH, help="tiles per batch (default: 4 on CPU; on a GPU, from its free memory)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
     t = commands.add_parser("train", help="train from scratch, or fine-tune with --from")
@@ -195,36 +198,38 @@ def _predict(args) -> int:
     from .core.checkpoint import load_checkpoint
     from .core.data import as_stack, check_images, read_stack
     from .core.predict import cell_instances, describe_device, predict_stack, resolve_device, threshold_mask
+    from .core.volume import is_volume_path, pixel_size_of
 
-    out = _check_output(args.out, args.force, (".tif", ".tiff"))
-    extra = {name: _check_output(path, args.force, (".tif", ".tiff"))
+    suffixes = (".tif", ".tiff", ".zarr")
+    out = _check_output(args.out, args.force, suffixes)
+    extra = {name: _check_output(path, args.force, suffixes)
              for name, path in (("--probabilities", args.probabilities), ("--instances", args.instances)) if path}
     names = [out.resolve()] + [p.resolve() for p in extra.values()]
     if len(set(names)) < len(names):
         raise UsageError("--out, --probabilities and --instances name the same file: choose different names.")
     device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.model)
+    threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
+    pixel_size = args.pixel_size
+    if pixel_size is None and checkpoint.metadata.get("pixel_size_nm"):
+        pixel_size = pixel_size_of(args.input)
+        if pixel_size is not None:
+            print(f"note: pixel size {pixel_size:g} nm, from {Path(args.input).name}'s metadata "
+                  "(--pixel-size overrides it)", file=sys.stderr)
+    if is_volume_path(args.input) or any(path.suffix.lower() == ".zarr" for path in [out, *extra.values()]):
+        return _predict_streamed(args, out, extra, checkpoint, device, threshold, pixel_size)
     raw = read_stack(args.input)
     images = as_stack(raw)
     note = check_images(images, Path(args.input).name)
-    threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
     start = time.perf_counter()
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = _progress_bar(total, "tile")
-        bar.update(done - bar.n)
-
+    progress, bar = _tile_progress()
     try:
         probabilities = predict_stack(
             checkpoint, images, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-            device=device, progress=progress, pixel_size=args.pixel_size,
+            device=device, progress=progress, pixel_size=pixel_size,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     fov = _field_of_view(args.fov, images)
     if fov is not None:
         probabilities[~fov] = 0.0
@@ -252,6 +257,92 @@ def _predict(args) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _tile_progress():
+    """A (progress callback, bar) pair: the tqdm bar appears at the first report."""
+
+    class LazyBar:
+        bar = None
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    holder = LazyBar()
+
+    def progress(done: int, total: int) -> None:
+        if holder.bar is None:
+            holder.bar = _progress_bar(total, "tile")
+        holder.bar.update(done - holder.bar.n)
+
+    return progress, holder
+
+
+def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshold: float,
+                      pixel_size: float | None) -> int:
+    """Predict a volume slice by slice into zarr stores or memory-mapped tifs (bounded memory).
+
+    Outputs are written beside their final names and renamed when every slice is done,
+    so an interrupted run leaves no half-written result under the name asked for.
+    """
+    from .core.predict import describe_device
+    from .core.stream import VolumeOutputs, predict_volume
+    from .core.volume import create_output, open_volume
+
+    if args.fov not in ("auto", "none"):
+        raise UsageError("--fov with a mask file needs the images read whole: give --out a .tif and an input "
+                         "under 1 GB, or use --fov auto / none.")
+    volume = open_volume(args.input)
+    shape = tuple(volume.data.shape[:3])
+    wanted = {out: np.uint8, extra.get("--probabilities"): np.float32, extra.get("--instances"): np.uint32}
+    temps = {path: path.with_name(f".{path.name}.partial{path.suffix}") for path in wanted if path is not None}
+    progress, bar = _tile_progress()
+    try:
+        arrays = {path: create_output(temps[path], shape, wanted[path]) for path in temps}
+        outputs = VolumeOutputs(arrays[out], arrays.get(extra.get("--probabilities")),
+                                arrays.get(extra.get("--instances")))
+        report = predict_volume(checkpoint, volume.data, outputs, threshold=threshold, fov=args.fov,
+                                pixel_size=pixel_size, tile=args.tile, overlap=args.overlap,
+                                batch_size=args.batch_size, device=device, progress=progress)
+        bar.close()
+        for array in arrays.values():
+            if hasattr(array, "flush"):  # memory-mapped tif
+                array.flush()
+        del arrays, outputs
+        for path, temp in temps.items():
+            _replace(temp, path)
+    except BaseException:
+        bar.close()
+        for temp in temps.values():
+            _remove(temp)
+        raise
+    z, y, x = shape
+    print(f"predicted {z} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in "
+          f"{report.seconds:.1f} s, slice by slice: {100 * report.structure:.1f}% structure -> {out}")
+    if report.blank:
+        print(f"note: slice(s) {report.blank[:20]} hold one value only (no image): left empty.", file=sys.stderr)
+    return 0
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; an old ``target`` (allowed by --force) goes only once
+    the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        _remove(old)
+        target.rename(old)
+    source.rename(target)
+    _remove(old)
 
 
 def _field_of_view(option: str, images: np.ndarray) -> np.ndarray | None:
