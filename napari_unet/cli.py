@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "OME-Zarr metadata, else as they are)")
     p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
                    "default), 'none', or a mask file; nothing is predicted outside it")
+    p.add_argument("--slices", nargs="+", help="predict only these slices, e.g. 3 7 or 0-99 (streamed; the others "
+                   "stay 0 in the outputs)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
@@ -216,7 +218,7 @@ def _predict(args) -> int:
         if pixel_size is not None:
             print(f"note: pixel size {pixel_size:g} nm, from {Path(args.input).name}'s metadata "
                   "(--pixel-size overrides it)", file=sys.stderr)
-    if is_volume_path(args.input) or any(path.suffix.lower() == ".zarr" for path in [out, *extra.values()]):
+    if args.slices or is_volume_path(args.input) or any(p.suffix.lower() == ".zarr" for p in [out, *extra.values()]):
         return _predict_streamed(args, out, extra, checkpoint, device, threshold, pixel_size)
     raw = read_stack(args.input)
     images = as_stack(raw)
@@ -295,6 +297,7 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
                          "under 1 GB, or use --fov auto / none.")
     volume = open_volume(args.input)
     shape = tuple(volume.data.shape[:3])
+    slices = _parse_slices(args.slices, shape[0], "--slices") if args.slices else None
     wanted = {out: np.uint8, extra.get("--probabilities"): np.float32, extra.get("--instances"): np.uint32}
     temps = {path: path.with_name(f".{path.name}.partial{path.suffix}") for path in wanted if path is not None}
     progress, bar = _tile_progress()
@@ -302,7 +305,7 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
         arrays = {path: create_output(temps[path], shape, wanted[path]) for path in temps}
         outputs = VolumeOutputs(arrays[out], arrays.get(extra.get("--probabilities")),
                                 arrays.get(extra.get("--instances")))
-        report = predict_volume(checkpoint, volume.data, outputs, threshold=threshold, fov=args.fov,
+        report = predict_volume(checkpoint, volume.data, outputs, slices, threshold=threshold, fov=args.fov,
                                 pixel_size=pixel_size, tile=args.tile, overlap=args.overlap,
                                 batch_size=args.batch_size, device=device, progress=progress)
         bar.close()
@@ -317,8 +320,8 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
         for temp in temps.values():
             _remove(temp)
         raise
-    z, y, x = shape
-    print(f"predicted {z} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in "
+    _z, y, x = shape
+    print(f"predicted {len(report.done)} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in "
           f"{report.seconds:.1f} s, slice by slice: {100 * report.structure:.1f}% structure -> {out}")
     if report.blank:
         print(f"note: slice(s) {report.blank[:20]} hold one value only (no image): left empty.", file=sys.stderr)

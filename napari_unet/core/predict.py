@@ -210,6 +210,7 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Slices whose padded float32 copies fit in this go to the device together: their tiles
 # share batches, and the next group is prepared while the device works on this one.
 GROUP_BYTES = {"cuda": 512 * 2**20, "other": 64 * 2**20}
+CPU_BATCH_BYTES = 256 * 2**20
 
 
 def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
@@ -252,13 +253,14 @@ class TilePredictor:
         return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
 
     def batch_size(self, tile: int) -> int:
-        """Tiles per batch: 4 on CPU; on a GPU as many as half its free memory holds (the
-        activations of a U-Net are about 12 x width x tile² values a tile)."""
-        if self.device.type != "cuda":
-            return 4
-        free, _total = torch.cuda.mem_get_info(self.device)
+        """Tiles per batch, from the memory a U-Net's activations take (about 12 x width x
+        tile² values a tile): on a GPU as many as half its free memory holds; on a CPU
+        within 256 MB (up to 4: larger batches are no faster there, only bigger)."""
         width = self.config.base_width if self.config is not None else 64
         per_tile = 12 * width * tile * tile * torch.finfo(self.dtype).bits // 8
+        if self.device.type != "cuda":
+            return int(max(1, min(4, CPU_BATCH_BYTES // per_tile)))
+        free, _total = torch.cuda.mem_get_info(self.device)
         return int(max(1, min(256, free // 2 // per_tile)))
 
 
