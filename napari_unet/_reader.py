@@ -1,4 +1,5 @@
-"""napari reader: tif stacks, png/jpg images, DRIVE gif labels and FOV masks, ISBI/DRIVE folders."""
+"""napari reader: tif stacks, png/jpg images, DRIVE gif labels and FOV masks, ISBI/DRIVE folders,
+and volumes larger than memory (zarr, OME-Zarr, N5, tifs and folders over 1 GB) as lazy layers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 
 from .core.data import (
     IMAGE_SUFFIXES,
+    DataError,
     LabelledStack,
     detect_layout,
     image_files,
@@ -15,6 +17,7 @@ from .core.data import (
     load_dataset,
     read_stack,
 )
+from .core.volume import ZARR_SUFFIXES, Volume, is_volume_path, open_volume, volume_levels
 
 LABEL_WORDS = ("label", "manual", "truth", "_gt", "-gt", "annotation")
 MASK_WORDS = ("mask", "fov")
@@ -28,6 +31,8 @@ def get_reader(path: str | list[str]):
         path = path[0]
     try:
         p = Path(path)
+        if p.suffix.lower() in ZARR_SUFFIXES:
+            return read_layers if p.exists() else None
         if p.is_dir():
             if detect_layout(p) or image_files(p):
                 return read_layers
@@ -51,6 +56,8 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     """Read a file or folder into napari layer-data tuples (image, ground truth, FOV)."""
     path = Path(path[0] if isinstance(path, list) else path)
     role = file_role(path)
+    if is_volume_path(path):
+        return volume_layers(open_volume(path), path, role)
     if role != "image" and not path.is_dir():
         raw = read_stack(path)
         if role == "mask":
@@ -88,6 +95,34 @@ def stack_layers(stack: LabelledStack, source: Path) -> list[tuple]:
         fov = stack.fov[0] if squeeze else stack.fov
         layers.append((fov.astype(np.uint8), _labels_meta(f"{name} FOV", "fov", source, stack.kind), "labels"))
     return layers
+
+
+def volume_layers(volume: Volume, source: Path, role: str = "image") -> list[tuple]:
+    """A lazy layer for a volume: dask arrays, every resolution level of a multiscale
+    image (napari shows the level that fits the screen); nothing is read but the slices
+    on screen and a sample for the contrast."""
+    grey = volume.data.shape[-1] == 1
+    levels = [level[..., 0] if grey else level for level in volume.levels or [volume.data]]
+    levels = [level[0] if level.shape[0] == 1 else level for level in levels]
+    name = source.name.split(".")[0] or source.name
+    data = levels if len(levels) > 1 else levels[0]
+    if role != "image":  # e.g. a mask written by napari-unet predict --out mask.zarr
+        return [(data, _labels_meta(name, "prediction", source), "labels")]
+    meta = {
+        "name": name,
+        "rgb": not grey,
+        "multiscale": len(levels) > 1,
+        "metadata": {"napari_unet": {"role": "image", "kind": "em" if grey else "fundus", "source": str(source),
+                                     "layout": "volume", "pixel_size_nm": volume.pixel_size_nm}},
+    }
+    if grey:  # from a sample of slices: napari would otherwise guess from the dtype's range
+        coarsest = volume.levels[-1] if volume.levels else volume.data
+        try:
+            low, high = volume_levels(coarsest, {"method": "percentile", "low": 0.5, "high": 99.8}, samples=8)
+            meta["contrast_limits"] = [float(low[0]), float(high[0])]
+        except DataError:  # blank or all padding: Predict will say so
+            pass
+    return [(data, meta, "image")]
 
 
 def _labels_meta(name: str, role: str, source: Path, kind: str = "") -> dict:

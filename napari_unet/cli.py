@@ -177,20 +177,9 @@ def _progress_bar(total: int, unit: str):
 
 
 def _parse_slices(values: list[str], count: int, option: str = "--val-slices") -> list[int]:
-    slices: list[int] = []
-    for value in values:
-        try:
-            if "-" in value:
-                first, last = (int(v) for v in value.split("-"))
-                slices.extend(range(first, last + 1))
-            else:
-                slices.append(int(value))
-        except ValueError:
-            raise UsageError(f"{option} {value!r}: give slice numbers such as 25 26 or a range 25-29.") from None
-    bad = [z for z in slices if not 0 <= z < count]
-    if bad:
-        raise UsageError(f"{option} {bad}: the stack has slices 0-{count - 1}.")
-    return sorted(set(slices))
+    from .core.data import parse_slices
+
+    return parse_slices(" ".join(values), count, option)
 
 
 # ---------------------------------------------------------------------------- commands

@@ -95,6 +95,27 @@ def image_stack(layer: Image) -> np.ndarray:
     raise ValueError(f"'{layer.name}' has {data.ndim} dimensions: use a 2D image or a 3D (Z, Y, X) stack.")
 
 
+def is_lazy(layer) -> bool:
+    """Whether a layer's data is read on demand (multiscale, dask, zarr) rather than held
+    in memory: such images are predicted slice by slice into a store on disk."""
+    return bool(getattr(layer, "multiscale", False)) or not isinstance(layer.data, np.ndarray)
+
+
+def lazy_stack(layer: Image):
+    """An Image layer's (finest) data as a (Z, Y, X, C) dask array, nothing read."""
+    import dask.array as da
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(1,) * (data.ndim - 2) + tuple(data.shape[-2:]))
+    if layer.rgb:
+        data = data[..., :3]
+        return data[None] if data.ndim == 3 else data
+    if data.ndim in (2, 3):
+        return data[None, ..., None] if data.ndim == 2 else data[..., None]
+    raise ValueError(f"'{layer.name}' has {data.ndim} dimensions: use a 2D image or a 3D (Z, Y, X) stack.")
+
+
 def labels_stack(layer: Labels) -> np.ndarray:
     """A Labels layer's data as (Z, Y, X) (a view for 3D layers)."""
     data = np.asarray(layer.data)

@@ -169,7 +169,10 @@ class Session:
     def _detach(self, *_args) -> None:
         self._widgets -= 1
         if self._widgets <= 0:
-            self.autosave_timer.stop()
+            try:
+                self.autosave_timer.stop()
+            except RuntimeError:  # Qt is shutting down and deleted the timer first
+                pass
 
     def tracker(self, layer: Labels) -> CorrectionTracker:
         key = id(layer)

@@ -6,11 +6,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from ..core.data import check_images, data_hash
+from ..core.corrections import corrections_folder
+from ..core.data import check_images, data_hash, parse_slices
+from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.fov import fields_of_view
 from ..core.predict import (
     PredictionCancelled,
@@ -20,11 +32,17 @@ from ..core.predict import (
     resolve_device,
     threshold_mask,
 )
+from ..core.stream import VolumeOutputs, predict_volume
+from ..core.volume import create_output
 from ._jobs import BackgroundJob
 from ._layers import (
     follow_new_layers,
+    current_slice,
     image_stack,
+    is_lazy,
     label_colormap,
+    layer_uid,
+    lazy_stack,
     labels_stack,
     layer_choices,
     layer_shaped,
@@ -43,6 +61,7 @@ FROM_FILE = "file"
 FINE_TUNED = "fine-tuned"
 KEEP_EDITS = "keep my edited slices"
 NEW_LAYER = "make a new layer"
+ALL_SLICES, CURRENT_SLICE, SLICE_RANGE = "all", "current slice", "these slices:"
 
 
 class PredictWidget(Container):
@@ -71,12 +90,17 @@ class PredictWidget(Container):
                                        tooltip="One id per cell: a seeded watershed of the membrane mask, so a small gap "
                                        "in a membrane does not merge two cells")
         self.edited_policy = ComboBox(label="Edited labels", choices=[KEEP_EDITS, NEW_LAYER], value=KEEP_EDITS)
+        self.slices = ComboBox(label="Slices", choices=[ALL_SLICES, CURRENT_SLICE, SLICE_RANGE], value=ALL_SLICES,
+                               tooltip="Predict the whole stack, the slice on screen, or the slices you list")
+        self.slice_range = LineEdit(label="Which", value="", visible=False,
+                                    tooltip="Slice numbers such as 3 7 or a range 10-20 (several: 0-4, 9)")
         self.run_button = PushButton(text="Predict")
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
         self.status = text_row()
         self.extend([
             self.image, self.model, self.checkpoint, self.device, self.device_info, self.tile, self.overlap,
-            self.threshold, self.pixel_size, self.show_probability, self.show_instances, self.edited_policy, self.run_button,
+            self.threshold, self.pixel_size, self.slices, self.slice_range, self.show_probability, self.show_instances,
+            self.edited_policy, self.run_button,
             self.progress_bar, self.status,
         ])
         self.model.changed.connect(self._model_changed)
@@ -84,6 +108,7 @@ class PredictWidget(Container):
         self.device.changed.connect(self._device_changed)
         self.image.changed.connect(self._image_changed)
         self.run_button.changed.connect(self._run_clicked)
+        self.slices.changed.connect(lambda: setattr(self.slice_range, "visible", self.slices.value == SLICE_RANGE))
         self.session.model_changed.connect(self._fine_tuned_available)
         self.job: BackgroundJob | None = None
         follow_new_layers(viewer, self, {"image": self.image})
@@ -124,6 +149,9 @@ class PredictWidget(Container):
         if layer is not None and self.model.value in (BUILTIN_EM, BUILTIN_FUNDUS):
             self.model.value = BUILTIN_FUNDUS if layer.rgb else BUILTIN_EM
         self.show_instances.enabled = layer is None or not layer.rgb
+        recorded = plugin_meta(layer).get("pixel_size_nm") if layer is not None else None
+        if recorded:  # from the file's metadata (tif, OME-Zarr): the user can still change it
+            self.pixel_size.value = float(np.mean(recorded))
 
     def _device_changed(self) -> None:
         try:
@@ -154,13 +182,22 @@ class PredictWidget(Container):
             return
         self.predict()
 
+    def chosen_slices(self, layer: Image, count: int) -> list[int] | None:
+        """The slices to predict (None = all), from the Slices choice."""
+        if self.slices.value == CURRENT_SLICE:
+            return [current_slice(self.viewer, layer)]
+        if self.slices.value == SLICE_RANGE:
+            return parse_slices(self.slice_range.value, count, "Slices")
+        return None
+
     def predict(self) -> BackgroundJob | None:
         """Start a prediction; returns the job (None when the input was refused)."""
         layer = self.image.value
         try:
             if layer is None:
                 raise ValueError("No image chosen: load an image first (Load widget or File ▸ Open).")
-            stack = image_stack(layer)
+            lazy = is_lazy(layer)
+            stack = lazy_stack(layer) if lazy else image_stack(layer)
             checkpoint, model_name = self.selected_checkpoint()
             device = resolve_device(self.device.value)
             if stack.shape[-1] != checkpoint.config.in_channels:
@@ -168,9 +205,12 @@ class PredictWidget(Container):
                 wanted = "RGB (fundus)" if checkpoint.config.in_channels == 3 else "grey (EM)"
                 raise ValueError(f"'{layer.name}' is {kind} but the model '{model_name}' takes {wanted} images: "
                                  "choose a matching model.")
+            slices = self.chosen_slices(layer, stack.shape[0])
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
             return None
+        if lazy:
+            return self._predict_volume(layer, stack, checkpoint, model_name, device, slices)
         tile = self.tile.value or None
         overlap, threshold = self.overlap.value, self.threshold.value
         pixel_size = self.pixel_size.value or None
@@ -179,22 +219,28 @@ class PredictWidget(Container):
         needs_hash = not plugin_meta(layer).get("source")
         given_fov = fov_of(self.viewer, layer, stack.shape[:3])
         watch = ImageWatch(self.viewer, layer)
+        chosen = slices if slices is not None else list(range(stack.shape[0]))
 
         def work(state):
-            note = check_images(stack, f"'{layer.name}'")
+            part = stack[chosen] if slices is not None else stack
+            note = check_images(part, f"'{layer.name}'")
             try:
-                probabilities = predict_stack(checkpoint, stack, tile=tile, overlap=overlap, device=device,
+                probabilities = predict_stack(checkpoint, part, tile=tile, overlap=overlap, device=device,
                                               progress=state.report, cancel=state.cancelled, pixel_size=pixel_size)
             except PredictionCancelled:
                 return None
             fov = None
             if layer.rgb:  # fundus: nothing is predicted outside the field of view
-                fov = given_fov if given_fov is not None else fields_of_view(stack)
+                fov = given_fov[chosen] if given_fov is not None else fields_of_view(part)
                 probabilities[~fov] = 0.0
             mask = threshold_mask(probabilities, threshold)
             cells = cell_instances(mask) if with_cells else None
             found = fov if given_fov is None else None  # shown as a layer the user can edit
-            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note, found)
+            if slices is not None:  # back to the stack's shape, 0 in the slices not predicted
+                probabilities, mask, cells, found = (_in_stack(a, chosen, stack.shape[0])
+                                                     for a in (probabilities, mask, cells, found))
+            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note, found,
+                              chosen if slices is not None else None)
 
         def done(result):
             if watch.changed:
@@ -208,7 +254,85 @@ class PredictWidget(Container):
                                  description=f"Predicting {layer.name}")
         watch.on_change = self.job.cancel
         self.run_button.text = "Cancel"
-        self.status.value = f"Predicting {stack.shape[0]} slice(s) with {model_name} on {describe_device(device)}…"
+        self.status.value = f"Predicting {len(chosen)} slice(s) with {model_name} on {describe_device(device)}…"
+        self.progress_bar.value = 0
+        self.job.start()
+        return self.job
+
+    def _predict_volume(self, layer: Image, volume, checkpoint: Checkpoint, model_name: str, device,
+                        slices: list[int] | None) -> BackgroundJob | None:
+        """A volume read on demand: predicted slice by slice into zarr stores on disk that
+        back the result layers, which show each slice as soon as it is written. Cancel
+        keeps the slices done; slices the user edited are never predicted over."""
+        shape = tuple(volume.shape[:3])
+        target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, layer)
+        try:
+            folder = prediction_folder(layer, self.session.corrections_dir)
+            outputs = {"mask": target.data if target is not None else
+                       create_output(free_path(folder / "prediction.zarr"), shape, np.uint8)}
+            if self.show_probability.value:
+                outputs["probabilities"] = create_output(free_path(folder / "probability.zarr"), shape, np.float32)
+            if self.show_instances.value and not layer.rgb:
+                outputs["instances"] = create_output(free_path(folder / "cells.zarr"), shape, np.uint32)
+        except (OSError, ValueError) as exc:
+            self.status.value = f"Cannot create the prediction store ({exc}): choose a folder in Correct."
+            return None
+        keep = set()
+        if target is None:
+            meta = linked_meta("prediction", layer, model=model_name, kind="fundus" if layer.rgb else "em",
+                               image_source=plugin_meta(layer).get("source", ""), store=str(folder))
+            target = self.viewer.add_labels(outputs["mask"], name=f"{layer.name} prediction", opacity=0.5,
+                                            colormap=label_colormap("prediction"), metadata=meta)
+        else:
+            tracker = self.session.tracker(target)
+            keep = tracker.corrected | tracker.edited
+        self.session.tracker(target)
+        shown = [target]
+        if "probabilities" in outputs:
+            shown.append(self.viewer.add_image(outputs["probabilities"], name=f"{layer.name} probability",
+                                               colormap="magma", blending="additive", contrast_limits=(0, 1),
+                                               metadata=linked_meta("probability", layer)))
+        if "instances" in outputs:
+            shown.append(self.viewer.add_labels(outputs["instances"], name=f"{layer.name} cells", opacity=0.4,
+                                                metadata=linked_meta("cells", layer)))
+        todo = [z for z in (slices if slices is not None else range(shape[0])) if z not in keep]
+        threshold, pixel_size = self.threshold.value, self.pixel_size.value or None
+        tile, overlap = self.tile.value or None, self.overlap.value
+        watch = ImageWatch(self.viewer, layer)
+
+        def work(state):
+            return predict_volume(checkpoint, volume, VolumeOutputs(**outputs), todo, threshold=threshold,
+                                  pixel_size=pixel_size, tile=tile, overlap=overlap, device=device,
+                                  progress=state.report, cancel=state.cancelled, on_slice=state.events.append)
+
+        def show_written(state) -> None:
+            self._poll(state)
+            if state.events:  # slices written since the last look: show them
+                state.events.clear()
+                for shown_layer in shown:
+                    if shown_layer in self.viewer.layers:
+                        shown_layer.refresh()
+
+        def done(report):
+            show_written(self.job.state)
+            self.session.current, self.session.current_label = checkpoint, model_name
+            kept = f"; kept your {len(keep)} edited slice(s)" if keep else ""
+            blank = f"; slice(s) {report.blank[:10]} hold no image and stay empty" if report.blank else ""
+            if watch.changed:
+                what = f"{watch.changed}: stopped after {len(report.done)} slice(s)"
+            elif report.cancelled:
+                what = f"Cancelled: kept the {len(report.done)} slice(s) done"
+            else:
+                what = f"Predicted {len(report.done)} slice(s)"
+            self.status.value = (f"{what} into '{target.name}' with {model_name} ({100 * report.structure:.1f}% "
+                                 f"structure{kept}{blank}), stored in {folder}. Correct it with the paint tools.")
+
+        self.job = BackgroundJob(work, done, self._failed, self, show_written, lambda: self._ended(watch),
+                                 description=f"Predicting {layer.name}")
+        watch.on_change = self.job.cancel
+        self.run_button.text = "Cancel"
+        self.status.value = (f"Predicting {len(todo)} slice(s) of {layer.name} one by one with {model_name} on "
+                             f"{describe_device(device)}; they appear as they are done…")
         self.progress_bar.value = 0
         self.job.start()
         return self.job
@@ -231,7 +355,8 @@ class PredictWidget(Container):
         ndim = spatial_ndim(image)
         self.session.current, self.session.current_label = checkpoint, model_name
         target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, image)
-        message = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash)
+        skip = None if result.slices is None else set(range(result.mask.shape[0])) - set(result.slices)
+        message = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash, skip)
         if self.show_probability.value:
             show_linked(self.viewer, "probability", image, layer_shaped(result.probabilities, ndim),
                         lambda data, meta: self.viewer.add_image(
@@ -277,6 +402,29 @@ class Prediction:
     image_hash: str
     note: str = ""
     found_fov: np.ndarray | None = None  # (Z, Y, X) bool, when found from the image
+    slices: list[int] | None = None  # the slices predicted, when not all
+
+
+def _in_stack(part: np.ndarray | None, slices: list[int], count: int) -> np.ndarray | None:
+    """Results of some slices placed in a (count, Y, X) array of zeros."""
+    if part is None:
+        return None
+    full = np.zeros((count, *part.shape[1:]), part.dtype)
+    full[slices] = part
+    return full
+
+
+def prediction_folder(image: Image, root=None):
+    """Where the stores of a volume's prediction go: beside the image with its corrections
+    (`core.corrections.corrections_folder`), or under ``$NAPARI_UNET_HOME/predictions`` when
+    the image has no file or its folder cannot be written."""
+    source = plugin_meta(image).get("source")
+    if source:
+        try:
+            return check_writable(corrections_folder(source, root=root))
+        except ValueError:
+            pass
+    return check_writable(napari_unet_home() / "predictions" / layer_uid(image))
 
 
 class ImageWatch:

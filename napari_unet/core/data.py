@@ -203,6 +203,30 @@ def load_pairs(
     return result
 
 
+def parse_slices(text: str, count: int, what: str = "Slices") -> list[int]:
+    """Slice numbers written as "3 7", "0-4" or "0-4, 9" (sorted, without repeats).
+
+    Raises:
+        DataError: not numbers, or outside 0..count-1; the message shows what to write.
+    """
+    slices: list[int] = []
+    for value in text.replace(",", " ").split():
+        try:
+            if "-" in value:
+                first, last = (int(v) for v in value.split("-"))
+                slices.extend(range(first, last + 1))
+            else:
+                slices.append(int(value))
+        except ValueError:
+            raise DataError(f"{what} {value!r}: give slice numbers such as 25 26 or a range 25-29.") from None
+    bad = [z for z in slices if not 0 <= z < count]
+    if bad:
+        raise DataError(f"{what} {bad}: the stack has slices 0-{count - 1}.")
+    if not slices:
+        raise DataError(f"{what}: give slice numbers such as 25 26 or a range 25-29.")
+    return sorted(set(slices))
+
+
 def _slice_names(path: Path, count: int) -> list[str]:
     if path.is_dir():
         return [f.stem for f in image_files(path)]
