@@ -126,6 +126,22 @@ def labels_stack(layer: Labels) -> np.ndarray:
     raise ValueError(f"'{layer.name}' has {data.ndim} dimensions: use 2D or 3D labels.")
 
 
+def slice_updates(current: np.ndarray, new: np.ndarray, slices: list[int]) -> dict[int, tuple]:
+    """Which pixels of ``current`` change when ``slices`` get ``new``: {z: (rows, cols, values)}.
+
+    Reads every pixel of those slices, so it runs in a worker, not on the GUI thread.
+
+    Args:
+        current: (Z, Y, X) labels as they are; new: (len(slices), Y, X).
+    """
+    updates = {}
+    for z, plane in zip(slices, new):
+        rows, cols = np.nonzero(np.asarray(current[z]) != plane)
+        if rows.size:
+            updates[int(z)] = (rows, cols, plane[rows, cols])
+    return updates
+
+
 def layer_shaped(stack: np.ndarray, ndim: int) -> np.ndarray:
     """Back from (Z, Y, X) to a 2D layer's (Y, X) when the image is 2D."""
     return stack[0] if ndim == 2 else stack

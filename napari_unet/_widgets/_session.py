@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,7 @@ class CorrectionTracker:
         self.corrected: set[int] = set()
         self.edited_pixels: dict[int, np.ndarray] = {}  # z -> (Y, X) bool
         self.dirty = False
+        self.unsaved_slices: set[int] = set()  # slices edited since the last save
         self.changed = _TrackerSignals()
         self._suspended = 0
         layer.events.paint.connect(self._on_paint)
@@ -55,6 +58,7 @@ class CorrectionTracker:
             for z, rows, cols in self._atom_pixels(atom):
                 plane = self.edited_pixels.setdefault(z, np.zeros(self._plane_shape(), bool))
                 plane[rows, cols] = True
+                self.unsaved_slices.add(z)
                 if z not in self.edited:
                     self.edited.add(z)
                     self.corrected.add(z)
@@ -110,13 +114,35 @@ class CorrectionTracker:
         return CorrectionStore(corrections_folder(meta.get("image_source"), key, root))
 
     def save(self, root: Path | None = None) -> Path:
-        """Write the labels, the slice lists and the edited pixels to disk (one atomic file)."""
+        """Write the labels, the slice lists and the edited pixels to disk (one atomic file).
+
+        A layer backed by a store on disk (a volume's prediction) holds its labels there,
+        written as they are painted; then only the slice lists and the edited slices' pixels
+        are written (``state.json``, ``edited-<z>.npy`` beside the store).
+        """
         layer = self.layer
+        self.dirty = False  # an edit made while saving sets it again
+        if not isinstance(layer.data, np.ndarray):
+            return self._save_state(Path(plugin_meta(layer)["store"]))
         store = self.store(root)
         store.save(np.asarray(layer.data), sorted(self.corrected), sorted(self.edited),
                    plugin_meta(layer).get("image_source", ""), self.edited_mask())
-        self.dirty = False
         return store.folder
+
+    def _save_state(self, folder: Path) -> Path:
+        from ..core.files import atomic_write
+
+        def write_npy(path: str, plane: np.ndarray) -> None:
+            with open(path, "wb") as handle:
+                np.save(handle, plane)
+
+        changed, self.unsaved_slices = self.unsaved_slices, set()
+        for z in sorted(changed & set(self.edited_pixels)):
+            atomic_write(folder / f"edited-{z}.npy", lambda tmp, z=z: write_npy(tmp, self.edited_pixels[z]))
+        state = {"corrected_slices": sorted(self.corrected), "edited_slices": sorted(self.edited),
+                 "labels": plugin_meta(self.layer).get("store", "")}
+        atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state)))
+        return folder
 
 
 class _TrackerSignals:
@@ -158,6 +184,8 @@ class Session:
         self.autosave_timer.start()
         self.last_autosave: str = ""
         self.autosave_error: str = ""
+        self._saving = threading.Lock()
+        self.autosave_thread: threading.Thread | None = None
         self._widgets = 0
 
     def attach(self, widget) -> None:
@@ -186,11 +214,13 @@ class Session:
         return tracker if tracker is not None and tracker.layer is layer else None
 
     def autosave(self) -> list[Path]:
-        """Save every tracker with unsaved edits (called every minute and before fine-tunes)."""
+        """Save every tracker with unsaved edits (called before fine-tunes; the timer saves
+        in a thread, `_autosave_quietly`)."""
         saved = []
-        for tracker in list(self._trackers.values()):
-            if tracker.layer is not None and tracker.dirty:
-                saved.append(tracker.save(self.corrections_dir))
+        with self._saving:  # one save at a time: the timer's may be running
+            for tracker in list(self._trackers.values()):
+                if tracker.layer is not None and tracker.dirty:
+                    saved.append(tracker.save(self.corrections_dir))
         if saved:
             from datetime import datetime
 
@@ -198,12 +228,24 @@ class Session:
         return saved
 
     def _autosave_quietly(self) -> None:
-        """The timer's autosave: a failure is shown in the Correct widget's next refresh, not raised."""
-        try:
-            self.autosave()
-            self.autosave_error = ""
-        except OSError as exc:
-            self.autosave_error = f"Autosave failed ({exc}): choose another folder in Correct."
+        """The timer's autosave, in a thread: compressing and writing a large stack takes
+        seconds the GUI must not wait for. A failure is shown in the Correct widget's next
+        refresh, not raised; a save still running when the timer fires again is left to end."""
+        if self._saving.locked():
+            return
+
+        def save() -> None:
+            try:
+                self.autosave()
+                self.autosave_error = ""
+            except OSError as exc:
+                self.autosave_error = f"Autosave failed ({exc}): choose another folder in Correct."
+                for tracker in list(self._trackers.values()):
+                    if tracker.layer is not None:
+                        tracker.dirty = True  # try again next time
+
+        self.autosave_thread = threading.Thread(target=save, name="napari-unet autosave", daemon=True)
+        self.autosave_thread.start()
 
     def set_fine_tuned(self, checkpoint: Checkpoint, path: Path) -> None:
         self.fine_tuned, self.fine_tuned_path = checkpoint, path

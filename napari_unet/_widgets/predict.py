@@ -50,8 +50,10 @@ from ._layers import (
     linked_meta,
     plugin_meta,
     show_linked,
+    slice_updates,
     spatial_ndim,
 )
+from ._writer_queue import SliceWriter
 from ._session import get_session, real_viewer
 from ._text import text_row
 
@@ -220,6 +222,13 @@ class PredictWidget(Container):
         given_fov = fov_of(self.viewer, layer, stack.shape[:3])
         watch = ImageWatch(self.viewer, layer)
         chosen = slices if slices is not None else list(range(stack.shape[0]))
+        # The layer the result will go into, read in the worker to find what changes.
+        target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, layer)
+        current, todo = None, []
+        if target is not None and labels_stack(target).shape == stack.shape[:3]:
+            tracker = self.session.tracker(target)
+            current = labels_stack(target)
+            todo = [z for z in chosen if z not in tracker.corrected | tracker.edited]
 
         def work(state):
             part = stack[chosen] if slices is not None else stack
@@ -239,8 +248,9 @@ class PredictWidget(Container):
             if slices is not None:  # back to the stack's shape, 0 in the slices not predicted
                 probabilities, mask, cells, found = (_in_stack(a, chosen, stack.shape[0])
                                                      for a in (probabilities, mask, cells, found))
+            updates = slice_updates(current, mask[todo], todo) if current is not None else None
             return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note, found,
-                              chosen if slices is not None else None)
+                              chosen if slices is not None else None, target, updates)
 
         def done(result):
             if watch.changed:
@@ -356,7 +366,9 @@ class PredictWidget(Container):
         self.session.current, self.session.current_label = checkpoint, model_name
         target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, image)
         skip = None if result.slices is None else set(range(result.mask.shape[0])) - set(result.slices)
-        message = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash, skip)
+        updates = result.updates if target is result.target else None
+        message = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash, skip,
+                                   updates)
         if self.show_probability.value:
             show_linked(self.viewer, "probability", image, layer_shaped(result.probabilities, ndim),
                         lambda data, meta: self.viewer.add_image(
@@ -403,6 +415,8 @@ class Prediction:
     note: str = ""
     found_fov: np.ndarray | None = None  # (Z, Y, X) bool, when found from the image
     slices: list[int] | None = None  # the slices predicted, when not all
+    target: Labels | None = None  # the layer ``updates`` were computed against
+    updates: dict | None = None  # `slice_updates` of ``target``
 
 
 def _in_stack(part: np.ndarray | None, slices: list[int], count: int) -> np.ndarray | None:
@@ -460,32 +474,32 @@ def prediction_layer_for(viewer, image: Image) -> Labels | None:
 
 
 def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, target: Labels | None,
-                     image_hash: str = "", skip_slices: set[int] | None = None) -> str:
+                     image_hash: str = "", skip_slices: set[int] | None = None,
+                     updates: dict | None = None) -> str:
     """Put a (Z, Y, X) mask into ``target`` (or a new Labels layer linked to ``image``).
 
     In ``target``, slices the user edited or marked corrected (and ``skip_slices``) are
-    kept; the write is one undoable step (``data_setitem``). Returns a status line.
+    kept. ``updates`` (`slice_updates`, computed in the worker) say which pixels change;
+    they are written by a `SliceWriter`: one undoable step (``data_setitem``) when small,
+    a few slices per turn of the event loop when large, so the GUI keeps drawing.
+    Returns a status line.
     """
     session = get_session(viewer)
     ndim = spatial_ndim(image)
     if target is not None and target.data.shape == layer_shaped(mask, ndim).shape:
         tracker = session.tracker(target)
         keep = set(tracker.corrected | tracker.edited) | set(skip_slices or ())
-        current = labels_stack(target)
-        update = np.ones(mask.shape, bool)
-        for z in keep:
-            update[z] = False
-        index = np.nonzero(update & (current != mask))
-        with tracker.programmatic():
-            if index[0].size:
-                layer_index = index if ndim == 3 else index[1:]
-                target.data_setitem(layer_index, mask[index].astype(target.data.dtype))
+        if updates is None:
+            todo = [z for z in range(mask.shape[0]) if z not in keep]
+            updates = slice_updates(labels_stack(target), mask[todo], todo)
+        steps = SliceWriter(target, tracker, {z: u for z, u in updates.items() if z not in keep}).start()
         target.metadata.setdefault("napari_unet", {})["model"] = model_name
         kept = f"; kept your {len(keep)} edited slice(s): {sorted(keep)}" if keep else ""
-        return f"Updated '{target.name}' with {model_name}{kept} (Ctrl+Z undoes it)."
+        undo = "Ctrl+Z undoes it" if steps <= 1 else f"Ctrl+Z undoes it in {steps} steps"
+        return f"Updated '{target.name}' with {model_name}{kept} ({undo})."
     meta = linked_meta("prediction", image, model=model_name, image_source=plugin_meta(image).get("source", ""),
                        image_hash=image_hash, kind="fundus" if image.rgb else "em")
-    layer = viewer.add_labels(layer_shaped(mask, ndim).copy(), name=f"{image.name} prediction",
+    layer = viewer.add_labels(layer_shaped(mask, ndim), name=f"{image.name} prediction",
                               colormap=label_colormap("prediction"), opacity=0.5, metadata=meta)
     session.tracker(layer)
     for other in viewer.layers:  # the new prediction is what to look at: hide the truth overlay
