@@ -12,7 +12,7 @@ from napari.layers import Image, Labels
 from ..core.bmz import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..core.files import check_writable, free_path, napari_unet_home
-from ..core.finetune import FineTune, FineTuneOptions, describe_outcome
+from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, held_out_index
 from ..core.fov import fields_of_view
 from ..core.labels import labels_from_array, labels_note
 from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
@@ -20,17 +20,20 @@ from ._jobs import BackgroundJob
 from ._layers import (
     follow_new_layers,
     image_stack,
+    is_lazy,
     label_colormap,
-    labels_stack,
     layer_choices,
     layer_shaped,
+    lazy_stack,
     plugin_meta,
     show_linked,
+    slice_updates,
 )
 from ._plot import LossPlot
 from ._session import get_session, real_viewer
 from ._text import text_row
-from .predict import fov_of, write_prediction
+from ._writer_queue import SliceWriter
+from .predict import fov_of
 
 # torch's optimizers import torch._dynamo lazily on their first step; in a worker thread
 # that big import (and the full garbage collections it triggers in napari's large heap)
@@ -96,13 +99,15 @@ class FineTuneWidget(Container):
         return load_checkpoint(name), name
 
     def start(self) -> BackgroundJob | None:
-        """Check the input, autosave the corrections, and start training in a worker."""
+        """Check the input here, then autosave the corrections, read the corrected slices and
+        train in a worker: nothing that reads the whole stack runs on the GUI thread."""
         image, labels_layer = self.image.value, self.corrected_labels.value
         try:
             if image is None or labels_layer is None:
                 raise ValueError("Choose the image and the corrected Labels layer (predict first).")
-            stack = image_stack(image)
-            labels = labels_stack(labels_layer)
+            lazy = is_lazy(image) or not isinstance(labels_layer.data, np.ndarray)
+            stack = lazy_stack(image) if is_lazy(image) else image_stack(image)
+            labels = labels_layer.data if labels_layer.data.ndim == 3 else np.asarray(labels_layer.data)[None]
             if labels.shape != stack.shape[:3]:
                 raise ValueError(f"'{labels_layer.name}' has shape {labels.shape} but '{image.name}' has "
                                  f"{stack.shape[:3]}: choose the labels that belong to this image.")
@@ -116,29 +121,30 @@ class FineTuneWidget(Container):
                 raise ValueError("The current model does not take this kind of image (grey vs RGB).")
             device = resolve_device(self.device.value)
             options = FineTuneOptions(steps=self.steps.value, hold_out=self.hold_out.value, device=str(device))
-            # Copies of the corrected slices: painting during training changes nothing.
-            run = FineTune(checkpoint, stack, labels_from_array(labels), corrected,
-                           edited=tracker.edited_mask().reshape(labels.shape), options=options,
-                           start_name=start_name)
+            out = self._output_path(image)
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
             return None
-
-        try:
-            out = self._output_path(image)
-            self.session.autosave()
-            tracker.save(self.session.corrections_dir)
-        except ValueError as exc:
-            self.status.value = str(exc)
-            return None
-        except OSError as exc:
-            self.status.value = f"Could not save your corrections before training ({exc}): choose a folder in Correct."
-            return None
-        note = labels_note(labels)
-        uncorrected = [z for z in range(stack.shape[0]) if z not in corrected]
+        # A volume read on demand is re-predicted by Predict, slice by slice, not here.
+        uncorrected = [] if lazy else [z for z in range(stack.shape[0]) if z not in corrected]
         given_fov = fov_of(self.viewer, image, stack.shape[:3])
+        edited = {z: tracker.edited_pixels[z].copy() for z in corrected if z in tracker.edited_pixels}
+        corrections_dir = self.session.corrections_dir
 
         def work(state):
+            try:
+                self.session.autosave()
+                tracker.save(corrections_dir)
+            except OSError as exc:
+                raise ValueError(f"Could not save your corrections before training ({exc}): choose a folder in "
+                                 "Correct.") from exc
+            # Only the corrected slices are read and converted: painting during training changes nothing.
+            raw = np.asarray(labels[corrected])
+            note = labels_note(raw)
+            run = FineTune(checkpoint, stack, SlicesOf(labels_from_array(raw), corrected, labels.shape), corrected,
+                           SlicesOf(np.stack([edited.get(z, np.zeros(labels.shape[1:], bool)) for z in corrected]),
+                                    corrected, labels.shape),
+                           options=options, start_name=start_name)
             events = run.run()
             for event in events:
                 state.events.append(event)
@@ -152,31 +158,31 @@ class FineTuneWidget(Container):
             saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
             tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
-            mask = None
+            updates = None
             if uncorrected:
                 probabilities = predict_stack(tuned, stack[uncorrected], device=device, cancel=lambda: state.abandoned)
                 if image.rgb:  # as Predict does: nothing outside the field of view
                     found = fields_of_view(stack[uncorrected]) if given_fov is None else given_fov[uncorrected]
                     probabilities[~found] = 0.0
                 mask = threshold_mask(probabilities, float(result.metadata["threshold"]))
-            return tuned, saved_to, fallback, mask, result.report
+                updates = slice_updates(labels, mask, uncorrected)
+            return tuned, saved_to, fallback, updates, result.report, note
 
         def done(result):
-            self._finished(image, labels_layer, uncorrected, note, *result)
+            self._finished(image, labels_layer, uncorrected, *result)
 
-        self.plot.reset(2 * options.steps if run.held_out is not None and options.refit else options.steps)
+        held = held_out_index(len(corrected), options.hold_out)
+        self.plot.reset(2 * options.steps if held is not None and options.refit else options.steps)
         self.history = []
         self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
                                  description=f"Fine-tuning on {len(corrected)} slice(s)", activity=False)
         self.run_button.text = "Stop"
-        if run.held_out is not None:
-            held = corrected[run.held_out]
-            plan = (f"choosing the steps on slice {held} (scored where you edited it), then training on all "
-                    f"{len(corrected)} corrected slices")
+        if held is not None:
+            plan = (f"choosing the steps on slice {corrected[held]} (scored where you edited it), then training "
+                    f"on all {len(corrected)} corrected slices")
         else:
             plan = f"on slice(s) {corrected}"
-        self.status.value = (f"Fine-tuning {start_name} {plan}, {options.steps} steps on "
-                             f"{describe_device(device)}… {note}").strip()
+        self.status.value = f"Fine-tuning {start_name} {plan}, {options.steps} steps on {describe_device(device)}…"
         self.job.start()
         return self.job
 
@@ -271,31 +277,47 @@ class FineTuneWidget(Container):
     def _ended(self) -> None:
         self.run_button.text = START
 
-    def _finished(self, image, labels_layer, uncorrected, note, tuned, out: Path, fallback: str, mask, report) -> None:
+    def _finished(self, image, labels_layer, uncorrected, tuned, out: Path, fallback: str, updates, report,
+                  note: str) -> None:
         self.session.set_fine_tuned(tuned, out)
         self.progress_bar.value = self.progress_bar.max  # also when no refit was needed
         how = "Stopped; kept the best model so far." if report["stopped"] else "Done."
         score = " " + describe_outcome(report)
         saved = fallback or f"Saved to {out}"
         changed_text = ""
-        if mask is not None and labels_layer not in self.viewer.layers:
+        if not uncorrected and is_lazy(image):
+            changed_text = " Predict again to apply it to the volume (slice by slice; your corrected slices are kept)."
+        elif updates is not None and labels_layer not in self.viewer.layers:
             changed_text = f" '{labels_layer.name}' was removed during training, so nothing was re-predicted."
-        elif mask is not None:
-            before = np.array(labels_stack(labels_layer))
-            full = before.copy()
-            full[uncorrected] = mask
-            corrected = set(range(full.shape[0])) - set(uncorrected)
-            write_prediction(self.viewer, image, full, f"fine-tuned ({out.name})", labels_layer, skip_slices=corrected)
-            after = labels_stack(labels_layer)
-            changed = (before != after).astype(np.uint8)
+        elif updates is not None:
+            tracker = self.session.tracker(labels_layer)
+            updates = {z: u for z, u in updates.items() if z not in tracker.edited}  # painted during training
+            shape = labels_layer.data.shape if labels_layer.data.ndim == 3 else (1, *labels_layer.data.shape)
+            changed = np.zeros(shape, np.uint8)
+            for z, (rows, cols, _values) in updates.items():
+                changed[z, rows, cols] = 1
+            SliceWriter(labels_layer, tracker, updates).start()
+            labels_layer.metadata.setdefault("napari_unet", {})["model"] = f"fine-tuned ({out.name})"
             show_linked(self.viewer, "changed", labels_layer, layer_shaped(changed, labels_layer.data.ndim),
                         lambda data, meta: self.viewer.add_labels(
                             data, name=f"{labels_layer.name} changed by fine-tune",
                             colormap=label_colormap("changed"), opacity=0.8, metadata=meta))
+            share = sum(len(u[0]) for u in updates.values()) / (len(uncorrected) * shape[1] * shape[2])
             changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s) into '{labels_layer.name}': "
-                            f"{100 * changed[uncorrected].mean():.2f}% of their pixels changed (yellow layer).")
+                            f"{100 * share:.2f}% of their pixels changed (yellow layer).")
         self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
         self.status.value = f"{how}{score} {saved}; it is now the model in Predict.{changed_text} {note}".strip()
+
+
+class SlicesOf:
+    """Some slices of a stack, indexed as the stack: ``SlicesOf(part, [3, 7], shape)[[7]]``
+    is ``part[1:2]``. Lets `FineTune` take just the corrected slices of a large stack."""
+
+    def __init__(self, part: np.ndarray, slices: list[int], shape: tuple) -> None:
+        self.part, self.position, self.shape = part, {z: i for i, z in enumerate(slices)}, tuple(shape)
+
+    def __getitem__(self, slices: list[int]) -> np.ndarray:
+        return self.part[[self.position[z] for z in slices]]
 
 
 def _last_check(history: list) -> object:

@@ -87,15 +87,23 @@ class FineTuneResult:
     report: dict
 
 
+def held_out_index(corrected: int, hold_out: bool = True) -> int | None:
+    """Which of ``corrected`` slices is held out to choose the steps: the last, when there
+    are two or more and ``hold_out`` is on; else None."""
+    return corrected - 1 if hold_out and corrected >= 2 else None
+
+
 class FineTune:
     """One fine-tune run; iterate `run()` for progress, then read `result`.
 
     Args:
         checkpoint: the starting model (left unchanged).
-        images: (Z, Y, X, C) raw stack (only the corrected slices are read).
-        labels: (Z, Y, X) uint8 in the project convention (IGNORE = not learnt).
+        images: (Z, Y, X, C) raw stack (only the corrected slices are read, so a lazy
+            array, dask or zarr, of a volume larger than memory will do).
+        labels: (Z, Y, X) uint8 in the project convention (IGNORE = not learnt); any
+            array indexable by a list of slices.
         corrected: indices of the corrected slices, in the order they were corrected.
-        edited: optional (Z, Y, X) bool, the pixels the user painted.
+        edited: optional (Z, Y, X) bool, the pixels the user painted (indexable the same way).
         options: see `FineTuneOptions`.
         start_name: how the starting model is called in the new model's history.
 
@@ -140,7 +148,7 @@ class FineTune:
         self.images, self.labels, painted = self._as_the_model_sees(
             images[self.corrected], np.array(labels[self.corrected], dtype=np.uint8),
             None if edited is None else np.array(edited[self.corrected], dtype=bool))
-        self.held_out = len(self.corrected) - 1 if options.hold_out and len(self.corrected) >= 2 else None
+        self.held_out = held_out_index(len(self.corrected), options.hold_out)
         self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
         self.painted = painted
         self.edited: np.ndarray | None = None  # see `_edits`
