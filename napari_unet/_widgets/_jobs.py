@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from napari.qt.threading import create_worker
@@ -75,7 +76,10 @@ class BackgroundJob:
     Args:
         function: called in the worker thread with the `JobState`; its return value is
             handed to ``on_done`` in the GUI thread.
-        on_done: called with the result; ``on_error`` with a user-facing message.
+        on_done: called with the result; ``on_error`` with a user-facing message. It may
+            return a list of further steps (callables) for the GUI thread: they run one
+            per turn of the event loop (adding a layer, writing a large result), so the
+            GUI keeps drawing between them; the job is running until the last is done.
         owner: the magicgui widget that started the job; the job ends with it.
         on_poll: called in the GUI thread with the state, four times a second.
         on_finally: called after ``on_done`` / ``on_error``.
@@ -103,6 +107,7 @@ class BackgroundJob:
         self._on_finally = on_finally
         self._description = description
         self._progress: progress | None = None
+        self._steps: deque = deque()
         self.running = False
         # _ignore_errors: the error goes to `errored` only, not also to sys.excepthook.
         self.worker = create_worker(function, self.state, _start_thread=False, _ignore_errors=True)
@@ -146,14 +151,32 @@ class BackgroundJob:
         if self.state.abandoned:
             return
         self._poll()
-        self._on_done(result)
+        self._steps.extend(self._on_done(result) or [])
+
+    def _next_step(self) -> None:
+        if self.state.abandoned:
+            self._steps.clear()
+        if self._steps:
+            step = self._steps.popleft()
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 (shown to the user, once)
+                self._steps.clear()
+                self._on_error(user_message(exc))
+            QTimer.singleShot(0, self._next_step)
+            return
+        self._complete()
 
     def _errored(self, exc: BaseException) -> None:
         if not self.state.abandoned:
             self._on_error(user_message(exc))
 
     def _finished(self) -> None:
+        """The worker ended; the GUI steps `on_done` returned (if any) run before the job completes."""
         self.timer.stop()
+        QTimer.singleShot(0, self._next_step)
+
+    def _complete(self) -> None:
         self.running = False
         try:  # the widget may be gone already
             self._native.destroyed.disconnect(self._on_destroyed)

@@ -32,7 +32,7 @@ from ._layers import (
 from ._plot import LossPlot
 from ._session import get_session, real_viewer
 from ._text import text_row
-from ._writer_queue import SliceWriter
+from ._writer_queue import write_steps
 from .predict import fov_of
 
 # torch's optimizers import torch._dynamo lazily on their first step; in a worker thread
@@ -158,7 +158,7 @@ class FineTuneWidget(Container):
             saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
             tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
-            updates = None
+            updates = changed = None
             if uncorrected:
                 probabilities = predict_stack(tuned, stack[uncorrected], device=device, cancel=lambda: state.abandoned)
                 if image.rgb:  # as Predict does: nothing outside the field of view
@@ -166,10 +166,13 @@ class FineTuneWidget(Container):
                     probabilities[~found] = 0.0
                 mask = threshold_mask(probabilities, float(result.metadata["threshold"]))
                 updates = slice_updates(labels, mask, uncorrected)
-            return tuned, saved_to, fallback, updates, result.report, note
+                changed = np.zeros(labels.shape, np.uint8)  # shown in yellow
+                for z, (rows, cols, _values) in updates.items():
+                    changed[z, rows, cols] = 1
+            return tuned, saved_to, fallback, updates, changed, result.report, note
 
         def done(result):
-            self._finished(image, labels_layer, uncorrected, *result)
+            return self._finished(image, labels_layer, uncorrected, *result)
 
         held = held_out_index(len(corrected), options.hold_out)
         self.plot.reset(2 * options.steps if held is not None and options.refit else options.steps)
@@ -277,36 +280,38 @@ class FineTuneWidget(Container):
     def _ended(self) -> None:
         self.run_button.text = START
 
-    def _finished(self, image, labels_layer, uncorrected, tuned, out: Path, fallback: str, updates, report,
-                  note: str) -> None:
+    def _finished(self, image, labels_layer, uncorrected, tuned, out: Path, fallback: str, updates, changed, report,
+                  note: str) -> list:
+        """Show the outcome; returns the GUI steps that write the re-prediction and show
+        what changed (see `BackgroundJob`)."""
         self.session.set_fine_tuned(tuned, out)
         self.progress_bar.value = self.progress_bar.max  # also when no refit was needed
         how = "Stopped; kept the best model so far." if report["stopped"] else "Done."
         score = " " + describe_outcome(report)
         saved = fallback or f"Saved to {out}"
-        changed_text = ""
+        changed_text, steps = "", []
         if not uncorrected and is_lazy(image):
             changed_text = " Predict again to apply it to the volume (slice by slice; your corrected slices are kept)."
         elif updates is not None and labels_layer not in self.viewer.layers:
             changed_text = f" '{labels_layer.name}' was removed during training, so nothing was re-predicted."
         elif updates is not None:
             tracker = self.session.tracker(labels_layer)
-            updates = {z: u for z, u in updates.items() if z not in tracker.edited}  # painted during training
-            shape = labels_layer.data.shape if labels_layer.data.ndim == 3 else (1, *labels_layer.data.shape)
-            changed = np.zeros(shape, np.uint8)
-            for z, (rows, cols, _values) in updates.items():
-                changed[z, rows, cols] = 1
-            SliceWriter(labels_layer, tracker, updates).start()
+            painted = tracker.edited & set(uncorrected)  # during training: left as the user made them
+            updates = {z: u for z, u in updates.items() if z not in painted}
+            changed[sorted(painted)] = 0
+            steps = write_steps(labels_layer, tracker, updates)
             labels_layer.metadata.setdefault("napari_unet", {})["model"] = f"fine-tuned ({out.name})"
-            show_linked(self.viewer, "changed", labels_layer, layer_shaped(changed, labels_layer.data.ndim),
-                        lambda data, meta: self.viewer.add_labels(
-                            data, name=f"{labels_layer.name} changed by fine-tune",
-                            colormap=label_colormap("changed"), opacity=0.8, metadata=meta))
-            share = sum(len(u[0]) for u in updates.values()) / (len(uncorrected) * shape[1] * shape[2])
+            steps.append(lambda: show_linked(
+                self.viewer, "changed", labels_layer, layer_shaped(changed, labels_layer.data.ndim),
+                lambda data, meta: self.viewer.add_labels(
+                    data, name=f"{labels_layer.name} changed by fine-tune", colormap=label_colormap("changed"),
+                    opacity=0.8, metadata=meta)))
+            share = sum(len(u[0]) for u in updates.values()) / (len(uncorrected) * changed[0].size)
             changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s) into '{labels_layer.name}': "
                             f"{100 * share:.2f}% of their pixels changed (yellow layer).")
         self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
         self.status.value = f"{how}{score} {saved}; it is now the model in Predict.{changed_text} {note}".strip()
+        return steps
 
 
 class SlicesOf:

@@ -53,7 +53,7 @@ from ._layers import (
     slice_updates,
     spatial_ndim,
 )
-from ._writer_queue import SliceWriter
+from ._writer_queue import write_steps
 from ._session import get_session, real_viewer
 from ._text import text_row
 
@@ -258,7 +258,7 @@ class PredictWidget(Container):
             elif result is None:
                 self.status.value = "Prediction cancelled; nothing was changed."
             else:
-                self._show(layer, checkpoint, model_name, result)
+                return self._show(layer, checkpoint, model_name, result)
 
         self.job = BackgroundJob(work, done, self._failed, self, self._poll, lambda: self._ended(watch),
                                  description=f"Predicting {layer.name}")
@@ -361,33 +361,38 @@ class PredictWidget(Container):
 
     # ------------------------------------------------------------------ results
 
-    def _show(self, image: Image, checkpoint: Checkpoint, model_name: str, result: Prediction) -> None:
+    def _show(self, image: Image, checkpoint: Checkpoint, model_name: str, result: Prediction) -> list:
+        """Show the result: the mask now, the rest as GUI steps (one layer or one part of a
+        large write per turn of the event loop, see `BackgroundJob`)."""
         ndim = spatial_ndim(image)
         self.session.current, self.session.current_label = checkpoint, model_name
         target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, image)
         skip = None if result.slices is None else set(range(result.mask.shape[0])) - set(result.slices)
         updates = result.updates if target is result.target else None
-        message = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash, skip,
-                                   updates)
+        message, steps = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash,
+                                          skip, updates)
         if self.show_probability.value:
-            show_linked(self.viewer, "probability", image, layer_shaped(result.probabilities, ndim),
-                        lambda data, meta: self.viewer.add_image(
-                            data, name=f"{image.name} probability", colormap="magma", blending="additive",
-                            contrast_limits=(0, 1), metadata=meta))
+            steps.append(lambda: show_linked(self.viewer, "probability", image,
+                                             layer_shaped(result.probabilities, ndim),
+                                             lambda data, meta: self.viewer.add_image(
+                                                 data, name=f"{image.name} probability", colormap="magma",
+                                                 blending="additive", contrast_limits=(0, 1), metadata=meta)))
         if result.cells is not None:
-            show_linked(self.viewer, "cells", image, layer_shaped(result.cells, ndim),
-                        lambda data, meta: self.viewer.add_labels(
-                            data, name=f"{image.name} cells", opacity=0.4, metadata=meta))
+            steps.append(lambda: show_linked(self.viewer, "cells", image, layer_shaped(result.cells, ndim),
+                                             lambda data, meta: self.viewer.add_labels(
+                                                 data, name=f"{image.name} cells", opacity=0.4, metadata=meta)))
         fov_text = ""
         if result.found_fov is not None:
             def add_fov(data, meta):  # an outline: it shows the border without tinting the image
                 self.viewer.add_labels(data, name=f"{image.name} field of view", opacity=0.9,
                                        colormap=label_colormap("fov"), metadata=meta).contour = 2
 
-            show_linked(self.viewer, "fov", image, layer_shaped(result.found_fov.astype(np.uint8), ndim), add_fov)
+            steps.append(lambda: show_linked(self.viewer, "fov", image,
+                                             layer_shaped(result.found_fov.astype(np.uint8), ndim), add_fov))
             fov_text = ("Predicted inside the field of view found in the image (layer 'field of view': paint or "
                         "erase it and predict again to change it).")
         self.status.value = f"{message} {fov_text} {result.note}".strip()
+        return steps
 
 
 def fov_of(viewer, image: Image, shape: tuple) -> np.ndarray | None:
@@ -475,14 +480,15 @@ def prediction_layer_for(viewer, image: Image) -> Labels | None:
 
 def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, target: Labels | None,
                      image_hash: str = "", skip_slices: set[int] | None = None,
-                     updates: dict | None = None) -> str:
+                     updates: dict | None = None) -> tuple[str, list]:
     """Put a (Z, Y, X) mask into ``target`` (or a new Labels layer linked to ``image``).
 
     In ``target``, slices the user edited or marked corrected (and ``skip_slices``) are
-    kept. ``updates`` (`slice_updates`, computed in the worker) say which pixels change;
-    they are written by a `SliceWriter`: one undoable step (``data_setitem``) when small,
-    a few slices per turn of the event loop when large, so the GUI keeps drawing.
-    Returns a status line.
+    kept. ``updates`` (`slice_updates`, computed in the worker) say which pixels change.
+
+    Returns:
+        A status line, and the GUI steps that write into ``target`` (`write_steps`: one
+        undoable step when small, several when large; run them with `BackgroundJob`).
     """
     session = get_session(viewer)
     ndim = spatial_ndim(image)
@@ -492,11 +498,11 @@ def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, ta
         if updates is None:
             todo = [z for z in range(mask.shape[0]) if z not in keep]
             updates = slice_updates(labels_stack(target), mask[todo], todo)
-        steps = SliceWriter(target, tracker, {z: u for z, u in updates.items() if z not in keep}).start()
+        steps = write_steps(target, tracker, {z: u for z, u in updates.items() if z not in keep})
         target.metadata.setdefault("napari_unet", {})["model"] = model_name
         kept = f"; kept your {len(keep)} edited slice(s): {sorted(keep)}" if keep else ""
-        undo = "Ctrl+Z undoes it" if steps <= 1 else f"Ctrl+Z undoes it in {steps} steps"
-        return f"Updated '{target.name}' with {model_name}{kept} ({undo})."
+        undo = "Ctrl+Z undoes it" if len(steps) <= 1 else f"Ctrl+Z undoes it in {len(steps)} steps"
+        return f"Updated '{target.name}' with {model_name}{kept} ({undo}).", steps
     meta = linked_meta("prediction", image, model=model_name, image_source=plugin_meta(image).get("source", ""),
                        image_hash=image_hash, kind="fundus" if image.rgb else "em")
     layer = viewer.add_labels(layer_shaped(mask, ndim), name=f"{image.name} prediction",
@@ -505,4 +511,5 @@ def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, ta
     for other in viewer.layers:  # the new prediction is what to look at: hide the truth overlay
         if plugin_meta(other).get("role") == "truth":
             other.visible = False
-    return f"Added '{layer.name}' ({100 * mask.mean():.1f}% structure) with {model_name}. Correct it with the paint tools."
+    return (f"Added '{layer.name}' ({100 * mask.mean():.1f}% structure) with {model_name}. Correct it with the "
+            "paint tools."), []

@@ -1,0 +1,182 @@
+"""Large data in the GUI: a 100-slice stack keeps the GUI responsive; a zarr volume is
+opened, predicted and corrected lazily, slice by slice."""
+
+import time
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from napari_unet._widgets._session import get_session
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import default_metadata, save_checkpoint
+from napari_unet.core.model import UNet, UNetConfig
+
+from .conftest import paint_square, wait_for
+from .test_workflow import _heartbeat
+
+
+@pytest.fixture(scope="module")
+def em_slices(isbi_dir):
+    """(30, 1024, 1024) uint8: real ISBI slices, each tiled with its mirror images."""
+    import tifffile
+
+    raw = tifffile.imread(isbi_dir / "train-volume.tif")
+    return np.stack([np.block([[s, s[:, ::-1]], [s[::-1], s[::-1, ::-1]]]) for s in raw])
+
+
+@pytest.fixture
+def tiny_512(tmp_path):
+    """A tiny untrained model whose probability straddles 0.5 on EM (about half the pixels)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_width=4, depth=2))
+    with torch.no_grad():
+        model.outc.conv.bias += 0.0272  # its raw output centres on 0.4932
+    return save_checkpoint(tmp_path / "tiny512.pt", model, default_metadata("em", tile_size=512))
+
+
+def _stalls(ticks) -> float:
+    return float(np.diff(ticks).max()) if len(ticks) > 1 else 0.0
+
+
+def test_a_100_slice_stack_never_stalls_the_gui(widgets, qtbot, em_slices, tiny_512):
+    """Predict (mask, probability, cells), predict again into the edited layer, autosave and
+    fine-tune on a 100 x 1024² stack: the GUI never stops drawing for more than 250 ms."""
+    viewer, predict, finetune = widgets["viewer"], widgets["predict"], widgets["finetune"]
+    image = viewer.add_image(np.concatenate([em_slices] * 4)[:100], name="big")
+    predict.image.value = image
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tiny_512)
+    predict.show_probability.value = predict.show_instances.value = True
+    qtbot.wait(300)  # let the new layer's first draw pass
+    timer, ticks = _heartbeat()
+    wait_for(qtbot, predict.predict(), 300)
+    qtbot.wait(300)
+    predicted = _stalls(ticks)
+    labels = viewer.layers["big prediction"]
+    assert labels.data.shape == (100, 1024, 1024) and viewer.layers["big cells"].data.max() > 0
+
+    paint_square(labels, 3, 100, 100)
+    predict.threshold.value = 0.3  # many pixels change: written in steps, slice 3 kept
+    before = np.array(labels.data[3])
+    ticks.clear()
+    wait_for(qtbot, predict.predict(), 300)
+    qtbot.waitUntil(lambda: "Updated" in predict.status.value, timeout=60_000)
+    qtbot.wait(2000)  # the steps of the write
+    merged = _stalls(ticks)
+    np.testing.assert_array_equal(labels.data[3], before)
+    assert "steps" in predict.status.value, predict.status.value
+
+    session = get_session(viewer)
+    ticks.clear()
+    session._autosave_quietly()  # what the timer does every minute
+    qtbot.waitUntil(lambda: not session.autosave_thread.is_alive(), timeout=60_000)
+    saved = _stalls(ticks)
+    assert session.last_autosave
+
+    finetune.image.value, finetune.corrected_labels.value = image, labels
+    finetune.steps.value = 5
+    ticks.clear()
+    wait_for(qtbot, finetune.start(), 300)
+    qtbot.wait(2000)
+    tuned = _stalls(ticks)
+    timer.stop()
+    assert "Re-predicted 99 uncorrected slice(s)" in finetune.status.value, finetune.status.value
+    stalls = {"predict": predicted, "predict into edits": merged, "autosave": saved, "fine-tune": tuned}
+    assert max(stalls.values()) < 0.25, stalls
+
+
+def _zarr_volume(path, slices):
+    store = zarr.open_array(str(path), mode="w", shape=slices.shape, chunks=(1, 512, 512), dtype=slices.dtype)
+    store[:] = slices
+    return path
+
+
+class _LargestRead(dask.callbacks.Callback):
+    """Notes the largest array dask computes (a whole volume read would show here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.largest = max(self.largest, getattr(result, "nbytes", 0))
+
+
+def test_a_zarr_volume_is_predicted_and_corrected_lazily(make_napari_viewer, qtbot, em_slices, tiny_512, tmp_path):
+    source = _zarr_volume(tmp_path / "volume.zarr", em_slices[:12])
+    viewer = make_napari_viewer()
+    predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")[1]
+    with _LargestRead() as reads:
+        image = viewer.open(str(source), plugin="napari-unet")[0]
+        assert isinstance(image.data, dask.array.Array) and image.data.shape == (12, 1024, 1024)
+        predict.image.value = image
+        predict.model.value = "file"
+        predict.checkpoint.value = str(tiny_512)
+        predict.threshold.value = 0.5
+
+        # Cancel after three slices: those stay, shown in a layer backed by a zarr store.
+        job = predict.predict()
+        qtbot.waitUntil(lambda: job.state.done >= 3 * job.state.total / 12 > 0, timeout=120_000)
+        job.cancel()
+        wait_for(qtbot, job)
+        labels = viewer.layers["volume prediction"]
+        assert isinstance(labels.data, zarr.Array)
+        assert "Cancelled: kept the" in predict.status.value
+        done = [z for z in range(12) if labels.data[z].any()]
+        assert 3 <= len(done) < 12 and done == list(range(len(done)))
+
+        # The user corrects slice 1, then predicts the rest: slice 1 stays as painted.
+        paint_square(labels, 1, 300, 300, value=1)
+        painted = np.array(labels.data[1])
+        wait_for(qtbot, predict.predict(), 300)
+        assert "kept your 1 edited slice" in predict.status.value, predict.status.value
+        np.testing.assert_array_equal(labels.data[1], painted)
+    assert reads.largest <= 1024 * 1024 * 4, "a whole volume was read"  # one slice, float32 at most
+
+    # The result equals the CLI's streamed prediction (slice 1 aside, which the user painted).
+    assert main(["predict", str(source), "--out", str(tmp_path / "cli.zarr"), "--model", str(tiny_512),
+                 "--threshold", "0.5"]) == 0
+    cli = zarr.open_array(str(tmp_path / "cli.zarr"), mode="r")
+    for z in (0, 2, 11):
+        np.testing.assert_array_equal(labels.data[z], cli[z])
+
+    # Autosave keeps the slice lists and the edited pixels beside the store, not a copy of it.
+    session = get_session(viewer)
+    session.autosave()
+    folder = tmp_path / "volume.zarr.napari-unet"
+    assert sorted(p.name for p in folder.iterdir()) == ["edited-1.npy", "prediction.zarr", "state.json"]
+
+    # Only the slice on screen.
+    viewer.dims.set_current_step(0, 5)
+    predict.slices.value = "current slice"
+    labels.data[5] = 0
+    wait_for(qtbot, predict.predict(), 120)
+    assert "Predicted 1 slice(s)" in predict.status.value and labels.data[5].any()
+
+
+def test_a_multiscale_ome_zarr_shows_every_level_and_predicts_the_finest(make_napari_viewer, qtbot, em_slices,
+                                                                         tiny_512, tmp_path):
+    group = zarr.open_group(str(tmp_path / "em.ome.zarr"), mode="w")
+    volume = em_slices[:3]
+    for level, data in enumerate([volume, volume[:, ::2, ::2].copy()]):
+        group.create_array(str(level), shape=data.shape, chunks=(1, 256, 256), dtype=data.dtype)[:] = data
+    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [50.0, 6.0, 6.0]}]},
+        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [50.0, 12.0, 12.0]}]}]}]
+    viewer = make_napari_viewer()
+    predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")[1]
+    image = viewer.open(str(tmp_path / "em.ome.zarr"), plugin="napari-unet")[0]
+    assert image.multiscale and [level.shape for level in image.data] == [(3, 1024, 1024), (3, 512, 512)]
+    predict.image.value = image
+    assert predict.pixel_size.value == pytest.approx(6.0)  # from the OME-Zarr metadata
+    predict.model.value = "file"
+    predict.checkpoint.value = str(tiny_512)
+    start = time.perf_counter()
+    wait_for(qtbot, predict.predict(), 120)
+    assert time.perf_counter() - start < 120
+    assert viewer.layers["em prediction"].data.shape == (3, 1024, 1024)
