@@ -69,19 +69,24 @@ class EvaluateWidget(Container):
                 raise ValueError("The prediction and the ground truth are the same layer: choose two.")
             if isinstance(pred_layer, Image) and pred_layer.rgb:
                 raise ValueError(f"'{pred_layer.name}' is an RGB image: choose a prediction or a probability map.")
-            fov = fov_layer.data if fov_layer is not None else None
-            pred, truth, scored = scoring_inputs(pred_layer.data, truth_layer.data, fov)
+            shapes = pred_layer.data.shape, truth_layer.data.shape
+            if len(shapes[0]) == len(shapes[1]) and shapes[0] != shapes[1]:  # the rest is checked in the worker
+                raise ValueError(f"'{pred_layer.name}' has shape {pred_layer.data.shape} but '{truth_layer.name}' "
+                                 f"has {truth_layer.data.shape}: choose layers of one image.")
         except ValueError as exc:
             self.status.value = str(exc)
             return None
         task = self.task.value
+        pred_data, truth_data = pred_layer.data, truth_layer.data
+        fov = fov_layer.data if fov_layer is not None else None
 
-        def work(state):
+        def work(state):  # the conversions read every pixel: not on the GUI thread
+            pred, truth, scored = scoring_inputs(pred_data, truth_data, fov)
             per_slice = evaluate_per_slice(pred, truth, task, fov=scored) if pred.shape[0] > 1 else []
             return per_slice, evaluate(pred, truth, task, fov=scored)
 
         self.job = BackgroundJob(work, self._show, self._failed, self, description="Evaluating")
-        self.status.value = f"Evaluating {pred.shape[0]} slice(s)…"
+        self.status.value = f"Evaluating '{pred_layer.name}' against '{truth_layer.name}'…"
         self.job.start()
         return self.job
 
