@@ -70,7 +70,7 @@ class EvaluateWidget(Container):
             if isinstance(pred_layer, Image) and pred_layer.rgb:
                 raise ValueError(f"'{pred_layer.name}' is an RGB image: choose a prediction or a probability map.")
             shapes = pred_layer.data.shape, truth_layer.data.shape
-            if len(shapes[0]) == len(shapes[1]) and shapes[0] != shapes[1]:  # the rest is checked in the worker
+            if shapes[0][-2:] != shapes[1][-2:] or len(shapes[0]) == len(shapes[1]) and shapes[0] != shapes[1]:
                 raise ValueError(f"'{pred_layer.name}' has shape {pred_layer.data.shape} but '{truth_layer.name}' "
                                  f"has {truth_layer.data.shape}: choose layers of one image.")
         except ValueError as exc:
