@@ -180,3 +180,39 @@ def test_images_at_another_pixel_size_are_resampled_to_the_models(isbi_stack):
     assert dice(resampled[0] > 0.5, reference) > 0.95 > dice(as_is, reference)
     with pytest.raises(DataError, match="pixel size"):
         predict_stack(model, native, device="cpu", pixel_size=-1.0)
+
+
+def test_tiles_of_several_slices_share_batches_with_the_same_result():
+    """One call over a stack (tiles of several slices per batch) equals slice by slice."""
+    images = np.random.default_rng(5).random((5, 3, 70, 90), dtype=np.float32)
+    together = sliding_window(images, plus_one, tile=32, overlap=0.25, batch_size=7)
+    alone = np.stack([sliding_window(image, plus_one, tile=32, overlap=0.25, batch_size=7) for image in images])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_allclose(together, images + 1, atol=1e-5)
+
+
+def test_precision_is_cast_once_on_a_copy_and_masks_agree_with_float32(isbi_stack):
+    """bfloat16 (what GPUs get by default) changes few mask pixels of the built-in model,
+    and the caller's model stays float32 where it was."""
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.predict import TilePredictor, inference_dtype
+
+    assert inference_dtype(torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        inference_dtype(torch.device("cpu"), "float8")
+    model = load_checkpoint("em-membranes")
+    images = isbi_stack.images[25:26, :256, :256]
+    full = predict_stack(model, images, device="cpu")
+    half = predict_stack(model, images, device="cpu", predictor=TilePredictor(model.model, "cpu", "bfloat16"))
+    assert next(model.model.parameters()).dtype == torch.float32
+    threshold = model.metadata["threshold"]
+    agreement = ((full > threshold) == (half > threshold)).mean()
+    assert agreement > 0.99, agreement
+
+
+def test_batch_size_follows_the_memory_a_tile_needs():
+    from napari_unet.core.predict import TilePredictor
+
+    small = TilePredictor(UNet(UNetConfig(base_width=4, depth=2)), "cpu")
+    wide = TilePredictor(UNet(UNetConfig(base_width=64, depth=2)), "cpu")
+    assert small.batch_size(256) == 4 and wide.batch_size(576) == 1

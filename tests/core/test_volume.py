@@ -199,7 +199,7 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
     for z in range(slices):
         volume[z] = rng.integers(0, 255, (2048, 2048), dtype=np.uint8)
     script = textwrap.dedent(f"""
-        import json, resource, psutil, numpy as np
+        import json, resource, numpy as np
         from napari_unet.core.checkpoint import load_checkpoint
         from napari_unet.core.stream import VolumeOutputs, predict_volume
         from napari_unet.core.volume import create_output, open_volume
