@@ -48,6 +48,7 @@ LEARNING_RATE = _number(float, 0.0, 1.0, low_open=True, what="a learning rate ab
 WIDTH = _number(int, 2, 512, what="a width between 2 and 512")
 DEPTH = _number(int, 1, 7, what="a depth between 1 and 7")
 SEED = _number(int, 0, what="a seed of 0 or more")
+WORKERS = _number(int, 1, 1024, what="a number of workers from 1")
 PIXEL_SIZE = _number(float, 0.0, 1e6, low_open=True, what="a pixel size in nm above 0, e.g. 4")
 
 
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default), 'none', or a mask file; nothing is predicted outside it")
     p.add_argument("--slices", nargs="+", help="predict only these slices, e.g. 3 7 or 0-99 (streamed; the others "
                    "stay 0 in the outputs)")
+    p.add_argument("--workers", type=WORKERS, help="predict a volume on a local dask cluster of N worker processes "
+                   "(--out must be a .zarr store; a rerun resumes it)")
+    p.add_argument("--scheduler", help="predict a volume on an existing dask cluster, e.g. tcp://10.0.0.5:8786 (its "
+                   "workers must see the input and --out at the same paths)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
@@ -191,6 +196,8 @@ def _predict(args) -> int:
     from .core.predict import cell_instances, describe_device, predict_stack, resolve_device, threshold_mask
     from .core.volume import is_volume_path, pixel_size_of
 
+    if args.workers or args.scheduler:
+        return _predict_cluster(args)
     suffixes = (".tif", ".tiff", ".zarr")
     out = _check_output(args.out, args.force, suffixes)
     extra = {name: _check_output(path, args.force, suffixes)
@@ -314,6 +321,69 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
           f"{report.seconds:.1f} s, slice by slice: {100 * report.structure:.1f}% structure -> {out}")
     if report.blank:
         print(f"note: slice(s) {report.blank[:20]} hold one value only (no image): left empty.", file=sys.stderr)
+    return 0
+
+
+def _predict_cluster(args) -> int:
+    """`predict --workers N` / `--scheduler ADDRESS`: blocks of slices on a dask cluster
+    (`core.cluster`), into a zarr store that a rerun of the same job resumes."""
+    import os
+
+    from .core.checkpoint import load_checkpoint
+    from .core.cluster import predict_on_cluster, record_folder
+    from .core.volume import pixel_size_of
+
+    if args.workers and args.scheduler:
+        raise UsageError("--workers starts a local cluster and --scheduler uses an existing one: give one of them.")
+    if args.probabilities or args.instances:
+        raise UsageError("On a cluster only the mask is written: leave out --probabilities and --instances.")
+    if args.fov not in ("auto", "none"):
+        raise UsageError("On a cluster the field of view is found in each image: use --fov auto or none.")
+    out = Path(args.out)
+    if out.suffix.lower() != ".zarr":
+        raise UsageError(f"{out.name}: on a cluster the output is a zarr store, e.g. --out mask.zarr.")
+    if not out.parent.exists():
+        raise UsageError(f"The folder {out.parent} does not exist: create it first.")
+    records = record_folder(out)
+    if args.force:
+        _remove(out)
+        _remove(records)
+    elif out.exists() and not records.is_dir():
+        raise FileExistsError(f"{out} exists: choose another name or add --force to overwrite it.")
+    checkpoint = load_checkpoint(args.model)
+    threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
+    pixel_size = args.pixel_size
+    if pixel_size is None and checkpoint.metadata.get("pixel_size_nm"):
+        pixel_size = pixel_size_of(args.input)
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--workers and --scheduler need dask.distributed: pip install 'napari-unet[all]'.") from None
+    if args.scheduler:
+        client, cluster, threads = Client(args.scheduler, timeout="30s"), None, None
+    else:  # one torch thread pool per worker, sharing the cores between them
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        client, threads = Client(cluster), max(1, (os.cpu_count() or 1) // args.workers)
+    bar = _progress_bar(0, "slice")
+    try:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = predict_on_cluster(client, checkpoint, args.input, out, threshold=threshold, pixel_size=pixel_size,
+                                    tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, fov=args.fov,
+                                    threads=threads, cpu=args.device == "cpu", progress=progress)
+    finally:
+        bar.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    where = f"{args.workers} local worker(s)" if args.workers else args.scheduler
+    skipped = f", {len(report.skipped)} done by an earlier run" if report.skipped else ""
+    print(f"predicted {len(report.done)} slice(s) on {where} in {report.seconds:.1f} s{skipped} -> {out}")
+    if report.blank:
+        print(f"note: slice(s) {sorted(report.blank)[:20]} hold one value only (no image): left empty.", file=sys.stderr)
     return 0
 
 

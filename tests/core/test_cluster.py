@@ -1,0 +1,102 @@
+"""Prediction on a local dask cluster (127.0.0.1 only): the same masks as one process, also
+after a worker is killed, and a rerun resumes."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+pytest.importorskip("distributed", reason="dask.distributed is not installed: pip install 'napari-unet[all]'")
+
+from distributed import Client, LocalCluster  # noqa: E402
+
+from napari_unet.cli import main  # noqa: E402
+from napari_unet.core.checkpoint import load_checkpoint  # noqa: E402
+from napari_unet.core.cluster import predict_on_cluster, record_folder  # noqa: E402
+from napari_unet.core.data import DataError  # noqa: E402
+from napari_unet.core.stream import VolumeOutputs, predict_volume  # noqa: E402
+from napari_unet.core.volume import open_volume  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes on 127.0.0.1, one thread each; closed after the module."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster, timeout="60s") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def volume(isbi_stack, tmp_path_factory):
+    """Eight real ISBI slices (256x256) in a zarr store."""
+    path = tmp_path_factory.mktemp("cluster") / "volume.zarr"
+    slices = np.ascontiguousarray(isbi_stack.images[:8, :256, :256, 0])
+    store = zarr.open_array(str(path), mode="w", shape=slices.shape, chunks=(1, 256, 256), dtype=slices.dtype)
+    store[:] = slices
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_process(volume):
+    """The mask one process predicts (one torch thread, as each worker uses)."""
+    model = load_checkpoint("em-membranes")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mask = np.zeros((8, 256, 256), np.uint8)
+        predict_volume(model, open_volume(volume).data, VolumeOutputs(mask), threshold=0.55, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return mask
+
+
+def _run(client, volume, out, **kwargs):
+    return predict_on_cluster(client, load_checkpoint("em-membranes"), volume, out, threshold=0.55, threads=1,
+                              cpu=True, **kwargs)
+
+
+def test_the_cluster_gives_the_single_process_masks(client, volume, single_process, tmp_path):
+    report = _run(client, volume, tmp_path / "mask.zarr", block=3)
+    assert report.done == list(range(8)) and not report.skipped
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")[:], single_process)
+    assert sorted(p.name for p in record_folder(tmp_path / "mask.zarr").iterdir()) == ["0-2", "3-5", "6-7", "job.json"]
+
+
+def test_a_killed_worker_changes_nothing(client, volume, single_process, tmp_path):
+    killed = []
+
+    def kill_one(done, total):
+        if not killed:  # after the first block: one worker process dies as on a crashed node
+            pid = next(iter(client.run(os.getpid).values()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    report = _run(client, volume, tmp_path / "mask.zarr", block=1, progress=kill_one)
+    assert killed and report.done == list(range(8))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")[:], single_process)
+
+
+def test_a_rerun_skips_the_blocks_done_and_refuses_another_job(client, volume, single_process, tmp_path):
+    out = tmp_path / "mask.zarr"
+    _run(client, volume, out, block=4)
+    store = zarr.open_array(str(out), mode="r+")
+    store[4:8] = 9  # as if the run had stopped before block 4-7 was stored
+    (record_folder(out) / "4-7").unlink()
+    report = _run(client, volume, out, block=4)
+    assert report.skipped == [0, 1, 2, 3] and report.done == [4, 5, 6, 7]
+    np.testing.assert_array_equal(store[:], single_process)
+    with pytest.raises(DataError, match="another result"):
+        predict_on_cluster(client, load_checkpoint("em-membranes"), volume, out, threshold=0.3, cpu=True)
+
+
+def test_cli_options_for_clusters(volume, tmp_path, capsys):
+    base = ["predict", str(volume), "--model", "em-membranes"]
+    assert main([*base, "--out", str(tmp_path / "m.tif"), "--workers", "2"]) == 2
+    assert "zarr store" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "2", "--scheduler", "tcp://x:1"]) == 2
+    assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "2", "--instances", "c.zarr"]) == 2
+    assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "0"]) == 2
+    assert not (tmp_path / "m.zarr").exists()
