@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--border-weights", action="store_true", help="U-Net border weight map (touching cells)")
     t.add_argument("--seed", type=SEED, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    t.add_argument("--distributed", action="store_true", help="one process of a multi-GPU (or multi-process) run "
+                   "started by torchrun, e.g. torchrun --nproc_per_node=4 $(which napari-unet) train ... --distributed")
     t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
 
     e = commands.add_parser("evaluate", help="score a prediction against ground truth")
@@ -175,10 +177,10 @@ def _write_tif_atomic(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
 
 
-def _progress_bar(total: int, unit: str):
+def _progress_bar(total: int, unit: str, disable: bool = False):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, disable=disable)
 
 
 def _parse_slices(values: list[str], count: int, option: str = "--val-slices") -> list[int]:
@@ -423,6 +425,24 @@ def _field_of_view(option: str, images: np.ndarray) -> np.ndarray | None:
     return fov
 
 
+def _join_process_group(device):
+    """Join the torchrun run this process belongs to (NCCL between GPUs, gloo on CPUs);
+    returns this process's device (its own GPU, ``LOCAL_RANK``)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise UsageError("--distributed runs under torchrun, which starts the processes: torchrun "
+                         "--nproc_per_node=N $(which napari-unet) train ... --distributed")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def _train(args) -> int:
     from .core.checkpoint import default_metadata
     from .core.data import apply_fov, check_images, data_hash, load_pairs, normalize
@@ -431,7 +451,7 @@ def _train(args) -> int:
     from .core.train import TrainConfig, TrainingData, train
 
     out = _check_output(args.out, args.force, (".pt", ".pth"))
-    device = resolve_device(args.device)
+    device = _join_process_group(resolve_device(args.device)) if args.distributed else resolve_device(args.device)
     stack = load_pairs(args.images, args.labels, args.fov, invert_labels=args.invert_labels)
     note = check_images(stack.images, Path(args.images).name)
     if note:
@@ -439,6 +459,9 @@ def _train(args) -> int:
     channels = stack.images.shape[-1]
     labels = apply_fov(stack.labels, stack.fov)
     if args.from_model:
+        if args.distributed:
+            raise UsageError("A fine-tune (--from) of a few corrected slices runs in one process: leave out "
+                             "--distributed.")
         return _fine_tune(args, stack.images, labels, out, device)
     if args.slices or args.edited:
         raise UsageError("--slices and --edited describe corrections: they go with --from (a fine-tune).")
@@ -460,11 +483,11 @@ def _train(args) -> int:
     metadata["data_hash"] = data_hash(stack.images, labels)
     metadata["tile_size"] = max(256, config.crop_size)
 
-    print(
-        f"training on {len(train_slices)} slice(s), validating on {len(val)}, {config.steps} steps "
-        f"on {describe_device(device)}", file=sys.stderr,
-    )
-    bar = _progress_bar(config.steps, "step")
+    main_process = not args.distributed or _rank() == 0  # the one that reports and writes
+    if main_process:
+        print(f"training on {len(train_slices)} slice(s), validating on {len(val)}, {config.steps} steps "
+              f"on {describe_device(device)}", file=sys.stderr)
+    bar = _progress_bar(config.steps, "step", disable=not main_process)
     last = None
     try:
         for event in train(model, data, config, out, metadata):
@@ -476,13 +499,26 @@ def _train(args) -> int:
             bar.set_postfix(postfix, refresh=False)
     except BaseException:
         bar.close()
-        if last is None:  # nothing saved yet: leave no file behind
+        if last is None and main_process:  # nothing saved yet: leave no file behind
             out.unlink(missing_ok=True)
         raise
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     bar.close()
-    score = f", best validation Dice {last.best_dice:.3f}" if last.best_dice is not None else ""
-    print(f"trained {config.steps} steps in {last.elapsed_s:.0f} s{score} -> {out}")
+    if main_process:
+        score = f", best validation Dice {last.best_dice:.3f}" if last.best_dice is not None else ""
+        processes = f" x {metadata['history'][-1]['processes']} processes" if args.distributed else ""
+        print(f"trained {config.steps} steps{processes} in {last.elapsed_s:.0f} s{score} -> {out}")
     return 0
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
 
 
 def _recipe_overrides(args) -> dict:

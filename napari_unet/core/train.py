@@ -236,11 +236,22 @@ def train(
             the model itself (``checkpoint_path`` None) saves the same record.
         validate: replaces the default validation (Dice on the labelled pixels of
             ``data.val_slices``), e.g. the fine-tune's score on edited pixels with a guard.
+
+    Under ``torchrun`` (a ``torch.distributed`` process group is initialised), each process
+    trains on its own crops and DistributedDataParallel averages the gradients, so a step
+    learns from processes x batch_size crops; rank 0's weights are the start, rank 0
+    validates (its decision goes to every process) and only rank 0 writes the checkpoint.
     """
     device = resolve_device(config.device)
-    rng = np.random.default_rng(config.seed)
+    rank, processes = _process_group()
+    rng = np.random.default_rng(config.seed + rank)  # each process its own crops
     torch.manual_seed(config.seed)
     model.to(device)
+    trained = model
+    if processes > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     metadata = metadata if metadata is not None else {}
     history = metadata.setdefault("history", [])
     run_record = {
@@ -251,6 +262,8 @@ def train(
         "recipe": {k: v for k, v in asdict(config).items() if k != "augmentation"},
         "device": str(device),
     }
+    if processes > 1:
+        run_record["processes"] = processes
     if "data_hash" in metadata:
         run_record["data_hash"] = metadata.pop("data_hash")
     history.append(run_record)
@@ -274,10 +287,13 @@ def train(
     use_amp = wanted and device.type in ("cuda", "cpu")  # the autocast devices with bfloat16
     run_record["bfloat16"] = use_amp
 
+    if has_val and processes > 1:
+        validate = _on_rank_zero(validate, rank)
+
     def save(step: int, score: float | None) -> None:
         run_record["steps"] = step
         run_record["val_dice"] = score
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and rank == 0:
             save_checkpoint(checkpoint_path, model, metadata)
 
     start = time.perf_counter()
@@ -296,7 +312,7 @@ def train(
             images, labels = images.to(device), labels.to(device)
             weights = weights.to(device) if weights is not None else None
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(images)
+                logits = trained(images)
             loss = segmentation_loss(logits.float(), labels, weights, dice_weight=config.dice_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -328,6 +344,28 @@ def train(
         # Stopped or finished: the model in memory is the best one, as on disk.
         model.load_state_dict(best_state)
         model.eval()
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, number of processes) of a torch.distributed run, (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _on_rank_zero(validate: Validate, rank: int) -> Validate:
+    """``validate`` run by rank 0 only; every process gets its (score, accepted), so all
+    keep the same best model."""
+    import torch.distributed as dist
+
+    def validate_once(model: UNet, device: torch.device) -> tuple[float, bool]:
+        result = [validate(model, device) if rank == 0 else None]
+        dist.broadcast_object_list(result, src=0)
+        return result[0]
+
+    return validate_once
 
 
 def _loss_weights(data: TrainingData, z: int, config: TrainConfig) -> np.ndarray | None:

@@ -1,0 +1,52 @@
+"""Training under torchrun with DistributedDataParallel: 2 CPU processes (gloo), 127.0.0.1."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def pairs(isbi_stack, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    tifffile.imwrite(folder / "images.tif", isbi_stack.images[:4, :160, :160, 0], photometric="minisblack")
+    tifffile.imwrite(folder / "labels.tif", (isbi_stack.labels[:4, :160, :160] == 1).astype(np.uint8),
+                     photometric="minisblack")
+    return folder
+
+
+def _train_args(folder: Path, out: str) -> list[str]:
+    return ["train", "--images", str(folder / "images.tif"), "--labels", str(folder / "labels.tif"), "--out",
+            str(folder / out), "--steps", "4", "--base-width", "8", "--crop-size", "64", "--batch-size", "2",
+            "--device", "cpu"]
+
+
+def test_two_processes_train_one_checkpoint_with_the_usual_metadata(pairs):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    entry = shutil.which("napari-unet", path=str(Path(sys.executable).parent))
+    if torchrun is None or entry is None:
+        pytest.skip("torchrun or the napari-unet command is not in this environment's bin folder")
+    command = [torchrun, "--standalone", "--nproc_per_node=2", entry,
+               *_train_args(pairs, "ddp.pt"), "--distributed"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trained 4 steps x 2 processes") == 1  # rank 0 alone reports
+    assert main(_train_args(pairs, "single.pt")) == 0
+    ddp, single = load_checkpoint(pairs / "ddp.pt"), load_checkpoint(pairs / "single.pt")
+    assert set(ddp.metadata) == set(single.metadata)
+    run, alone = ddp.metadata["history"][-1], single.metadata["history"][-1]
+    assert run["processes"] == 2 and set(run) - set(alone) == {"processes"}
+    assert sorted(p.name for p in pairs.iterdir()) == ["ddp.pt", "images.tif", "labels.tif", "single.pt"]
+
+
+def test_distributed_needs_torchrun_and_is_not_for_fine_tunes(pairs, capsys):
+    assert main([*_train_args(pairs, "x.pt"), "--distributed"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+    assert not (pairs / "x.pt").exists()
