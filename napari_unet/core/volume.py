@@ -4,7 +4,7 @@ Sources, none of them read until a slice is asked for:
 
 * zarr arrays, and OME-Zarr images with all their resolution levels (finest first);
 * N5, where the installed zarr reads it (zarr 2);
-* tif stacks: memory-mapped when uncompressed, else through tifffile's zarr interface;
+* tif stacks, through tifffile's zarr interface (one page read at a time);
 * folders of same-sized slices: one lazy read per file.
 
 Every volume is a dask array (Z, Y, X, C), C = 1 (grey) or 3 (RGB). Outputs are chunked
@@ -158,12 +158,10 @@ def _open_tif(path: Path) -> Volume:
     import dask.array as da
     import zarr
 
-    try:  # uncompressed, contiguous: the file itself is the array
-        array = tifffile.memmap(path, mode="r")
-        data = da.from_array(array, chunks=(1,) * (array.ndim - 2) + array.shape[-2:])
-    except ValueError:
-        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-        data = da.from_zarr(node if hasattr(node, "shape") else node[0])
+    # tifffile's zarr interface reads one page (slice) when it is asked for. (dask's
+    # from_array over a memory map would read the whole file into the process at once.)
+    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    data = da.from_zarr(node if hasattr(node, "shape") else node[0])
     return Volume(_as_zyxc(data, None, path.name), pixel_size_nm=_tif_pixel_size(path))
 
 

@@ -49,8 +49,8 @@ def _ome_zarr(path, levels, unit="nanometer", size=6.0):
 def test_zarr_tif_and_folder_open_lazily_with_the_same_pixels(slices, tmp_path):
     import dask.array as da
 
-    tifffile.imwrite(tmp_path / "plain.tif", slices, photometric="minisblack")  # memory-mapped
-    tifffile.imwrite(tmp_path / "zlib.tif", slices, photometric="minisblack", compression="zlib")  # zarr interface
+    tifffile.imwrite(tmp_path / "plain.tif", slices, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "zlib.tif", slices, photometric="minisblack", compression="zlib")
     (tmp_path / "folder").mkdir()
     for z, plane in enumerate(slices):
         tifffile.imwrite(tmp_path / "folder" / f"s{z}.tif", plane)
