@@ -30,6 +30,19 @@ def drive(split: str, data: Path = DATA):
     return load_dataset(require(data / "drive" / split))
 
 
+# `python -c CLI_RUN ARGS...` runs the napari-unet command in a fresh process and prints a
+# JSON line: its exit code, seconds, and its own peak memory (VmHWM: ru_maxrss would also
+# count the parent's memory, inherited at fork and kept through exec).
+CLI_RUN = """
+import json, sys, time
+from napari_unet.cli import main
+start = time.perf_counter()
+code = main(sys.argv[1:])
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"code": code, "seconds": time.perf_counter() - start, "peak_mb": peak / 1024}))
+"""
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain text table."""
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]

@@ -25,17 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import zarr
-from _common import ROOT, isbi, table
-
-RUN = """
-import json, resource, sys, time
-from napari_unet.cli import main
-start = time.perf_counter()
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
+from _common import CLI_RUN, ROOT, isbi, table
 
 def em_slice(source: np.ndarray, size: int, z: int) -> np.ndarray:
     """(size, size) uint8: a 512² ISBI slice tiled with its mirror images; every third slice
@@ -50,7 +40,7 @@ def em_slice(source: np.ndarray, size: int, z: int) -> np.ndarray:
 
 
 def cli(args: list[str]) -> dict:
-    result = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-c", CLI_RUN, *args], capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         sys.exit(f"napari-unet {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -199,16 +199,18 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
     for z in range(slices):
         volume[z] = rng.integers(0, 255, (2048, 2048), dtype=np.uint8)
     script = textwrap.dedent(f"""
-        import json, resource, numpy as np
+        import json, numpy as np
         from napari_unet.core.checkpoint import load_checkpoint
         from napari_unet.core.stream import VolumeOutputs, predict_volume
         from napari_unet.core.volume import create_output, open_volume
         model = load_checkpoint({model_path!r})
         volume = open_volume({str(source)!r})
         out = create_output({str(tmp_path / f"out{slices}.zarr")!r}, volume.data.shape[:3], np.uint8)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        def status(key):  # this process's own figures (ru_maxrss would count the parent's, inherited at fork)
+            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+        before = status("VmHWM:")
         report = predict_volume(model, volume.data, VolumeOutputs(out), device="cpu", tile=512)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = status("VmHWM:")
         print(json.dumps({{"grew_mb": (peak - before) / 2**20, "done": len(report.done)}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
@@ -223,5 +225,5 @@ def test_memory_does_not_grow_with_the_volume(tmp_path, tiny_model_path):
     output (> 500 MB, 400 MB more than 4 slices); streamed, memory grows by one slice's
     work whatever the number of slices."""
     small, large = (_stream_memory(tmp_path, tiny_model_path, n)["grew_mb"] for n in (4, 16))
-    assert large < 450, (small, large)
+    assert large < 500, (small, large)
     assert large - small < 100, (small, large)
