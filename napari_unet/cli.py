@@ -459,10 +459,13 @@ def _train(args) -> int:
     channels = stack.images.shape[-1]
     labels = apply_fov(stack.labels, stack.fov)
     if args.from_model:
-        if args.distributed:
-            raise UsageError("A fine-tune (--from) of a few corrected slices runs in one process: leave out "
-                             "--distributed.")
-        return _fine_tune(args, stack.images, labels, out, device)
+        try:
+            return _fine_tune(args, stack.images, labels, out, device)
+        finally:
+            if args.distributed:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     if args.slices or args.edited:
         raise UsageError("--slices and --edited describe corrections: they go with --from (a fine-tune).")
     model = UNet(UNetConfig(in_channels=channels, base_width=args.base_width, depth=args.depth))
@@ -558,10 +561,13 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         run = FineTune(checkpoint, images, labels, corrected, edited, options, start_name=args.from_model)
     except ValueError as exc:
         raise DataError(str(exc)) from None
+    # Under torchrun every process trains (train() shares the gradients); rank 0 reports and writes.
+    main_process = not args.distributed or _rank() == 0
     plan = f"choosing the steps on slice {corrected[-1]}, then " if run.held_out is not None else ""
-    print(f"fine-tuning {args.from_model}: {plan}training on corrected slice(s) {corrected}, {options.steps} steps "
-          f"on {describe_device(device)}", file=sys.stderr)
-    bar = _progress_bar(options.steps, "step")
+    if main_process:
+        print(f"fine-tuning {args.from_model}: {plan}training on corrected slice(s) {corrected}, {options.steps} "
+              f"steps on {describe_device(device)}", file=sys.stderr)
+    bar = _progress_bar(options.steps, "step", disable=not main_process)
     for event in run.run():
         bar.total = event.total
         bar.update(event.step - bar.n)
@@ -571,8 +577,9 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         bar.set_postfix(postfix, refresh=False)
     bar.close()
     result = run.result
-    save_checkpoint(out, result.model, result.metadata)
-    print(f"{describe_outcome(result.report)} -> {out}")
+    if main_process:
+        save_checkpoint(out, result.model, result.metadata)
+        print(f"{describe_outcome(result.report)} -> {out}")
     return 0
 
 

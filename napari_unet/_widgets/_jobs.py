@@ -24,6 +24,8 @@ from napari.utils import progress
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 POLL_MS = 250
+# Between two GUI steps of a job: time for the canvas to draw and other timers to fire.
+STEP_GAP_MS = 15
 
 
 def user_message(exc: BaseException) -> str:
@@ -108,6 +110,7 @@ class BackgroundJob:
         self._description = description
         self._progress: progress | None = None
         self._steps: deque = deque()
+        self._worker_finished = self._result_handled = False
         self.running = False
         # _ignore_errors: the error goes to `errored` only, not also to sys.excepthook.
         self.worker = create_worker(function, self.state, _start_thread=False, _ignore_errors=True)
@@ -148,10 +151,10 @@ class BackgroundJob:
             self._on_poll(state)
 
     def _returned(self, result) -> None:
-        if self.state.abandoned:
-            return
-        self._poll()
-        self._steps.extend(self._on_done(result) or [])
+        if not self.state.abandoned:
+            self._poll()
+            self._steps.extend(self._on_done(result) or [])
+        self._handled()
 
     def _next_step(self) -> None:
         if self.state.abandoned:
@@ -163,18 +166,27 @@ class BackgroundJob:
             except Exception as exc:  # noqa: BLE001 (shown to the user, once)
                 self._steps.clear()
                 self._on_error(user_message(exc))
-            QTimer.singleShot(0, self._next_step)
+            QTimer.singleShot(STEP_GAP_MS, self._next_step)
             return
         self._complete()
 
     def _errored(self, exc: BaseException) -> None:
         if not self.state.abandoned:
             self._on_error(user_message(exc))
+        self._handled()
+
+    def _handled(self) -> None:
+        """The result (or error) was handled; Qt may deliver it before or after `finished`."""
+        self._result_handled = True
+        if self._worker_finished:
+            QTimer.singleShot(0, self._next_step)
 
     def _finished(self) -> None:
         """The worker ended; the GUI steps `on_done` returned (if any) run before the job completes."""
         self.timer.stop()
-        QTimer.singleShot(0, self._next_step)
+        self._worker_finished = True
+        if self._result_handled:
+            QTimer.singleShot(0, self._next_step)
 
     def _complete(self) -> None:
         self.running = False
