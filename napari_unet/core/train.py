@@ -239,8 +239,8 @@ def train(
 
     Under ``torchrun`` (a ``torch.distributed`` process group is initialised), each process
     trains on its own crops and DistributedDataParallel averages the gradients, so a step
-    learns from processes x batch_size crops; rank 0's weights are the start, rank 0
-    validates (its decision goes to every process) and only rank 0 writes the checkpoint.
+    learns from processes x batch_size crops; rank 0's weights are the start, rank 0's
+    validation decides for every process, and only rank 0 writes the checkpoint.
     """
     device = resolve_device(config.device)
     rank, processes = _process_group()
@@ -288,7 +288,7 @@ def train(
     run_record["bfloat16"] = use_amp
 
     if has_val and processes > 1:
-        validate = _on_rank_zero(validate, rank)
+        validate = _agreed(validate)
 
     def save(step: int, score: float | None) -> None:
         run_record["steps"] = step
@@ -355,17 +355,18 @@ def _process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def _on_rank_zero(validate: Validate, rank: int) -> Validate:
-    """``validate`` run by rank 0 only; every process gets its (score, accepted), so all
-    keep the same best model."""
+def _agreed(validate: Validate) -> Validate:
+    """``validate`` run by every process (a caller such as the fine-tune keeps state in it),
+    rank 0's (score, accepted) used by all, so all keep the same best model even where
+    their floats differ in the last bits (GPUs may pick different kernels)."""
     import torch.distributed as dist
 
-    def validate_once(model: UNet, device: torch.device) -> tuple[float, bool]:
-        result = [validate(model, device) if rank == 0 else None]
+    def validate_agreed(model: UNet, device: torch.device) -> tuple[float, bool]:
+        result = [validate(model, device)]
         dist.broadcast_object_list(result, src=0)
         return result[0]
 
-    return validate_once
+    return validate_agreed
 
 
 def _loss_weights(data: TrainingData, z: int, config: TrainConfig) -> np.ndarray | None:
