@@ -157,6 +157,8 @@ class BackgroundJob:
         self._handled()
 
     def _next_step(self) -> None:
+        if not self.running:  # completed already (the widget went away)
+            return
         if self.state.abandoned:
             self._steps.clear()
         if self._steps:
@@ -178,14 +180,17 @@ class BackgroundJob:
     def _handled(self) -> None:
         """The result (or error) was handled; Qt may deliver it before or after `finished`."""
         self._result_handled = True
-        if self._worker_finished:
+        if self._worker_finished and self.running:
             QTimer.singleShot(0, self._next_step)
 
     def _finished(self) -> None:
         """The worker ended; the GUI steps `on_done` returned (if any) run before the job completes."""
         self.timer.stop()
         self._worker_finished = True
-        if self._result_handled:
+        if self.state.abandoned:  # the widget is gone: nothing to show, and its result may never come
+            self._steps.clear()
+            self._complete()
+        elif self._result_handled:
             QTimer.singleShot(0, self._next_step)
 
     def _complete(self) -> None:
