@@ -123,8 +123,9 @@ class CorrectionTracker:
         layer = self.layer
         self.dirty = False  # an edit made while saving sets it again
         if not isinstance(layer.data, np.ndarray):
-            return self._save_state(Path(plugin_meta(layer)["store"]))
-        store = self.store(root)
+            folder = plugin_meta(layer).get("store") or self.store(root).folder  # e.g. a mask.zarr opened by hand
+            return self._save_state(Path(folder))
+        store, self.unsaved_slices = self.store(root), set()  # the whole stack is written
         store.save(np.asarray(layer.data), sorted(self.corrected), sorted(self.edited),
                    plugin_meta(layer).get("image_source", ""), self.edited_mask())
         return store.folder
@@ -136,6 +137,7 @@ class CorrectionTracker:
             with open(path, "wb") as handle:
                 np.save(handle, plane)
 
+        folder.mkdir(parents=True, exist_ok=True)
         changed, self.unsaved_slices = self.unsaved_slices, set()
         for z in sorted(changed & set(self.edited_pixels)):
             atomic_write(folder / f"edited-{z}.npy", lambda tmp, z=z: write_npy(tmp, self.edited_pixels[z]))
@@ -238,7 +240,7 @@ class Session:
             try:
                 self.autosave()
                 self.autosave_error = ""
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 (a thread: shown in Correct, never lost in a log)
                 self.autosave_error = f"Autosave failed ({exc}): choose another folder in Correct."
                 for tracker in list(self._trackers.values()):
                     if tracker.layer is not None:
