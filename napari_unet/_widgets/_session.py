@@ -6,6 +6,7 @@ import json
 import threading
 import weakref
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,15 @@ class CorrectionTracker:
         self.dirty = True
         self.changed.emit()
 
-    def restore(self, corrected: list[int], edited: list[int], edited_pixels: np.ndarray) -> None:
-        """Bring back a saved state; ``edited_pixels`` is bool, the layer's shape."""
-        pixels = edited_pixels if edited_pixels.ndim == 3 else edited_pixels[None]
+    def restore(self, corrected: list[int], edited: list[int], edited_pixels: np.ndarray | dict) -> None:
+        """Bring back a saved state; ``edited_pixels`` is bool, the layer's shape, or
+        {z: (Y, X) bool} for the edited slices only (volumes)."""
         self.corrected, self.edited = set(corrected), set(edited)
-        self.edited_pixels = {int(z): pixels[z].copy() for z in range(pixels.shape[0]) if pixels[z].any()}
+        if isinstance(edited_pixels, dict):
+            self.edited_pixels = {int(z): plane for z, plane in edited_pixels.items()}
+        else:
+            pixels = edited_pixels if edited_pixels.ndim == 3 else edited_pixels[None]
+            self.edited_pixels = {int(z): pixels[z].copy() for z in range(pixels.shape[0]) if pixels[z].any()}
         self.dirty = False
         self.changed.emit()
 
@@ -142,7 +147,7 @@ class CorrectionTracker:
         for z in sorted(changed & set(self.edited_pixels)):
             atomic_write(folder / f"edited-{z}.npy", lambda tmp, z=z: write_npy(tmp, self.edited_pixels[z]))
         state = {"corrected_slices": sorted(self.corrected), "edited_slices": sorted(self.edited),
-                 "labels": plugin_meta(self.layer).get("store", "")}
+                 "labels": plugin_meta(self.layer).get("labels", ""), "saved": datetime.now().isoformat("T", "seconds")}
         atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state)))
         return folder
 
@@ -224,8 +229,6 @@ class Session:
                 if tracker.layer is not None and tracker.dirty:
                     saved.append(tracker.save(self.corrections_dir))
         if saved:
-            from datetime import datetime
-
             self.last_autosave = datetime.now().strftime("%H:%M:%S")
         return saved
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from napari.layers import Layer
 from ..core.corrections import CorrectionStore, corrections_folder
 from ..core.data import DataError
 from .._reader import read_layers
-from ._layers import label_colormap, linked_meta
+from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta
 from ._session import get_session, real_viewer
 from ._text import text_row
 
@@ -32,6 +33,7 @@ class LoadWidget(Container):
         self.load_button.changed.connect(self.load)
         self.restore_button.changed.connect(self.restore_corrections)
         self._pending_restore: tuple[CorrectionStore, str, Layer] | None = None
+        self._pending_volume: tuple[dict, Path, str, Layer] | None = None  # state, folder, source, image
 
     def _choose_folder(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -66,8 +68,11 @@ class LoadWidget(Container):
 
     def _offer_restore(self, path: Path, image) -> None:
         store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))
-        self._pending_restore = None
+        self._pending_restore = self._pending_volume = None
         self.restore_button.visible = False
+        if is_lazy(image):
+            self._offer_volume_restore(store.folder, path, image)
+            return
         if not store.exists():
             return
         try:
@@ -80,8 +85,55 @@ class LoadWidget(Container):
         self.restore_button.visible = True
         self._pending_restore = (store, str(path), image)
 
+    def _offer_volume_restore(self, folder: Path, path: Path, image) -> None:
+        """A volume's prediction lives in a zarr store beside it, its slice lists in
+        ``state.json`` (see `CorrectionTracker.save`)."""
+        try:
+            state = json.loads((folder / "state.json").read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.status.value += f"\nThe saved corrections in {folder} could not be read ({exc})."
+            return
+        if not Path(state.get("labels", "")).is_dir():
+            return
+        count = len(state.get("corrected_slices", []))
+        self.status.value += (f"\nSaved prediction and corrections found ({count} corrected slice(s), "
+                              f"{state.get('saved', '')}).")
+        self.restore_button.visible = True
+        self._pending_volume = (state, folder, str(path), image)
+
+    def _restore_volume(self) -> Layer | None:
+        """Show the volume's prediction store again (read on demand) with its slice lists."""
+        import zarr
+
+        state, folder, source, image = self._pending_volume
+        labels_path = Path(state["labels"])
+        try:
+            labels = zarr.open_array(str(labels_path), mode="r+")
+            expected = lazy_stack(image).shape[:3]
+            if labels.shape != expected:
+                raise ValueError(f"The saved prediction {labels_path} has shape {labels.shape} but '{image.name}' "
+                                 f"has {expected}: it belongs to another version of the volume.")
+            edited = {int(p.stem.split("-")[1]): np.load(p) for p in folder.glob("edited-*.npy")}
+        except (OSError, ValueError) as exc:
+            self.status.value = str(exc)
+            return None
+        meta = linked_meta("prediction", image, image_source=source, kind="fundus" if image.rgb else "em",
+                           store=str(folder), labels=str(labels_path))
+        layer = self.viewer.add_labels(labels, name=f"{image.name} prediction", colormap=label_colormap("prediction"),
+                                       opacity=0.5, metadata=meta)
+        tracker = get_session(self.viewer).tracker(layer)
+        tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []), edited)
+        self.restore_button.visible = False
+        self._pending_volume = None
+        self.status.value = f"Restored '{layer.name}' ({labels_path}) with {len(tracker.corrected)} corrected slice(s)."
+        return layer
+
     def restore_corrections(self) -> Layer | None:
         """Add the saved corrections as a Labels layer; restore corrected slices and edited pixels."""
+        if self._pending_volume is not None:
+            return self._restore_volume()
         if self._pending_restore is None:
             return None
         store, source, image = self._pending_restore

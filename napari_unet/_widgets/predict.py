@@ -278,8 +278,8 @@ class PredictWidget(Container):
         target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, layer)
         try:
             folder = prediction_folder(layer, self.session.corrections_dir)
-            outputs = {"mask": target.data if target is not None else
-                       create_output(free_path(folder / "prediction.zarr"), shape, np.uint8)}
+            mask_path = free_path(folder / "prediction.zarr")
+            outputs = {"mask": target.data if target is not None else create_output(mask_path, shape, np.uint8)}
             if self.show_probability.value:
                 outputs["probabilities"] = create_output(free_path(folder / "probability.zarr"), shape, np.float32)
             if self.show_instances.value and not layer.rgb:
@@ -290,7 +290,8 @@ class PredictWidget(Container):
         keep = set()
         if target is None:
             meta = linked_meta("prediction", layer, model=model_name, kind="fundus" if layer.rgb else "em",
-                               image_source=plugin_meta(layer).get("source", ""), store=str(folder))
+                               image_source=plugin_meta(layer).get("source", ""), store=str(folder),
+                               labels=str(mask_path))
             target = self.viewer.add_labels(outputs["mask"], name=f"{layer.name} prediction", opacity=0.5,
                                             colormap=label_colormap("prediction"), metadata=meta)
         else:

@@ -166,6 +166,19 @@ def test_a_zarr_volume_is_predicted_and_corrected_lazily(make_napari_viewer, qtb
     folder = tmp_path / "volume.zarr.napari-unet"
     assert sorted(p.name for p in folder.iterdir()) == ["edited-1.npy", "prediction.zarr", "state.json"]
 
+    # Reopened later (another window): Load offers the prediction and the corrections back.
+    other = make_napari_viewer()
+    load = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    load.path.value = str(source)
+    load.load()
+    assert not load.restore_button.native.isHidden() and "1 corrected slice" in load.status.value
+    restored = load.restore_corrections()
+    assert isinstance(restored.data, zarr.Array) and restored.data.shape == (12, 1024, 1024)
+    np.testing.assert_array_equal(restored.data[1], painted)
+    tracker = get_session(other).tracker(restored)
+    assert tracker.corrected == tracker.edited == {1}
+    np.testing.assert_array_equal(tracker.edited_pixels[1], session.tracker(labels).edited_pixels[1])
+
     # Only the slice on screen.
     viewer.dims.set_current_step(0, 5)
     predict.slices.value = "current slice"
