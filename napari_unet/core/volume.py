@@ -49,10 +49,6 @@ class Volume:
     pixel_size_nm: tuple[float, float] | None = None
     source: str = ""
 
-    @property
-    def nbytes(self) -> int:
-        return int(math.prod(self.data.shape) * self.data.dtype.itemsize)
-
 
 def is_volume_path(path: str | Path) -> bool:
     """Whether ``path`` should be opened lazily: zarr / N5, or a tif or folder over LAZY_BYTES."""
