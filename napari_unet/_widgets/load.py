@@ -119,16 +119,22 @@ class LoadWidget(Container):
         except (OSError, ValueError) as exc:
             self.status.value = str(exc)
             return None
-        meta = linked_meta("prediction", image, image_source=source, kind="fundus" if image.rgb else "em",
-                           store=str(folder), labels=str(labels_path))
-        layer = self.viewer.add_labels(labels, name=f"{image.name} prediction", colormap=label_colormap("prediction"),
+        layer, tracker = self._add_restored(image, labels, state, edited, image_source=source, store=str(folder),
+                                            labels=str(labels_path))
+        self.status.value = f"Restored '{layer.name}' ({labels_path}) with {len(tracker.corrected)} corrected slice(s)."
+        return layer
+
+    def _add_restored(self, image, data, state: dict, edited, **meta) -> tuple[Layer, object]:
+        """Add restored labels as the image's prediction layer and bring back its slice
+        lists and edited pixels; the offer to restore is then withdrawn."""
+        meta = linked_meta("prediction", image, kind="fundus" if image.rgb else "em", **meta)
+        layer = self.viewer.add_labels(data, name=f"{image.name} prediction", colormap=label_colormap("prediction"),
                                        opacity=0.5, metadata=meta)
         tracker = get_session(self.viewer).tracker(layer)
         tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []), edited)
         self.restore_button.visible = False
-        self._pending_volume = None
-        self.status.value = f"Restored '{layer.name}' ({labels_path}) with {len(tracker.corrected)} corrected slice(s)."
-        return layer
+        self._pending_restore = self._pending_volume = None
+        return layer, tracker
 
     def restore_corrections(self) -> Layer | None:
         """Add the saved corrections as a Labels layer; restore corrected slices and edited pixels."""
@@ -146,16 +152,6 @@ class LoadWidget(Container):
         except ValueError as exc:
             self.status.value = str(exc)
             return None
-        layer = self.viewer.add_labels(
-            np.asarray(labels),
-            name=f"{image.name} prediction",
-            colormap=label_colormap("prediction"),
-            opacity=0.5,
-            metadata=linked_meta("prediction", image, image_source=source, kind="fundus" if image.rgb else "em"),
-        )
-        tracker = get_session(self.viewer).tracker(layer)
-        tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []), edited_pixels)
-        self.restore_button.visible = False
-        self._pending_restore = None
+        layer, tracker = self._add_restored(image, np.asarray(labels), state, edited_pixels, image_source=source)
         self.status.value = f"Restored {len(tracker.corrected)} corrected slice(s) into '{layer.name}'."
         return layer
