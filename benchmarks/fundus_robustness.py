@@ -1,7 +1,7 @@
 """The built-in fundus model on photographs from another camera, with and without
 standardising each photograph to its training images (scale by FOV diameter, colour).
 
-    python benchmarks/fundus_robustness.py [--device auto] [--images N]
+    python benchmarks/fundus_robustness.py [--device auto] [--images N] [--model NAME_OR_PATH]
 
 DRIVE test images as taken, and as another camera's (`_shift.foreign_fundus`:
 red-dominant, dark, almost no blue, 1,000 px, JPEG; no FOV given to the model). Scores
@@ -28,8 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=20, help="how many DRIVE test images (default all 20)")
+    parser.add_argument("--model", default="fundus-vessels", help="a built-in name or a checkpoint file")
     args = parser.parse_args()
-    model = load_checkpoint("fundus-vessels")
+    model = load_checkpoint(args.model)
     before = copy.deepcopy(model.metadata)
     before.pop("fundus_reference")
     models = {"standardised (default)": model, "as before": Checkpoint(model.model, before, "as before")}

@@ -396,6 +396,10 @@ class Augmentation:
 
     Elastic deformation follows the U-Net paper: displacements on a coarse 3x3 grid
     with ``elastic_sigma`` px standard deviation, smoothly interpolated.
+
+    ``camera`` (off by default; the fundus recipe uses it) is the share of crops made to
+    look as if from another camera: each channel its own gain and gamma (another colour
+    balance and response), a softer focus (resampling, optics) and sensor noise.
     """
 
     flips: bool = True
@@ -407,6 +411,7 @@ class Augmentation:
     brightness: float = 0.1
     contrast: float = 0.2
     gamma: float = 0.25
+    camera: float = 0.0
 
 
 def crop_around(
@@ -457,6 +462,8 @@ def augment(
     if aug.elastic and rng.random() < aug.elastic_probability:
         arrays = _elastic(arrays, rng, aug.elastic_sigma)
     image = np.ascontiguousarray(arrays[0], dtype=np.float32)
+    if aug.camera and rng.random() < aug.camera:
+        image = _camera(image, rng)
     if aug.intensity:
         image = _intensity(image, rng, aug)
     label = np.ascontiguousarray(arrays[1])
@@ -483,6 +490,18 @@ def _elastic(arrays: list[np.ndarray], rng: np.random.Generator, sigma: float) -
             warped = ndimage.map_coordinates(a, coords, order=order, mode="mirror")
         out.append(warped.astype(a.dtype))
     return out
+
+
+def _camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(Y, X, C) in [0, 1] as another camera might give it (see `Augmentation.camera`)."""
+    channels = image.shape[-1]
+    gain = np.exp(rng.uniform(-0.3, 0.3, channels)).astype(np.float32)
+    gamma = np.exp(rng.uniform(-0.4, 0.4, channels)).astype(np.float32)
+    image = np.clip(image * gain, 0.0, 1.0) ** gamma
+    if rng.random() < 0.5:
+        image = ndimage.gaussian_filter(image, (*[rng.uniform(0.3, 1.2)] * 2, 0))
+    image = image + rng.normal(0.0, rng.uniform(0.0, 0.02), image.shape)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 def _intensity(image: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:

@@ -40,7 +40,7 @@ from .data import data_hash, normalize
 from .labels import IGNORE, STRUCTURE
 from .metrics import cl_dice, dice, em_challenge_scores
 from .model import UNet
-from .predict import fundus_zoom, resolve_device, standardise_fundus
+from .predict import resolve_device, standardise_fundus_stack
 from .train import TrainEvent, TrainingData, fine_tune_recipe, probabilities, train
 
 
@@ -165,17 +165,7 @@ class FineTune:
         edits resampled with them), so the model learns what it will be shown."""
         if not (self.start.metadata.get("fundus_reference") and raw.shape[-1] == 3):
             return normalize(raw, self.start.normalization), labels, painted
-        from skimage.transform import resize
-
-        zoom = float(np.median([fundus_zoom(self.start, image) for image in raw]))
-        images = np.stack([standardise_fundus(self.start, image, zoom)[0] for image in raw])
-
-        def nearest(array: np.ndarray) -> np.ndarray:
-            return resize(array, images.shape[1:3], order=0, preserve_range=True, anti_aliasing=False).astype(array.dtype)
-
-        labels = np.stack([nearest(label) for label in labels])
-        painted = None if painted is None else np.stack([nearest(p) for p in painted])
-        return images, labels, painted
+        return standardise_fundus_stack(self.start, raw, labels, painted)
 
     def _edits(self) -> np.ndarray:
         """(N, Y, X) bool edited pixels of the corrected slices: painted, or where the

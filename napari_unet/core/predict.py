@@ -426,6 +426,30 @@ def standardise_fundus(checkpoint: Checkpoint, image: np.ndarray, zoom: float) -
     return ready, fov
 
 
+def standardise_fundus_stack(checkpoint: Checkpoint, raw: np.ndarray, *masks: np.ndarray | None):
+    """Training photographs as the model will be shown them (`standardise_fundus`), with
+    their label-like stacks resampled alongside, so a model learns what it will see.
+
+    Args:
+        raw: (N, Y, X, 3) photographs; masks: (N, Y, X) stacks (labels, edits) or None.
+
+    Returns:
+        (N, Y', X', 3) float32 images, then each mask as (N, Y', X') (nearest neighbour), or None.
+    """
+    from skimage.transform import resize
+
+    zoom = float(np.median([fundus_zoom(checkpoint, image) for image in raw]))  # one size for the stack
+    images = np.stack([standardise_fundus(checkpoint, image, zoom)[0] for image in raw])
+
+    def nearest(stack: np.ndarray | None) -> np.ndarray | None:
+        if stack is None or stack.shape[1:3] == images.shape[1:3]:
+            return stack
+        return np.stack([resize(m, images.shape[1:3], order=0, preserve_range=True, anti_aliasing=False)
+                         for m in stack]).astype(stack.dtype)
+
+    return (images, *(nearest(m) for m in masks))
+
+
 def resampling(checkpoint: Checkpoint, pixel_size: float | None) -> tuple[float, float] | None:
     """(y, x) zoom from the data's pixel size to the model's, or None when there is
     nothing to do (either size unknown, or within 5 % of each other)."""

@@ -133,6 +133,21 @@ def test_intensity_augmentation_changes_only_the_image():
     np.testing.assert_array_equal(out_label, label)
 
 
+def test_camera_augmentation_shifts_each_channel_on_its_own():
+    rng = np.random.default_rng(3)
+    image = np.stack([np.linspace(0.2, 0.8, 48 * 48, dtype=np.float32).reshape(48, 48)] * 3, axis=-1)
+    label = np.zeros((48, 48), np.uint8)
+    aug = Augmentation(flips=False, rotations=False, elastic=False, intensity=False, camera=1.0)
+    out, out_label, _ = augment(image, label, rng, aug)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    means = out.reshape(-1, 3).mean(axis=0)
+    assert np.ptp(means) > 0.01  # the channels were equal: now another colour balance
+    np.testing.assert_array_equal(out_label, label)
+    untouched, _, _ = augment(image, label, rng, Augmentation(flips=False, rotations=False, elastic=False,
+                                                              intensity=False))
+    np.testing.assert_array_equal(untouched, image)  # off by default
+
+
 def test_crop_around_pads_small_images():
     rng = np.random.default_rng(0)
     image, label = np.ones((10, 12, 1), np.float32), np.ones((10, 12), np.uint8)
