@@ -17,12 +17,13 @@ from pathlib import Path
 
 from _common import DATA, ROOT, drive, isbi
 
+from napari_unet.core.calibration import SHIFT_KEY, annotation_offset
 from napari_unet.core.checkpoint import (BUILTIN_DIR, BUILTIN_MODELS, Checkpoint, default_metadata, load_checkpoint,
                                          save_checkpoint)
 from napari_unet.core.data import Augmentation, apply_fov, data_hash, normalize
 from napari_unet.core.fov import fundus_reference
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.predict import describe_device, resolve_device, standardise_fundus_stack
+from napari_unet.core.predict import describe_device, predict_stack, resolve_device, standardise_fundus_stack
 from napari_unet.core.train import TrainConfig, TrainingData, train
 
 # The recipes (see the model cards for why: accuracy against CPU speed).
@@ -72,7 +73,6 @@ def em_threshold(checkpoint, data: Path) -> float:
     import numpy as np
 
     from napari_unet.core.metrics import dice
-    from napari_unet.core.predict import predict_stack
 
     stack = isbi(data)
     val = RECIPES["em-membranes"]["val_slices"]
@@ -90,6 +90,12 @@ def package(name: str, run: Path, recipe: dict, seconds: float | None, device: s
     meta.update(name=name, description=recipe["description"], tile_size=recipe["tile"],
                 tile_margin=recipe["margin"], threshold=0.5, test_time_flips=recipe.get("flips", []))
     if name == "em-membranes":
+        # First the labels' offset (`core.calibration`), then the threshold on the moved output.
+        stack = isbi(data)
+        labelled = list(range(25))
+        raw = predict_stack(Checkpoint(checkpoint.model, {**meta, SHIFT_KEY: None}, name), stack.images[labelled])
+        meta[SHIFT_KEY] = list(annotation_offset(raw, stack.labels[labelled]))
+        meta["output_shift_measured_on"] = "ISBI slices 0-24 (training and validation), phase correlation"
         meta["threshold"] = em_threshold(checkpoint, data)
         val = RECIPES[name]["val_slices"]
         meta["threshold_chosen_on"] = f"best membrane Dice on ISBI slices {val} (training side), 0.30-0.70"

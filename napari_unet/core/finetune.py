@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .calibration import shift_output
 from .checkpoint import Checkpoint
 from .data import data_hash, normalize
 from .labels import IGNORE, STRUCTURE
@@ -172,6 +173,7 @@ class FineTune:
         starting model disagrees with the labels."""
         if self.edited is None:
             before = probabilities(self.start.model.to(self.device), self.images, self.device, self.tile)
+            before = shift_output(before, self.start.metadata)  # as `predict_stack` showed it
             self.edited = ((before > self.threshold) != (self.labels == STRUCTURE)) & (self.labels != IGNORE)
             if self.painted is not None:
                 self.edited |= self.painted
@@ -204,7 +206,7 @@ class FineTune:
 
         def check(model: UNet, thresholds: list[float], baseline: float = -1.0) -> dict:
             """The best score over ``thresholds`` whose guard is at least ``baseline``."""
-            prob = probabilities(model, images, self.device, self.tile)
+            prob = shift_output(probabilities(model, images, self.device, self.tile), self.start.metadata)
             scored = sorted(((dice(prob > t, truth, mask=region), t) for t in thresholds), reverse=True)
             for score, threshold in scored:
                 guard = self._guard(prob > threshold, truth, labelled)

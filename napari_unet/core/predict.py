@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .calibration import shift_output
 from .checkpoint import Checkpoint
 from .data import DataError, check_images, normalize
 
@@ -297,6 +298,7 @@ def predict_stack(
         precision: see `inference_dtype`.
         predictor: the model already on its device (`TilePredictor`), to reuse it across calls.
 
+    A model that records ``output_shift_px`` has its result moved by it (`core.calibration`).
     Fundus models that store a ``fundus_reference`` (FOV diameter and colour statistics
     of their training images) see every photograph standardised to it first: see
     `_predict_fundus`.
@@ -366,7 +368,7 @@ def predict_stack(
             result[pending[0] : pending[0] + len(pending[1])] = pending[1].cpu().numpy()
         pending = (start, torch.clamp(total / len(flips), 0.0, 1.0))
     result[pending[0] : pending[0] + len(pending[1])] = pending[1].cpu().numpy()
-    return result
+    return shift_output(result, checkpoint.metadata)  # onto the training labels' convention
 
 
 def _predict_fundus(checkpoint: Checkpoint, images: np.ndarray, progress, **again) -> np.ndarray:

@@ -259,7 +259,7 @@ def train(
         "train_slices": list(map(int, data.train_slices)),
         "val_slices": list(map(int, data.val_slices)),
         "steps": 0,
-        "recipe": {k: v for k, v in asdict(config).items() if k != "augmentation"},
+        "recipe": asdict(config),  # with its augmentation
         "device": str(device),
     }
     if processes > 1:
