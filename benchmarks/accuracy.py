@@ -4,7 +4,8 @@
 
 EM: ISBI 2012 slices 25-29 (never trained on): Dice of the membrane class and pixel error
 (1 - accuracy) at the model's own threshold (as the CLI and the plugin use it), V_Rand and
-V_Info (thinned borders, best threshold).
+V_Info (thinned borders, best threshold); a model with an output shift is also scored
+without it.
 Fundus: the 20 DRIVE test images, 1st_manual, inside the FOV, threshold 0.5, pooled.
 """
 
@@ -17,14 +18,19 @@ import time
 import numpy as np
 from _common import DATA, ISBI_VAL, drive, isbi, table
 
+from napari_unet.core.calibration import SHIFT_KEY
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.metrics import dice, em_challenge_scores, fundus_scores, pixel_accuracy
 from napari_unet.core.predict import predict_stack
 
 
-def em_scores(model: str, device: str, data=DATA) -> dict:
+def em_scores(model: str, device: str, data=DATA, unshifted: bool = False) -> dict:
+    """``unshifted``: the same model without its output shift (`core.calibration`)."""
     stack = isbi(data)
     checkpoint = load_checkpoint(model)
+    if unshifted:
+        checkpoint.metadata.pop(SHIFT_KEY)
+        model = f"{model} without its output shift"
     start = time.perf_counter()
     prob = predict_stack(checkpoint, stack.images[ISBI_VAL], device=device)
     seconds = time.perf_counter() - start
@@ -60,7 +66,8 @@ def main() -> None:
     for model in args.models:
         if model.startswith("em") or "isbi" in model:
             row = em_scores(model, args.device)
-            print(table([row, {"model": "32-wide U-Net, 1,500 CPU steps (GUIDE baseline)", "dice": 0.806,
+            extra = [em_scores(model, args.device, unshifted=True)] if load_checkpoint(model).metadata.get(SHIFT_KEY) else []
+            print(table([row, *extra, {"model": "32-wide U-Net, 1,500 CPU steps (GUIDE baseline)", "dice": 0.806,
                                "pixel_error": 0.079}],
                         ["model", "data", "threshold", "dice", "pixel_error", "vrand", "vrand_threshold", "vinfo",
                          "vinfo_threshold", "seconds"]))

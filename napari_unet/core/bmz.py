@@ -9,7 +9,9 @@ other napari plugins run. An export holds:
   ``bioimageio.core.test_model`` reproduces;
 - our percentile normalisation as ``scale_range`` + ``clip``, and a ``sigmoid``; the
   threshold and everything else napari-unet knows of the model (history, tile size,
-  test-time flips) in ``config.napari_unet``;
+  test-time flips, the output shift of `core.calibration`) in ``config.napari_unet``.
+  bioimage.io has no sub-pixel shift step, so other tools show the probability without
+  that fraction-of-a-pixel move;
 - a cover made from the data, the model card as documentation, authors, licence, citation.
 
 Import accepts napari-unet exports only: the U-Net is rebuilt by napari-unet itself and

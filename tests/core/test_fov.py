@@ -62,8 +62,7 @@ def test_cli_predicts_nothing_outside_the_field_of_view(drive_dir, tiny_fundus_m
 
 def _other_camera(drive_dir, name="02"):
     """A DRIVE test photograph as another camera takes it: red-dominant, dark, no blue,
-    larger, JPEG-compressed (without the compression the unstandardised model still
-    scores F1 0.80 on image 02; with it, 0.15)."""
+    larger, JPEG-compressed."""
     import io
 
     from skimage.transform import rescale
@@ -92,8 +91,10 @@ def test_builtin_fundus_model_standardises_another_cameras_photographs(drive_dir
     standardised = predict_stack(model, image[None], device="cpu")
     as_before = predict_stack(Checkpoint(model.model, before, "as before"), image[None], device="cpu")
     assert standardised.shape == (1, *image.shape[:2])
-    assert fundus_scores(standardised, truth[None], fov[None])["f1"] > 0.75
-    assert fundus_scores(as_before, truth[None], fov[None])["f1"] < 0.3
+    f1 = fundus_scores(standardised, truth[None], fov[None])["f1"]
+    # Measured 0.83 against 0.75: the camera-augmented model copes without the step, the
+    # step still adds (the previous built-in, trained without that augmentation, fell to 0.15).
+    assert f1 > 0.8 and f1 > fundus_scores(as_before, truth[None], fov[None])["f1"] + 0.04
 
 
 def test_fine_tune_learns_from_standardised_photographs(drive_dir):
