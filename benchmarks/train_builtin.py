@@ -34,6 +34,7 @@ RECIPES = {
         # Three validation slices: slice 24 alone moved 0.80-0.821 between checkpoints, so
         # the step it picked was partly luck (see the model card).
         val_slices=[22, 23, 24],
+        pixel_size_nm=[4.0, 4.0],  # ISBI 2012's; Predict and the CLI resample other pixel sizes to it
         description="Neuronal membranes in serial-section TEM (ISBI 2012), 1 = membrane.",
     ),
     "fundus-vessels": dict(
@@ -89,6 +90,8 @@ def package(name: str, run: Path, recipe: dict, seconds: float | None, device: s
     # border: 1.5x faster than tile // 8 margins, same scores (see the model cards).
     meta.update(name=name, description=recipe["description"], tile_size=recipe["tile"],
                 tile_margin=recipe["margin"], threshold=0.5, test_time_flips=recipe.get("flips", []))
+    if "pixel_size_nm" in recipe:
+        meta["pixel_size_nm"] = recipe["pixel_size_nm"]
     if name == "em-membranes":
         # First the labels' offset (`core.calibration`), then the threshold on the moved output.
         stack = isbi(data)
