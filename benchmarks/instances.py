@@ -3,8 +3,9 @@
     python benchmarks/instances.py [--device auto]
 
 The built-in EM model predicts ISBI slices 25-29 (never trained on) and, to stand for
-another lab's data, the same slices as `_shift.foreign_em` makes them. Its mask (at the
-model's threshold) is turned into cells by each method of `core.predict.cell_instances`;
+another lab's data, the same slices as `_shift.foreign_em` makes them, with and without
+their pixel size given. Its mask (at the model's threshold) is turned into cells by each
+method of `core.predict.cell_instances` (the model records the one it uses);
 the cells are scored against the ground-truth cells with V_Rand and V_Info after border
 thinning (Arganda-Carreras et al. 2015), like `metrics.em_challenge_scores`.
 """
@@ -16,11 +17,11 @@ import time
 
 import numpy as np
 from _common import ISBI_VAL, isbi, table
-from _shift import foreign_em
+from _shift import EM_SCALE, foreign_em
 
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
-from napari_unet.core.predict import INSTANCE_METHODS, cell_instances, predict_stack, threshold_mask
+from napari_unet.core.predict import INSTANCE_METHODS, cell_instances, instance_method, predict_stack, threshold_mask
 
 
 def thinned(labels: np.ndarray) -> np.ndarray:
@@ -33,19 +34,24 @@ def main() -> None:
     args = parser.parse_args()
     model = load_checkpoint("em-membranes")
     data = isbi()
-    sets = {"ISBI 25-29": (data.images[ISBI_VAL], data.labels[ISBI_VAL])}
-    sets["ISBI 25-29, another lab (x1.5)"] = foreign_em(data.images[ISBI_VAL], data.labels[ISBI_VAL])
+    foreign = foreign_em(data.images[ISBI_VAL], data.labels[ISBI_VAL])
+    # (images, labels, the pixel size given to Predict: None = not given)
+    sets = {"ISBI 25-29": (data.images[ISBI_VAL], data.labels[ISBI_VAL], None),
+            "another lab (x1.5), pixel size given": (*foreign, 4.0 / EM_SCALE),
+            "another lab (x1.5), pixel size not given": (*foreign, None)}
+    chosen = instance_method(model)
     rows = []
-    for name, (images, labels) in sets.items():
+    for name, (images, labels, pixel_size) in sets.items():
         images = images if images.ndim == 4 else images[..., None]
-        mask = threshold_mask(predict_stack(model, images, device=args.device), model.metadata["threshold"])
+        prob = predict_stack(model, images, device=args.device, pixel_size=pixel_size)
+        mask = threshold_mask(prob, model.metadata["threshold"])
         truth = thinned(np.stack([cell_labels(s == 1) for s in labels]))
         for method in INSTANCE_METHODS:
             tick = time.perf_counter()
             cells = cell_instances(mask, method)
             seconds = (time.perf_counter() - tick) / len(images)
             scores = segmentation_scores(truth, thinned(cells))
-            rows.append({"data": name, "method": method, "vrand": scores["vrand"], "vinfo": scores["vinfo"],
+            rows.append({"data": name, "method": method + (" (the model's)" if method == chosen else ""), "vrand": scores["vrand"], "vinfo": scores["vinfo"],
                          "rand_split": scores["rand_split"], "rand_merge": scores["rand_merge"],
                          "s/slice": seconds})
     print(table(rows, ["data", "method", "vrand", "vinfo", "rand_split", "rand_merge", "s/slice"]))

@@ -83,6 +83,27 @@ def em_threshold(checkpoint, data: Path) -> float:
     return float(max(candidates, key=lambda t: dice(prob > t, truth)))
 
 
+def em_instance_method(checkpoint, data: Path) -> str:
+    """The way to cells (`core.predict.INSTANCE_METHODS`) with the best V_Rand of the cells
+    (thinned borders) on the recipe's validation slices, at the model's threshold."""
+    import numpy as np
+
+    from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
+    from napari_unet.core.predict import INSTANCE_METHODS, cell_instances, threshold_mask
+
+    stack = isbi(data)
+    val = RECIPES["em-membranes"]["val_slices"]
+    mask = threshold_mask(predict_stack(checkpoint, stack.images[val], device="cpu"), checkpoint.metadata["threshold"])
+
+    def thinned(cells):
+        return np.stack([thin_borders(c) for c in cells])
+
+    truth = thinned(np.stack([cell_labels(label == 1) for label in stack.labels[val]]))
+    scores = {m: segmentation_scores(truth, thinned(cell_instances(mask, m)))["vrand"] for m in INSTANCE_METHODS}
+    print("V_Rand of the cells on the validation slices:", scores)
+    return max(scores, key=scores.get)
+
+
 def package(name: str, run: Path, recipe: dict, seconds: float | None, device: str, data: Path = DATA) -> Path:
     checkpoint = load_checkpoint(run)
     meta = checkpoint.metadata
@@ -102,6 +123,7 @@ def package(name: str, run: Path, recipe: dict, seconds: float | None, device: s
         meta["threshold"] = em_threshold(checkpoint, data)
         val = RECIPES[name]["val_slices"]
         meta["threshold_chosen_on"] = f"best membrane Dice on ISBI slices {val} (training side), 0.30-0.70"
+        meta["instance_method"] = em_instance_method(checkpoint, data)
     # Fundus keeps 0.5: the DRIVE scoring convention.
     meta["training"] = {
         "recipe": {k: v for k, v in recipe.items() if k != "description"},

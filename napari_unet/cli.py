@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output mask, uint8 (0/1), same Z/Y/X as the input: a tif, or a "
                    "chunked zarr store when it ends in .zarr (written slice by slice)")
     p.add_argument("--probabilities", help="also write the float32 probability map here (.tif or .zarr)")
-    p.add_argument("--instances", help="also write one id per cell (EM, seeded watershed) here (uint32, .tif or .zarr)")
+    p.add_argument("--instances", help="also write one id per cell (EM; the model's instance method, else a seeded watershed) here (uint32, .tif or .zarr)")
     p.add_argument("--pixel-size", type=PIXEL_SIZE, help="the images' pixel size in nm: they are resampled to the "
                    "model's (em-membranes: 4 nm) and the result back (default: the file's, from its tif or "
                    "OME-Zarr metadata, else as they are)")
@@ -195,7 +195,7 @@ def _parse_slices(values: list[str], count: int, option: str = "--val-slices") -
 def _predict(args) -> int:
     from .core.checkpoint import load_checkpoint
     from .core.data import as_stack, check_images, read_stack
-    from .core.predict import cell_instances, describe_device, predict_stack, resolve_device, threshold_mask
+    from .core.predict import cell_instances, describe_device, instance_method, predict_stack, resolve_device, threshold_mask
     from .core.volume import is_volume_path, pixel_size_of
 
     if args.workers or args.scheduler:
@@ -238,7 +238,7 @@ def _predict(args) -> int:
     if "--probabilities" in extra:
         outputs[extra["--probabilities"]] = probabilities.astype(np.float32)
     if "--instances" in extra:
-        outputs[extra["--instances"]] = cell_instances(mask).astype(np.uint32)
+        outputs[extra["--instances"]] = cell_instances(mask, instance_method(checkpoint)).astype(np.uint32)
     # Same Z/Y/X as the input: a single 2D (or RGB) image gives a 2D mask.
     squeeze = images.shape[0] == 1 and (raw.ndim == 2 or images.shape[-1] == 3 and raw.ndim == 3)
     try:

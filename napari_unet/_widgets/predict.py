@@ -28,6 +28,7 @@ from ..core.predict import (
     PredictionCancelled,
     cell_instances,
     describe_device,
+    instance_method,
     predict_stack,
     resolve_device,
     threshold_mask,
@@ -243,7 +244,7 @@ class PredictWidget(Container):
                 fov = given_fov[chosen] if given_fov is not None else fields_of_view(part)
                 probabilities[~fov] = 0.0
             mask = threshold_mask(probabilities, threshold)
-            cells = cell_instances(mask) if with_cells else None
+            cells = cell_instances(mask, instance_method(checkpoint)) if with_cells else None
             found = fov if given_fov is None else None  # shown as a layer the user can edit
             if slices is not None:  # back to the stack's shape, 0 in the slices not predicted
                 probabilities, mask, cells, found = (_in_stack(a, chosen, stack.shape[0])

@@ -482,12 +482,19 @@ def threshold_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndar
 INSTANCE_METHODS = ("watershed", "components")
 
 
+def instance_method(checkpoint: Checkpoint) -> str:
+    """The model's own way to cells (metadata ``instance_method``, chosen when it was
+    packaged: see benchmarks/train_builtin.py), else the seeded watershed."""
+    method = checkpoint.metadata.get("instance_method", "watershed")
+    return method if method in INSTANCE_METHODS else "watershed"
+
+
 def cell_instances(mask: np.ndarray, method: str = "watershed", seed_depth: float = 0.7) -> np.ndarray:
     """One id per cell, slice by slice, from a membrane mask.
 
     ``components``: the 4-connected regions enclosed by membrane; one gap in a membrane
-    merges the two cells it separates. ``watershed`` (default, better V_Rand in
-    benchmarks/instances.py): seeds are the h-maxima of the distance to the nearest
+    merges the two cells it separates. ``watershed`` (the default where a model records
+    no ``instance_method``; it mends gaps but may split a cell at a neck): seeds are the h-maxima of the distance to the nearest
     membrane, h being ``seed_depth`` times the median inner radius of the enclosed
     regions (so it follows the pixel size), and a watershed of the negated distance grows
     them inside the cells until they meet, drawing a border at each neck, where a

@@ -22,6 +22,7 @@ from .predict import (
     ProgressCallback,
     TilePredictor,
     cell_instances,
+    instance_method,
     predict_stack,
 )
 from .volume import volume_levels
@@ -130,7 +131,7 @@ def predict_volume(
         if outputs.probabilities is not None:
             outputs.probabilities[z] = probability
         if outputs.instances is not None:
-            cells = cell_instances(mask[None])[0].astype(np.uint32)
+            cells = cell_instances(mask[None], instance_method(checkpoint))[0].astype(np.uint32)
             outputs.instances[z] = np.where(cells > 0, cells + offset, 0)
             offset += int(cells.max())
         structure, pixels = structure + int(mask.sum()), pixels + mask.size

@@ -158,6 +158,18 @@ def test_watershed_instances_split_cells_at_a_gap_in_their_membrane():
     assert set(np.unique(ids[0])) & set(np.unique(ids[1])) == {0}  # ids unique across slices
 
 
+def test_each_model_says_how_its_masks_become_cells():
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.predict import INSTANCE_METHODS, instance_method
+
+    model = UNet(UNetConfig(in_channels=1, base_width=4, depth=2))
+    assert instance_method(Checkpoint(model, default_metadata("em"), "new")) == "watershed"
+    assert instance_method(Checkpoint(model, default_metadata("em", instance_method="components"), "x")) == "components"
+    assert instance_method(Checkpoint(model, default_metadata("em", instance_method="magic"), "x")) == "watershed"
+    # Chosen on ISBI slices 22-24 when the built-in model was packaged (benchmarks/train_builtin.py).
+    assert load_checkpoint("em-membranes").metadata["instance_method"] in INSTANCE_METHODS
+
+
 def test_images_at_another_pixel_size_are_resampled_to_the_models(isbi_stack):
     """A slice imaged at 2 nm predicted by a 4 nm model: resampled to 4 nm and back, it gives
     (nearly) the 4 nm prediction upsampled; as it is, the membranes look twice as thick."""
