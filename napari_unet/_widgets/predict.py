@@ -90,8 +90,8 @@ class PredictWidget(Container):
                                        "4 nm) and the result back. 0 = predict them as they are")
         self.show_probability = CheckBox(text="Add the probability as an image", value=False)
         self.show_instances = CheckBox(text="Add cell instances (EM)", value=False,
-                                       tooltip="One id per cell: a seeded watershed of the membrane mask, so a small gap "
-                                       "in a membrane does not merge two cells")
+                                       tooltip="One id per cell, made from the membrane mask the way the model records "
+                                       "(connected regions, or a seeded watershed that mends small gaps)")
         self.edited_policy = ComboBox(label="Edited labels", choices=[KEEP_EDITS, NEW_LAYER], value=KEEP_EDITS)
         self.slices = ComboBox(label="Slices", choices=[ALL_SLICES, CURRENT_SLICE, SLICE_RANGE], value=ALL_SLICES,
                                tooltip="Predict the whole stack, the slice on screen, or the slices you list")
