@@ -15,6 +15,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 from _common import DATA, ROOT, drive, isbi
 
 from napari_unet.core.calibration import SHIFT_KEY, annotation_offset
@@ -71,8 +72,6 @@ def training_data(name: str, data: Path, metadata: dict | None = None):
 
 def em_threshold(checkpoint, data: Path) -> float:
     """The mask threshold with the best membrane Dice on the recipe's validation slices."""
-    import numpy as np
-
     from napari_unet.core.metrics import dice
 
     stack = isbi(data)
@@ -86,8 +85,6 @@ def em_threshold(checkpoint, data: Path) -> float:
 def em_instance_method(checkpoint, data: Path) -> str:
     """The way to cells (`core.predict.INSTANCE_METHODS`) with the best V_Rand of the cells
     (thinned borders) on the recipe's validation slices, at the model's threshold."""
-    import numpy as np
-
     from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
     from napari_unet.core.predict import INSTANCE_METHODS, cell_instances, threshold_mask
 
