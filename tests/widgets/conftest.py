@@ -65,6 +65,16 @@ def wait_for(qtbot, job, timeout_s=180):
     qtbot.waitUntil(lambda: not job.running, timeout=timeout_s * 1000)
 
 
+def reopen_in_new_window(make_napari_viewer, path):
+    """Open ``path`` with Load in a second viewer, as a user does after a crash or the next
+    day. Returns (viewer, Load widget)."""
+    other = make_napari_viewer()
+    load = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    load.path.value = str(path)
+    load.load()
+    return other, load
+
+
 def paint_square(layer, z, y, x, value=None, size=6):
     """Paint like a user does (brush strokes recorded in the undo history).
 

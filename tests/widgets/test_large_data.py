@@ -13,7 +13,7 @@ from napari_unet.cli import main
 from napari_unet.core.checkpoint import default_metadata, save_checkpoint
 from napari_unet.core.model import UNet, UNetConfig
 
-from .conftest import paint_square, wait_for
+from .conftest import paint_square, reopen_in_new_window, wait_for
 from .test_workflow import _heartbeat
 
 
@@ -167,10 +167,7 @@ def test_a_zarr_volume_is_predicted_and_corrected_lazily(make_napari_viewer, qtb
     assert sorted(p.name for p in folder.iterdir()) == ["edited-1.npy", "prediction.zarr", "state.json"]
 
     # Reopened later (another window): Load offers the prediction and the corrections back.
-    other = make_napari_viewer()
-    load = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
-    load.path.value = str(source)
-    load.load()
+    other, load = reopen_in_new_window(make_napari_viewer, source)
     assert not load.restore_button.native.isHidden() and "1 corrected slice" in load.status.value
     restored = load.restore_corrections()
     assert isinstance(restored.data, zarr.Array) and restored.data.shape == (12, 1024, 1024)

@@ -6,7 +6,7 @@ import torch
 from napari_unet._widgets._session import get_session
 from napari_unet.core.corrections import CorrectionStore
 
-from .conftest import paint_square, wait_for
+from .conftest import paint_square, reopen_in_new_window, wait_for
 
 
 def _predicted(widgets, qtbot, isbi_folder, tiny_em):
@@ -113,10 +113,7 @@ def test_autosave_and_restore(widgets, qtbot, isbi_folder, tiny_em, make_napari_
     assert edited[2].any() and not edited[[0, 1, 3]].any()
 
     # Reopening the image (as after a crash) offers the corrections back, edited pixels included.
-    other = make_napari_viewer()
-    load = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
-    load.path.value = str(isbi_folder)
-    load.load()
+    other, load = reopen_in_new_window(make_napari_viewer, isbi_folder)
     assert not load.restore_button.native.isHidden() and "Saved corrections found (1 corrected" in load.status.value
     restored = load.restore_corrections()
     np.testing.assert_array_equal(restored.data, labels.data)
