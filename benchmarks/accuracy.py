@@ -21,7 +21,7 @@ from _common import DATA, ISBI_VAL, drive, isbi, table
 from napari_unet.core.calibration import SHIFT_KEY
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.metrics import dice, em_challenge_scores, fundus_scores, pixel_accuracy
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import predict
 
 
 def em_scores(model: str, device: str, data=DATA, unshifted: bool = False) -> dict:
@@ -32,10 +32,10 @@ def em_scores(model: str, device: str, data=DATA, unshifted: bool = False) -> di
         checkpoint.metadata.pop(SHIFT_KEY)
         model = f"{model} without its output shift"
     start = time.perf_counter()
-    prob = predict_stack(checkpoint, stack.images[ISBI_VAL], device=device)
+    prob = predict(checkpoint, stack.images[ISBI_VAL], device=device).probabilities
     seconds = time.perf_counter() - start
     truth = stack.labels[ISBI_VAL] == 1
-    threshold = checkpoint.metadata.get("threshold", 0.5)  # the model's own, as the CLI uses it
+    threshold = checkpoint.info.threshold  # the model's own, as the CLI uses it
     mask = prob > threshold
     scores = {"model": model, "data": "ISBI 25-29", "threshold": threshold, "dice": dice(mask, truth),
               "pixel_error": 1 - pixel_accuracy(mask, truth)}
@@ -47,7 +47,7 @@ def em_scores(model: str, device: str, data=DATA, unshifted: bool = False) -> di
 def fundus_result(model: str, device: str, data=DATA) -> dict:
     stack = drive("test", data)
     start = time.perf_counter()
-    prob = predict_stack(load_checkpoint(model), stack.images, device=device)
+    prob = predict(load_checkpoint(model), stack.images, device=device).probabilities  # 0 outside the FOV found
     seconds = time.perf_counter() - start
     truth = stack.labels == 1
     scores = {"model": model, "data": "DRIVE test (20)"}

@@ -21,7 +21,7 @@ from _shift import foreign_fundus
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.labels import STRUCTURE
 from napari_unet.core.metrics import cl_dice, fundus_scores
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import predict
 
 
 def main() -> None:
@@ -43,9 +43,9 @@ def main() -> None:
         truth = labels == STRUCTURE
         for name, checkpoint in models.items():
             tick = time.perf_counter()
-            prob = predict_stack(checkpoint, images, device=args.device)
+            prob = predict(checkpoint, images, device=args.device).probabilities
             seconds = (time.perf_counter() - tick) / len(images)
-            threshold = float(checkpoint.metadata.get("threshold", 0.5))
+            threshold = checkpoint.info.threshold
             scores = fundus_scores(prob, truth, fov, threshold)
             rows.append({"images": set_name, "model": name, "f1": scores["f1"], "auc": scores["auc"],
                          "cldice": cl_dice(prob > threshold, truth, fov), "s/image": seconds})

@@ -24,7 +24,8 @@ from napari_unet.core.checkpoint import (BUILTIN_DIR, BUILTIN_MODELS, Checkpoint
 from napari_unet.core.data import Augmentation, apply_fov, data_hash, normalize
 from napari_unet.core.fov import fundus_reference
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.predict import describe_device, predict_stack, resolve_device, standardise_fundus_stack
+from napari_unet.core.pipeline import Pipeline, predict
+from napari_unet.core.predict import describe_device, resolve_device
 from napari_unet.core.train import TrainConfig, TrainingData, train
 
 # The recipes (see the model cards for why: accuracy against CPU speed).
@@ -66,8 +67,30 @@ def training_data(name: str, data: Path, metadata: dict | None = None):
         return stack, TrainingData(normalize(stack.images), labels, list(range(20)), [])
     metadata["fundus_reference"] = fundus_reference(stack.images, metadata["normalization"],
                                                     "DRIVE training images 21-40 (the model's training set)")
-    images, labels = standardise_fundus_stack(Checkpoint(None, metadata, name), stack.images, labels)
+    images, labels = standardised_photographs(metadata, name, stack.images, labels)
     return stack, TrainingData(images, labels, list(range(20)), [])
+
+
+def standardised_photographs(metadata: dict, name: str, raw: np.ndarray, labels: np.ndarray):
+    """Training photographs prepared as Predict prepares them (`Pipeline.prepare`: FOV
+    diameter and colour, FOV found in each photograph), one zoom for the stack, labels
+    resampled alongside (nearest neighbour), so the model learns what it will be shown.
+
+    Args:
+        metadata: the model's, with its ``fundus_reference``.
+        raw: (N, Y, X, 3) photographs; labels: (N, Y, X).
+    """
+    from skimage.transform import resize
+
+    # Preparation reads only the description: any 3-channel model stands in for the one to train.
+    pipeline = Pipeline(Checkpoint(UNet(UNetConfig(in_channels=3, base_width=4, depth=2)), metadata, name), device="cpu")
+    fovs = [pipeline.found_fov(image) for image in raw]
+    zoom = float(np.median([pipeline.fundus_zoom(fov) for fov in fovs]))
+    images = np.stack([pipeline.prepare(image, fov, zoom=zoom).image for image, fov in zip(raw, fovs)])
+    if labels.shape[1:3] != images.shape[1:3]:
+        labels = np.stack([resize(m, images.shape[1:3], order=0, preserve_range=True, anti_aliasing=False)
+                           for m in labels]).astype(labels.dtype)
+    return images, labels
 
 
 def em_threshold(checkpoint, data: Path) -> float:
@@ -76,7 +99,7 @@ def em_threshold(checkpoint, data: Path) -> float:
 
     stack = isbi(data)
     val = RECIPES["em-membranes"]["val_slices"]
-    prob = predict_stack(checkpoint, stack.images[val], device="cpu")
+    prob = Pipeline(checkpoint, device="cpu").probabilities(stack.images[val])
     truth = stack.labels[val] == 1
     candidates = np.round(np.arange(0.3, 0.71, 0.05), 2)
     return float(max(candidates, key=lambda t: dice(prob > t, truth)))
@@ -86,11 +109,11 @@ def em_instance_method(checkpoint, data: Path) -> str:
     """The way to cells (`core.predict.INSTANCE_METHODS`) with the best V_Rand of the cells
     (thinned borders) on the recipe's validation slices, at the model's threshold."""
     from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
-    from napari_unet.core.predict import INSTANCE_METHODS, cell_instances, threshold_mask
+    from napari_unet.core.predict import INSTANCE_METHODS, cell_instances
 
     stack = isbi(data)
     val = RECIPES["em-membranes"]["val_slices"]
-    mask = threshold_mask(predict_stack(checkpoint, stack.images[val], device="cpu"), checkpoint.metadata["threshold"])
+    mask = predict(checkpoint, stack.images[val], device="cpu").mask  # at the model's threshold
 
     def thinned(cells):
         return np.stack([thin_borders(c) for c in cells])
@@ -114,7 +137,7 @@ def package(name: str, run: Path, recipe: dict, seconds: float | None, device: s
         # First the labels' offset (`core.calibration`), then the threshold on the moved output.
         stack = isbi(data)
         labelled = list(range(25))
-        raw = predict_stack(Checkpoint(checkpoint.model, {**meta, SHIFT_KEY: None}, name), stack.images[labelled])
+        raw = Pipeline(Checkpoint(checkpoint.model, {**meta, SHIFT_KEY: None}, name)).probabilities(stack.images[labelled])
         meta[SHIFT_KEY] = list(annotation_offset(raw, stack.labels[labelled]))
         meta["output_shift_measured_on"] = "ISBI slices 0-24 (training and validation), phase correlation"
         meta["threshold"] = em_threshold(checkpoint, data)

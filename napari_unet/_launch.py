@@ -64,7 +64,8 @@ def headless_first_run(sample: str) -> int:
     """No screen: run the same first job without a window and say how to get one."""
     from .core.checkpoint import load_checkpoint
     from .core.metrics import dice
-    from .core.predict import describe_device, predict_stack, resolve_device
+    from .core.pipeline import predict
+    from .core.predict import describe_device, resolve_device
     from .core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
 
     if sample == "em":
@@ -76,10 +77,10 @@ def headless_first_run(sample: str) -> int:
     model = "em-membranes" if sample == "em" else "fundus-vessels"
     device = resolve_device("auto")
     start = time.perf_counter()
-    prob = predict_stack(load_checkpoint(model), stack, device=device)
+    mask = predict(load_checkpoint(model), stack, device=device).mask  # at the model's own threshold
     seconds = time.perf_counter() - start
-    truth = truth.reshape(prob.shape)
-    score = dice(prob > 0.5, truth == 1, mask=truth != 2)
+    truth = truth.reshape(mask.shape)
+    score = dice(mask == 1, truth == 1, mask=truth != 2)
     print(f"No display found, so napari cannot open here. Predicted the {sample.upper()} sample headless "
           f"instead with {model} on {describe_device(device)} in {seconds:.1f} s: Dice {score:.3f} "
           "against its ground truth.\nOn a desktop this command opens napari with the widgets docked; "

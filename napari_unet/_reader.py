@@ -17,6 +17,7 @@ from .core.data import (
     load_dataset,
     read_stack,
 )
+from .core.labels import label_colours
 from .core.volume import ZARR_SUFFIXES, Volume, is_volume_path, open_volume, volume_levels
 
 LABEL_WORDS = ("label", "manual", "truth", "_gt", "-gt", "annotation")
@@ -126,12 +127,10 @@ def volume_layers(volume: Volume, source: Path, role: str = "image") -> list[tup
 
 
 def _labels_meta(name: str, role: str, source: Path, kind: str = "") -> dict:
-    from ._widgets._layers import label_colormap
-
     meta = {
         "name": name,
         "metadata": {"napari_unet": {"role": role, "source": str(source), "kind": kind}},
-        "colormap": label_colormap(role),
+        "colormap": label_colours(role),
         "opacity": 0.5 if role == "truth" else 0.3,
     }
     if role == "fov":

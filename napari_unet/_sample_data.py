@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.files import napari_unet_home
+from .core.labels import label_colours
 from .core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
 
 
@@ -20,12 +21,10 @@ def sample_source(name: str) -> Path:
 
 
 def _meta(name: str, role: str, kind: str, **extra) -> dict:
-    from ._widgets._layers import label_colormap
-
     meta = {"name": name, "metadata": {"napari_unet": {"role": role, "kind": kind,
                                                        "source": str(sample_source(name.split()[0]))}}}
     if role != "image":
-        meta.update(colormap=label_colormap(role), opacity=0.5 if role == "truth" else 0.3)
+        meta.update(colormap=label_colours(role), opacity=0.5 if role == "truth" else 0.3)
     meta.update(extra)
     return meta
 

@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's (em-membranes: 4 nm) and the result back (default: the file's, from its tif or "
                    "OME-Zarr metadata, else as they are)")
     p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
-                   "default), 'none', or a mask file; nothing is predicted outside it")
+                   "default), 'none' (predict everywhere), or a mask file, which wins: colour is measured and the "
+                   "mask kept inside it")
+    p.add_argument("--levels", choices=("slice", "volume"), default="slice", help="intensity normalisation: each "
+                   "slice between its own percentiles (default, as the model was trained), or the same levels for "
+                   "the whole volume, sampled over it; the same on every path (in memory, streamed, cluster)")
     p.add_argument("--slices", nargs="+", help="predict only these slices, e.g. 3 7 or 0-99 (streamed; the others "
                    "stay 0 in the outputs)")
     p.add_argument("--workers", type=WORKERS, help="predict a volume on a local dask cluster of N worker processes "
@@ -157,15 +161,31 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _check_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:
+def _check_output(path: str, force: bool, suffixes: tuple[str, ...], inputs: dict | None = None,
+                  what: str = "--out") -> Path:
+    """The output ``path``, checked before any work: its suffix, its folder, never one of the
+    command's ``inputs`` ({"the input image": path, ...}; not even with --force), and not
+    an existing file unless ``force``."""
+    from .core.files import refuse_input
+
     out = Path(path)
-    if out.suffix.lower() not in suffixes:
+    if suffixes and out.suffix.lower() not in suffixes:
         raise UsageError(f"{out.name}: the output must end in {' or '.join(suffixes)}.")
+    try:
+        refuse_input(out, inputs or {}, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists: choose another name or add --force to overwrite it.")
     if not out.parent.exists():
         raise UsageError(f"The folder {out.parent} does not exist: create it first.")
     return out
+
+
+def _predict_inputs(args) -> dict:
+    """What `predict` reads, for `_check_output`: no output may be one of them."""
+    fov = args.fov if args.fov not in ("auto", "none") else None
+    return {"the input image": args.input, "the --model checkpoint": args.model, "the --fov mask": fov}
 
 
 def _write_tif_atomic(path: Path, array: np.ndarray) -> None:
@@ -194,51 +214,38 @@ def _parse_slices(values: list[str], count: int, option: str = "--val-slices") -
 
 def _predict(args) -> int:
     from .core.checkpoint import load_checkpoint
-    from .core.data import as_stack, check_images, read_stack
-    from .core.predict import cell_instances, describe_device, instance_method, predict_stack, resolve_device, threshold_mask
-    from .core.volume import is_volume_path, pixel_size_of
+    from .core.data import as_stack, read_stack
+    from .core.predict import describe_device
+    from .core.volume import is_volume_path
 
     if args.workers or args.scheduler:
         return _predict_cluster(args)
     suffixes = (".tif", ".tiff", ".zarr")
-    out = _check_output(args.out, args.force, suffixes)
-    extra = {name: _check_output(path, args.force, suffixes)
+    inputs = _predict_inputs(args)
+    out = _check_output(args.out, args.force, suffixes, inputs)
+    extra = {name: _check_output(path, args.force, suffixes, inputs, name)
              for name, path in (("--probabilities", args.probabilities), ("--instances", args.instances)) if path}
     names = [out.resolve()] + [p.resolve() for p in extra.values()]
     if len(set(names)) < len(names):
         raise UsageError("--out, --probabilities and --instances name the same file: choose different names.")
-    device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.model)
-    threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
-    pixel_size = args.pixel_size
-    if pixel_size is None and checkpoint.metadata.get("pixel_size_nm"):
-        pixel_size = pixel_size_of(args.input)
-        if pixel_size is not None:
-            print(f"note: pixel size {pixel_size:g} nm, from {Path(args.input).name}'s metadata "
-                  "(--pixel-size overrides it)", file=sys.stderr)
     if args.slices or is_volume_path(args.input) or any(p.suffix.lower() == ".zarr" for p in [out, *extra.values()]):
-        return _predict_streamed(args, out, extra, checkpoint, device, threshold, pixel_size)
+        return _predict_streamed(args, out, extra, checkpoint)
     raw = read_stack(args.input)
     images = as_stack(raw)
-    note = check_images(images, Path(args.input).name)
+    fov = _fov_mask(args.fov, images.shape[:3])
+    pipeline = _pipeline(args, checkpoint, images, instances="--instances" in extra)
     start = time.perf_counter()
     progress, bar = _tile_progress()
     try:
-        probabilities = predict_stack(
-            checkpoint, images, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-            device=device, progress=progress, pixel_size=pixel_size,
-        )
+        result = pipeline.run(images, fov, progress)
     finally:
         bar.close()
-    fov = _field_of_view(args.fov, images)
-    if fov is not None:
-        probabilities[~fov] = 0.0
-    mask = threshold_mask(probabilities, threshold)
-    outputs = {out: mask}
+    outputs = {out: result.mask}
     if "--probabilities" in extra:
-        outputs[extra["--probabilities"]] = probabilities.astype(np.float32)
+        outputs[extra["--probabilities"]] = result.probabilities
     if "--instances" in extra:
-        outputs[extra["--instances"]] = cell_instances(mask, instance_method(checkpoint)).astype(np.uint32)
+        outputs[extra["--instances"]] = result.cells.astype(np.uint32)
     # Same Z/Y/X as the input: a single 2D (or RGB) image gives a 2D mask.
     squeeze = images.shape[0] == 1 and (raw.ndim == 2 or images.shape[-1] == 3 and raw.ndim == 3)
     try:
@@ -251,12 +258,55 @@ def _predict(args) -> int:
     seconds = time.perf_counter() - start
     z, y, x = images.shape[:3]
     print(
-        f"predicted {z} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in {seconds:.1f} s: "
-        f"{100 * mask.mean():.1f}% structure -> {out}"
+        f"predicted {z} slice(s) of {y}x{x} with {args.model} on {describe_device(pipeline.device)} in {seconds:.1f} s: "
+        f"{100 * result.mask.mean():.1f}% structure -> {out}"
     )
-    if note:
+    for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _pipeline(args, checkpoint, volume, instances: bool = False):
+    """The `core.pipeline.Pipeline` of `predict`'s options (the same for every path).
+
+    Args:
+        volume: (Z, Y, X, C) array-like: the input, for ``--levels volume``.
+    """
+    from .core.pipeline import Pipeline
+    from .core.volume import pixel_size_of, volume_levels
+
+    pixel_size = args.pixel_size
+    if pixel_size is None and checkpoint.info.pixel_size_nm is not None:
+        pixel_size = pixel_size_of(args.input)
+        if pixel_size is not None:
+            print(f"note: pixel size {pixel_size:g} nm, from {Path(args.input).name}'s metadata "
+                  "(--pixel-size overrides it)", file=sys.stderr)
+    levels = volume_levels(volume, checkpoint.normalization) if args.levels == "volume" else None
+    fov = args.fov if args.fov in ("auto", "none") else "auto"  # a mask file is given to `run`
+    pipeline = Pipeline(checkpoint, device=args.device, tile=args.tile, overlap=args.overlap,
+                        batch_size=args.batch_size, pixel_size=pixel_size, fov=fov, threshold=args.threshold,
+                        instances=instances, levels=levels)
+    if instances and pipeline.uses_fov:
+        raise UsageError("--instances is for grey (EM) images: cells of vessels are not defined.")
+    return pipeline
+
+
+def _fov_mask(option: str, shape: tuple) -> np.ndarray | None:
+    """The --fov mask file as (Z, Y, X) bool (one mask serves every slice), or None for
+    'auto' / 'none'.
+
+    Args:
+        shape: (Z, Y, X) of the images.
+    """
+    from .core.data import as_stack, check_same_shape, read_stack
+
+    if option in ("auto", "none"):
+        return None
+    fov = as_stack(read_stack(option))[..., 0] != 0
+    if fov.shape[0] == 1 and shape[0] > 1:
+        fov = np.broadcast_to(fov, shape)
+    check_same_shape(np.broadcast_to(False, shape), fov, "--fov mask")
+    return fov
 
 
 def _tile_progress():
@@ -279,8 +329,7 @@ def _tile_progress():
     return progress, holder
 
 
-def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshold: float,
-                      pixel_size: float | None) -> int:
+def _predict_streamed(args, out: Path, extra: dict, checkpoint) -> int:
     """Predict a volume slice by slice into zarr stores or memory-mapped tifs (bounded memory).
 
     Outputs are written beside their final names and renamed when every slice is done,
@@ -290,12 +339,11 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
     from .core.stream import VolumeOutputs, predict_volume
     from .core.volume import create_output, open_volume
 
-    if args.fov not in ("auto", "none"):
-        raise UsageError("--fov with a mask file needs the images read whole: give --out a .tif and an input "
-                         "under 1 GB, or use --fov auto / none.")
     volume = open_volume(args.input)
     shape = tuple(volume.data.shape[:3])
+    fov = _fov_mask(args.fov, shape)
     slices = _parse_slices(args.slices, shape[0], "--slices") if args.slices else None
+    pipeline = _pipeline(args, checkpoint, volume.data, instances="--instances" in extra)
     wanted = {out: np.uint8, extra.get("--probabilities"): np.float32, extra.get("--instances"): np.uint32}
     temps = {path: path.with_name(f".{path.name}.partial{path.suffix}") for path in wanted if path is not None}
     progress, bar = _tile_progress()
@@ -303,9 +351,7 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
         arrays = {path: create_output(temps[path], shape, wanted[path]) for path in temps}
         outputs = VolumeOutputs(arrays[out], arrays.get(extra.get("--probabilities")),
                                 arrays.get(extra.get("--instances")))
-        report = predict_volume(checkpoint, volume.data, outputs, slices, threshold=threshold, fov=args.fov,
-                                pixel_size=pixel_size, tile=args.tile, overlap=args.overlap,
-                                batch_size=args.batch_size, device=device, progress=progress)
+        report = predict_volume(pipeline, volume.data, outputs, slices, fov=fov, progress=progress)
         bar.close()
         for array in arrays.values():
             if hasattr(array, "flush"):  # memory-mapped tif
@@ -318,9 +364,12 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint, device, threshol
         for temp in temps.values():
             _remove(temp)
         raise
+    device = pipeline.device
     _z, y, x = shape
     print(f"predicted {len(report.done)} slice(s) of {y}x{x} with {args.model} on {describe_device(device)} in "
           f"{report.seconds:.1f} s, slice by slice: {100 * report.structure:.1f}% structure -> {out}")
+    if pipeline.scale_note:
+        print(f"note: {pipeline.scale_note}", file=sys.stderr)
     if report.blank:
         print(f"note: slice(s) {report.blank[:20]} hold one value only (no image): left empty.", file=sys.stderr)
     return 0
@@ -333,12 +382,10 @@ def _predict_cluster(args) -> int:
 
     from .core.checkpoint import load_checkpoint
     from .core.cluster import predict_on_cluster, record_folder
-    from .core.volume import pixel_size_of
+    from .core.volume import open_volume
 
     if args.workers and args.scheduler:
         raise UsageError("--workers starts a local cluster and --scheduler uses an existing one: give one of them.")
-    if args.probabilities or args.instances:
-        raise UsageError("On a cluster only the mask is written: leave out --probabilities and --instances.")
     if args.fov not in ("auto", "none"):
         raise UsageError("On a cluster the field of view is found in each image: use --fov auto or none.")
     out = Path(args.out)
@@ -346,17 +393,23 @@ def _predict_cluster(args) -> int:
         raise UsageError(f"{out.name}: on a cluster the output is a zarr store, e.g. --out mask.zarr.")
     if not out.parent.exists():
         raise UsageError(f"The folder {out.parent} does not exist: create it first.")
+    _check_output(args.out, True, (".zarr",), _predict_inputs(args))  # never over an input, even with --force
+    extra = {}
+    for name, path in (("--probabilities", args.probabilities), ("--instances", args.instances)):
+        if path:
+            if Path(path).suffix.lower() != ".zarr":
+                raise UsageError(f"{Path(path).name}: on a cluster {name} is a zarr store too, e.g. {name} x.zarr.")
+            extra[name] = _check_output(path, True, (".zarr",), _predict_inputs(args), name)
+    if len({p.resolve() for p in [out, *extra.values()]}) < 1 + len(extra):
+        raise UsageError("--out, --probabilities and --instances name the same store: choose different names.")
     records = record_folder(out)
     if args.force:
-        _remove(out)
-        _remove(records)
+        for path in [out, records, *extra.values()]:
+            _remove(path)
     elif out.exists() and not records.is_dir():
         raise FileExistsError(f"{out} exists: choose another name or add --force to overwrite it.")
     checkpoint = load_checkpoint(args.model)
-    threshold = args.threshold if args.threshold is not None else checkpoint.metadata.get("threshold", 0.5)
-    pixel_size = args.pixel_size
-    if pixel_size is None and checkpoint.metadata.get("pixel_size_nm"):
-        pixel_size = pixel_size_of(args.input)
+    pipeline = _pipeline(args, checkpoint, open_volume(args.input).data, instances="--instances" in extra)
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -373,8 +426,10 @@ def _predict_cluster(args) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = predict_on_cluster(client, checkpoint, args.input, out, threshold=threshold, pixel_size=pixel_size,
-                                    tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, fov=args.fov,
+        report = predict_on_cluster(client, checkpoint, args.input, out, threshold=pipeline.threshold,
+                                    pixel_size=pipeline.pixel_size, tile=args.tile, overlap=args.overlap,
+                                    batch_size=args.batch_size, fov=pipeline.fov_mode, levels=pipeline.levels,
+                                    probabilities=extra.get("--probabilities"), instances=extra.get("--instances"),
                                     threads=threads, cpu=args.device == "cpu", progress=progress)
     finally:
         bar.close()
@@ -409,22 +464,6 @@ def _replace(source: Path, target: Path) -> None:
     _remove(old)
 
 
-def _field_of_view(option: str, images: np.ndarray) -> np.ndarray | None:
-    """(Z, Y, X) bool FOV of RGB images (found, or read from a file); None for grey ones."""
-    from .core.data import as_stack, check_same_shape, read_stack
-    from .core.fov import fields_of_view
-
-    if images.shape[-1] != 3 or option == "none":
-        return None
-    if option == "auto":
-        return fields_of_view(images)
-    fov = as_stack(read_stack(option))[..., 0] != 0
-    if fov.shape[0] == 1 and images.shape[0] > 1:
-        fov = np.broadcast_to(fov, images.shape[:3])  # one mask for every image of a stack
-    check_same_shape(images[..., 0], fov, "--fov mask")
-    return fov
-
-
 def _join_process_group(device):
     """Join the torchrun run this process belongs to (NCCL between GPUs, gloo on CPUs);
     returns this process's device (its own GPU, ``LOCAL_RANK``)."""
@@ -450,7 +489,9 @@ def _train(args) -> int:
     from .core.predict import describe_device, resolve_device
     from .core.train import TrainConfig, TrainingData, train
 
-    out = _check_output(args.out, args.force, (".pt", ".pth"))
+    out = _check_output(args.out, args.force, (".pt", ".pth"), {
+        "the --images stack": args.images, "the --labels file": args.labels, "the --fov mask": args.fov,
+        "the --from model": args.from_model, "the --edited mask": args.edited})
     device = _join_process_group(resolve_device(args.device)) if args.distributed else resolve_device(args.device)
     stack = load_pairs(args.images, args.labels, args.fov, invert_labels=args.invert_labels)
     note = check_images(stack.images, Path(args.images).name)
@@ -602,7 +643,8 @@ def _export(args) -> int:
     from .core.checkpoint import load_checkpoint
     from .core.data import as_stack, read_stack
 
-    out = _check_output(args.out, args.force, (".zip",))
+    out = _check_output(args.out, args.force, (".zip",), {"the --model checkpoint": args.model,
+                                                          "the --sample image": args.sample})
     checkpoint = load_checkpoint(args.model)
     sample = as_stack(read_stack(args.sample))[0] if args.sample else default_sample(checkpoint.task)
     if sample.shape[-1] != checkpoint.config.in_channels:
@@ -617,6 +659,8 @@ def _gui(args) -> int:
     from ._launch import run
 
     sample = None if args.sample == "none" else args.sample
+    if args.screenshot:
+        _check_output(args.screenshot, True, (), {"the image to open": args.data}, "--screenshot")
     return run(args.data, sample, args.screenshot, predict=not args.no_predict)
 
 

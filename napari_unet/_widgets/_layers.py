@@ -8,26 +8,11 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
-from ..core.labels import IGNORE, STRUCTURE
-
-ROLE_COLOURS = {
-    "prediction": "#ff33cc",  # magenta: what the model says
-    "truth": "#00e5ff",  # cyan: ground truth
-    "fov": "#ffffff",
-    "changed": "#ffd000",  # yellow: what a fine-tune changed
-}
-
+from ..core.labels import label_colours
 
 def label_colormap(role: str) -> DirectLabelColormap:
-    """Structure in the role's colour, IGNORE in grey, background transparent."""
-    return DirectLabelColormap(
-        color_dict={
-            None: "transparent",
-            0: "transparent",
-            STRUCTURE: ROLE_COLOURS.get(role, "#ff33cc"),
-            IGNORE: "#808080",
-        }
-    )
+    """Structure in the role's colour, IGNORE in grey, background transparent (`core.labels.label_colours`)."""
+    return DirectLabelColormap(color_dict=label_colours(role))
 
 
 def plugin_meta(layer) -> dict:
@@ -182,3 +167,15 @@ def follow_new_layers(viewer, widget, combos_by_role: dict) -> None:
 
     viewer.layers.events.inserted.connect(inserted)
     viewer.layers.events.removed.connect(lambda event: ref() is not None and ref().reset_choices())
+def fov_of(viewer, image: Image, shape: tuple) -> np.ndarray | None:
+    """(Z, Y, X) bool field of view the user gave an RGB image, or None (then it is found
+    from the image): the FOV layer Predict made (perhaps edited), or a mask opened with
+    the image (DRIVE's). None for grey images."""
+    if not image.rgb:
+        return None
+    source = plugin_meta(image).get("source")
+    opened_with = [layer for layer in viewer.layers if isinstance(layer, Labels) and source
+                   and plugin_meta(layer).get("role") == "fov" and plugin_meta(layer).get("source") == source]
+    layers = [layer for layer in linked_layers(viewer, "fov", image, Labels) + opened_with
+              if labels_stack(layer).shape == shape]
+    return np.array(labels_stack(layers[-1])) != 0 if layers else None

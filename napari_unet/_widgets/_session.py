@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import weakref
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 
 from ..core.checkpoint import Checkpoint
-from ..core.corrections import CorrectionStore, corrections_folder
+from ..core.corrections import CorrectionStore, VolumeState, corrections_folder, save_volume_state
 from ._layers import layer_uid, plugin_meta
 
 AUTOSAVE_MS = 60_000
@@ -123,7 +122,7 @@ class CorrectionTracker:
 
         A layer backed by a store on disk (a volume's prediction) holds its labels there,
         written as they are painted; then only the slice lists and the edited slices' pixels
-        are written (``state.json``, ``edited-<z>.npy`` beside the store).
+        are written (`core.corrections.save_volume_state`).
         """
         layer = self.layer
         self.dirty = False  # an edit made while saving sets it again
@@ -136,20 +135,10 @@ class CorrectionTracker:
         return store.folder
 
     def _save_state(self, folder: Path) -> Path:
-        from ..core.files import atomic_write
-
-        def write_npy(path: str, plane: np.ndarray) -> None:
-            with open(path, "wb") as handle:
-                np.save(handle, plane)
-
-        folder.mkdir(parents=True, exist_ok=True)
         changed, self.unsaved_slices = self.unsaved_slices, set()
-        for z in sorted(changed & set(self.edited_pixels)):
-            atomic_write(folder / f"edited-{z}.npy", lambda tmp, z=z: write_npy(tmp, self.edited_pixels[z]))
-        state = {"corrected_slices": sorted(self.corrected), "edited_slices": sorted(self.edited),
-                 "labels": plugin_meta(self.layer).get("labels", ""), "saved": datetime.now().isoformat("T", "seconds")}
-        atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state)))
-        return folder
+        state = VolumeState(labels=plugin_meta(self.layer).get("labels", ""), corrected_slices=sorted(self.corrected),
+                            edited_slices=sorted(self.edited))
+        return save_volume_state(folder, state, {z: self.edited_pixels[z] for z in changed & set(self.edited_pixels)})
 
 
 class _TrackerSignals:
@@ -181,6 +170,7 @@ class Session:
     def __init__(self) -> None:
         self.current: Checkpoint | None = None  # the model of the last prediction or fine-tune
         self.current_label = ""
+        self.predict_options: dict = {}  # Predict's tile and overlap: the fine-tune re-predicts with them
         self.fine_tuned: Checkpoint | None = None
         self.fine_tuned_path: Path | None = None
         self.corrections_dir: Path | None = None  # None = beside the image

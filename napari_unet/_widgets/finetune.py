@@ -11,14 +11,15 @@ from napari.layers import Image, Labels
 
 from ..core.bmz import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..core.files import check_writable, free_path, napari_unet_home
+from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
 from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, held_out_index
-from ..core.fov import fields_of_view
 from ..core.labels import labels_from_array, labels_note
-from ..core.predict import describe_device, predict_stack, resolve_device, threshold_mask
+from ..core.pipeline import Pipeline
+from ..core.predict import describe_device, resolve_device
 from ._jobs import BackgroundJob
 from ._layers import (
     follow_new_layers,
+    fov_of,
     image_stack,
     is_lazy,
     label_colormap,
@@ -33,7 +34,6 @@ from ._plot import LossPlot
 from ._session import get_session, real_viewer
 from ._text import text_row
 from ._writer_queue import write_steps
-from .predict import fov_of
 
 # torch's optimizers import torch._dynamo lazily on their first step; in a worker thread
 # that big import (and the full garbage collections it triggers in napari's large heap)
@@ -61,8 +61,11 @@ class FineTuneWidget(Container):
                                 tooltip="Empty: next to the image, never overwriting")
         self.run_button = PushButton(text=START)
         self.progress_bar = ProgressBar(label="Progress", value=0, max=1)
-        self.eta = text_row()
-        self.status = text_row()
+        # Room kept for the lines these rows usually need: the ETA is rewritten at each
+        # step, and a row that changes height re-lays out the window and makes the canvas
+        # redraw (a visible stall with software OpenGL). Longer text still grows the row.
+        self.eta = text_row(lines=2)
+        self.status = text_row(lines=3)
         self.export_to = FileEdit(label="Export to", mode="w", filter="*.zip",
                                   tooltip="A bioimage.io package of the model in Predict. Empty: next to it")
         self.export_authors = LineEdit(label="Authors", tooltip="Names for the package, separated by commas")
@@ -70,10 +73,6 @@ class FineTuneWidget(Container):
         self.extend([self.image, self.corrected_labels, self.steps, self.hold_out, self.device, self.save_to,
                      self.run_button, self.progress_bar, self.eta, self.status, self.export_to, self.export_authors,
                      self.export_button])
-        # Fixed heights: text that changes height would re-layout the window and make
-        # the canvas redraw (a visible stall with software OpenGL).
-        self.status.native.setFixedHeight(170)
-        self.eta.native.setFixedHeight(20)
         self.plot = LossPlot()
         self.native.layout().insertWidget(7, self.plot)
         self.run_button.changed.connect(self._clicked)
@@ -120,7 +119,9 @@ class FineTuneWidget(Container):
             if checkpoint.config.in_channels != stack.shape[-1]:
                 raise ValueError("The current model does not take this kind of image (grey vs RGB).")
             device = resolve_device(self.device.value)
-            options = FineTuneOptions(steps=self.steps.value, hold_out=self.hold_out.value, device=str(device))
+            predicting = dict(self.session.predict_options)  # as Predict predicts: tile, overlap
+            options = FineTuneOptions(steps=self.steps.value, hold_out=self.hold_out.value, device=str(device),
+                                      **predicting)
             out = self._output_path(image)
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
@@ -144,7 +145,7 @@ class FineTuneWidget(Container):
             run = FineTune(checkpoint, stack, SlicesOf(labels_from_array(raw), corrected, labels.shape), corrected,
                            SlicesOf(np.stack([edited.get(z, np.zeros(labels.shape[1:], bool)) for z in corrected]),
                                     corrected, labels.shape),
-                           options=options, start_name=start_name)
+                           options=options, start_name=start_name, fov=given_fov)
             events = run.run()
             for event in events:
                 state.events.append(event)
@@ -159,12 +160,10 @@ class FineTuneWidget(Container):
             tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
             updates = changed = None
-            if uncorrected:
-                probabilities = predict_stack(tuned, stack[uncorrected], device=device, cancel=lambda: state.abandoned)
-                if image.rgb:  # as Predict does: nothing outside the field of view
-                    found = fields_of_view(stack[uncorrected]) if given_fov is None else given_fov[uncorrected]
-                    probabilities[~found] = 0.0
-                mask = threshold_mask(probabilities, float(result.metadata["threshold"]))
+            if uncorrected:  # as Predict would predict them
+                fov = None if given_fov is None else given_fov[uncorrected]
+                mask = Pipeline(tuned, device=device, **predicting).run(stack[uncorrected], fov,
+                                                                          cancel=lambda: state.abandoned).mask
                 updates = slice_updates(labels, mask, uncorrected)
                 changed = np.zeros(labels.shape, np.uint8)  # shown in yellow
                 for z, (rows, cols, _values) in updates.items():
@@ -196,6 +195,7 @@ class FineTuneWidget(Container):
         if chosen not in ("", "."):
             path = Path(chosen)
             path = path if path.suffix == ".pt" else path.with_suffix(".pt")
+            refuse_input(path, self._inputs(image), "Save model to")
         else:
             source = plugin_meta(image).get("source")
             folder = Path(source).parent if source else napari_unet_home() / "models"
@@ -238,11 +238,18 @@ class FineTuneWidget(Container):
         self.export_job.start()
         return self.export_job
 
+    def _inputs(self, image: Image) -> dict:
+        """What a chosen output may not be: the image's file and the models in use."""
+        current = self.session.current
+        source = (plugin_meta(image).get("source") or image.source.path) if image is not None else None
+        return {"the image": source, "the model in use": current.source if current is not None else None}
+
     def _export_path(self, name: str) -> Path:
         chosen = str(self.export_to.value)
         if chosen not in ("", "."):
             path = Path(chosen)
             path = path if path.suffix == ".zip" else path.with_suffix(".zip")
+            refuse_input(path, self._inputs(self.image.value), "Export to")
         else:
             model_file = self.session.fine_tuned_path
             folder = model_file.parent if model_file else napari_unet_home() / "models"

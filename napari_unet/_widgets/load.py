@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, PushButton
 from napari.layers import Layer
 
-from ..core.corrections import CorrectionStore, corrections_folder
+from ..core.corrections import (
+    CorrectionStore,
+    VolumeState,
+    corrections_folder,
+    load_volume_edits,
+    load_volume_state,
+)
 from ..core.data import DataError
 from .._reader import read_layers
 from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta
@@ -33,7 +38,7 @@ class LoadWidget(Container):
         self.load_button.changed.connect(self.load)
         self.restore_button.changed.connect(self.restore_corrections)
         self._pending_restore: tuple[CorrectionStore, str, Layer] | None = None
-        self._pending_volume: tuple[dict, Path, str, Layer] | None = None  # state, folder, source, image
+        self._pending_volume: tuple[VolumeState, Path, str, Layer] | None = None  # state, folder, source, image
 
     def _choose_folder(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -87,19 +92,16 @@ class LoadWidget(Container):
 
     def _offer_volume_restore(self, folder: Path, path: Path, image) -> None:
         """A volume's prediction lives in a zarr store beside it, its slice lists in
-        ``state.json`` (see `CorrectionTracker.save`)."""
+        its corrections folder (`core.corrections.load_volume_state`)."""
         try:
-            state = json.loads((folder / "state.json").read_text())
-        except FileNotFoundError:
+            state = load_volume_state(folder)
+        except ValueError as exc:
+            self.status.value += f"\n{exc}"
             return
-        except (OSError, ValueError) as exc:
-            self.status.value += f"\nThe saved corrections in {folder} could not be read ({exc})."
+        if state is None or not state.labels or not Path(state.labels).is_dir():
             return
-        if not Path(state.get("labels", "")).is_dir():
-            return
-        count = len(state.get("corrected_slices", []))
-        self.status.value += (f"\nSaved prediction and corrections found ({count} corrected slice(s), "
-                              f"{state.get('saved', '')}).")
+        count = len(state.corrected_slices)
+        self.status.value += f"\nSaved prediction and corrections found ({count} corrected slice(s), {state.saved})."
         self.restore_button.visible = True
         self._pending_volume = (state, folder, str(path), image)
 
@@ -108,30 +110,31 @@ class LoadWidget(Container):
         import zarr
 
         state, folder, source, image = self._pending_volume
-        labels_path = Path(state["labels"])
+        labels_path = Path(state.labels)
         try:
             labels = zarr.open_array(str(labels_path), mode="r+")
             expected = lazy_stack(image).shape[:3]
             if labels.shape != expected:
                 raise ValueError(f"The saved prediction {labels_path} has shape {labels.shape} but '{image.name}' "
                                  f"has {expected}: it belongs to another version of the volume.")
-            edited = {int(p.stem.split("-")[1]): np.load(p) for p in folder.glob("edited-*.npy")}
+            edited = load_volume_edits(folder)
         except (OSError, ValueError) as exc:
             self.status.value = str(exc)
             return None
-        layer, tracker = self._add_restored(image, labels, state, edited, image_source=source, store=str(folder),
-                                            labels=str(labels_path))
+        layer, tracker = self._add_restored(image, labels, state.corrected_slices, state.edited_slices, edited,
+                                            image_source=source, store=str(folder), labels=str(labels_path))
         self.status.value = f"Restored '{layer.name}' ({labels_path}) with {len(tracker.corrected)} corrected slice(s)."
         return layer
 
-    def _add_restored(self, image, data, state: dict, edited, **meta) -> tuple[Layer, object]:
+    def _add_restored(self, image, data, corrected: list[int], edited: list[int], edited_pixels,
+                      **meta) -> tuple[Layer, object]:
         """Add restored labels as the image's prediction layer and bring back its slice
         lists and edited pixels; the offer to restore is then withdrawn."""
         meta = linked_meta("prediction", image, kind="fundus" if image.rgb else "em", **meta)
         layer = self.viewer.add_labels(data, name=f"{image.name} prediction", colormap=label_colormap("prediction"),
                                        opacity=0.5, metadata=meta)
         tracker = get_session(self.viewer).tracker(layer)
-        tracker.restore(state.get("corrected_slices", []), state.get("edited_slices", []), edited)
+        tracker.restore(corrected, edited, edited_pixels)
         self.restore_button.visible = False
         self._pending_restore = self._pending_volume = None
         return layer, tracker
@@ -152,6 +155,7 @@ class LoadWidget(Container):
         except ValueError as exc:
             self.status.value = str(exc)
             return None
-        layer, tracker = self._add_restored(image, np.asarray(labels), state, edited_pixels, image_source=source)
+        layer, tracker = self._add_restored(image, np.asarray(labels), state.get("corrected_slices", []),
+                                            state.get("edited_slices", []), edited_pixels, image_source=source)
         self.status.value = f"Restored {len(tracker.corrected)} corrected slice(s) into '{layer.name}'."
         return layer

@@ -21,24 +21,17 @@ from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.corrections import corrections_folder
-from ..core.data import check_images, data_hash, parse_slices
+from ..core.data import data_hash, parse_slices
 from ..core.files import check_writable, free_path, napari_unet_home
-from ..core.fov import fields_of_view
-from ..core.predict import (
-    PredictionCancelled,
-    cell_instances,
-    describe_device,
-    instance_method,
-    predict_stack,
-    resolve_device,
-    threshold_mask,
-)
+from ..core.pipeline import Pipeline
+from ..core.predict import PredictionCancelled, describe_device, resolve_device
 from ..core.stream import VolumeOutputs, predict_volume
 from ..core.volume import create_output
 from ._jobs import BackgroundJob
 from ._layers import (
     follow_new_layers,
     current_slice,
+    fov_of,
     image_stack,
     is_lazy,
     label_colormap,
@@ -145,7 +138,7 @@ class PredictWidget(Container):
             checkpoint, _name = self.selected_checkpoint()
         except (ValueError, CheckpointError):
             return  # no file chosen yet, or a bad one: predicting will say so
-        self.threshold.value = float(checkpoint.metadata.get("threshold", 0.5))
+        self.threshold.value = checkpoint.info.threshold
 
     def _image_changed(self) -> None:
         layer = self.image.value
@@ -177,6 +170,18 @@ class PredictWidget(Container):
                 raise ValueError("Choose a checkpoint file (.pt) first.")
             return load_checkpoint(path), path.name
         return load_checkpoint(choice), choice
+
+    def pipeline(self, checkpoint: Checkpoint, device, instances: bool = False) -> Pipeline:
+        """The prediction `Pipeline` of this widget's choices; the tile and overlap are
+        remembered in the session, so the fine-tune re-predicts the same way.
+
+        Raises:
+            ValueError: a choice that cannot work (e.g. an absurd pixel size), said for the user.
+        """
+        options = {"tile": self.tile.value or None, "overlap": self.overlap.value}
+        self.session.predict_options = options
+        return Pipeline(checkpoint, device=device, pixel_size=self.pixel_size.value or None,
+                        threshold=self.threshold.value, instances=instances, **options)
 
     def _run_clicked(self) -> None:
         if self.job is not None and self.job.running:
@@ -214,10 +219,12 @@ class PredictWidget(Container):
             return None
         if lazy:
             return self._predict_volume(layer, stack, checkpoint, model_name, device, slices)
-        tile = self.tile.value or None
-        overlap, threshold = self.overlap.value, self.threshold.value
-        pixel_size = self.pixel_size.value or None
         with_cells = self.show_instances.value and not layer.rgb
+        try:
+            pipeline = self.pipeline(checkpoint, device, instances=with_cells)
+        except ValueError as exc:
+            self.status.value = str(exc)
+            return None
         # Corrections of an image without a file are keyed by its pixels (hashed only then).
         needs_hash = not plugin_meta(layer).get("source")
         given_fov = fov_of(self.viewer, layer, stack.shape[:3])
@@ -233,25 +240,20 @@ class PredictWidget(Container):
 
         def work(state):
             part = stack[chosen] if slices is not None else stack
-            note = check_images(part, f"'{layer.name}'")
+            fov = given_fov[chosen] if given_fov is not None else None
             try:
-                probabilities = predict_stack(checkpoint, part, tile=tile, overlap=overlap, device=device,
-                                              progress=state.report, cancel=state.cancelled, pixel_size=pixel_size)
+                result = pipeline.run(part, fov, state.report, state.cancelled)
             except PredictionCancelled:
                 return None
-            fov = None
-            if layer.rgb:  # fundus: nothing is predicted outside the field of view
-                fov = given_fov[chosen] if given_fov is not None else fields_of_view(part)
-                probabilities[~fov] = 0.0
-            mask = threshold_mask(probabilities, threshold)
-            cells = cell_instances(mask, instance_method(checkpoint)) if with_cells else None
-            found = fov if given_fov is None else None  # shown as a layer the user can edit
+            probabilities, mask, cells = result.probabilities, result.mask, result.cells
+            found = result.fov if result.fov_found else None  # shown as a layer the user can edit
             if slices is not None:  # back to the stack's shape, 0 in the slices not predicted
                 probabilities, mask, cells, found = (_in_stack(a, chosen, stack.shape[0])
                                                      for a in (probabilities, mask, cells, found))
             updates = slice_updates(current, mask[todo], todo) if current is not None else None
-            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "", note, found,
-                              chosen if slices is not None else None, target, updates)
+            return Prediction(probabilities, mask, cells, data_hash(stack) if needs_hash else "",
+                              " ".join(result.notes), found, chosen if slices is not None else None, target, updates,
+                              given_fov is not None)
 
         def done(result):
             if watch.changed:
@@ -278,12 +280,13 @@ class PredictWidget(Container):
         shape = tuple(volume.shape[:3])
         target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, layer)
         try:
+            pipeline = self.pipeline(checkpoint, device, instances=self.show_instances.value and not layer.rgb)
             folder = prediction_folder(layer, self.session.corrections_dir)
             mask_path = free_path(folder / "prediction.zarr")
             outputs = {"mask": target.data if target is not None else create_output(mask_path, shape, np.uint8)}
             if self.show_probability.value:
                 outputs["probabilities"] = create_output(free_path(folder / "probability.zarr"), shape, np.float32)
-            if self.show_instances.value and not layer.rgb:
+            if pipeline.instances:
                 outputs["instances"] = create_output(free_path(folder / "cells.zarr"), shape, np.uint32)
         except (OSError, ValueError) as exc:
             self.status.value = f"Cannot create the prediction store ({exc}): choose a folder in Correct."
@@ -308,13 +311,11 @@ class PredictWidget(Container):
             shown.append(self.viewer.add_labels(outputs["instances"], name=f"{layer.name} cells", opacity=0.4,
                                                 metadata=linked_meta("cells", layer)))
         todo = [z for z in (slices if slices is not None else range(shape[0])) if z not in keep]
-        threshold, pixel_size = self.threshold.value, self.pixel_size.value or None
-        tile, overlap = self.tile.value or None, self.overlap.value
+        given_fov = fov_of(self.viewer, layer, shape)
         watch = ImageWatch(self.viewer, layer)
 
         def work(state):
-            return predict_volume(checkpoint, volume, VolumeOutputs(**outputs), todo, threshold=threshold,
-                                  pixel_size=pixel_size, tile=tile, overlap=overlap, device=device,
+            return predict_volume(pipeline, volume, VolumeOutputs(**outputs), todo, fov=given_fov,
                                   progress=state.report, cancel=state.cancelled, on_slice=state.events.append)
 
         def show_written(state) -> None:
@@ -383,7 +384,8 @@ class PredictWidget(Container):
             steps.append(lambda: show_linked(self.viewer, "cells", image, layer_shaped(result.cells, ndim),
                                              lambda data, meta: self.viewer.add_labels(
                                                  data, name=f"{image.name} cells", opacity=0.4, metadata=meta)))
-        fov_text = ""
+        fov_text = ("Predicted inside your field of view layer (paint or erase it and predict again to change it)."
+                    if result.given_fov else "")
         if result.found_fov is not None:
             def add_fov(data, meta):  # an outline: it shows the border without tinting the image
                 self.viewer.add_labels(data, name=f"{image.name} field of view", opacity=0.9,
@@ -395,20 +397,6 @@ class PredictWidget(Container):
                         "erase it and predict again to change it).")
         self.status.value = f"{message} {fov_text} {result.note}".strip()
         return steps
-
-
-def fov_of(viewer, image: Image, shape: tuple) -> np.ndarray | None:
-    """(Z, Y, X) bool field of view the user gave an RGB image, or None (then it is found
-    from the image): the FOV layer Predict made (perhaps edited), or a mask opened with
-    the image (DRIVE's). None for grey images."""
-    if not image.rgb:
-        return None
-    source = plugin_meta(image).get("source")
-    opened_with = [layer for layer in viewer.layers if isinstance(layer, Labels) and source
-                   and plugin_meta(layer).get("role") == "fov" and plugin_meta(layer).get("source") == source]
-    layers = [layer for layer in linked_layers(viewer, "fov", image, Labels) + opened_with
-              if labels_stack(layer).shape == shape]
-    return np.array(labels_stack(layers[-1])) != 0 if layers else None
 
 
 @dataclass
@@ -424,6 +412,7 @@ class Prediction:
     slices: list[int] | None = None  # the slices predicted, when not all
     target: Labels | None = None  # the layer ``updates`` were computed against
     updates: dict | None = None  # `slice_updates` of ``target``
+    given_fov: bool = False  # predicted inside a field of view the user gave
 
 
 def _in_stack(part: np.ndarray | None, slices: list[int], count: int) -> np.ndarray | None:

@@ -18,6 +18,11 @@ Import accepts napari-unet exports only: the U-Net is rebuilt by napari-unet its
 its state dict read with ``torch.load(weights_only=True)``, so no code from the package
 runs. Other packages are refused with a message saying why.
 
+`core.checkpoint.load_checkpoint` loads packages through `read_package`; this module
+never imports `core.checkpoint` (the dependency is one-way): it exports any object
+with a Checkpoint's attributes (`Exportable`) and reads a package into a model and its
+metadata.
+
 Needs the optional extra: ``pip install "napari-unet[bioimageio]"``.
 """
 
@@ -27,13 +32,14 @@ import io
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import BUILTIN_DIR, BUILTIN_MODELS, Checkpoint, CheckpointError
 from .data import normalize
+from .files import BUILTIN_DIR, BUILTIN_MODELS
 from .model import UNet, UNetConfig
 
 ARCHITECTURE = "napari_unet.core.model"
@@ -43,13 +49,36 @@ U_NET_PAPER = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Bi
                "Segmentation. MICCAI 2015.", "10.1007/978-3-319-24574-4_28")
 
 
+class PackageError(ValueError):
+    """A package that cannot be exported or read; the message says what to do.
+
+    `core.checkpoint.load_checkpoint` raises it again as a CheckpointError."""
+
+
+class Exportable(Protocol):
+    """What an export needs of a model: a `core.checkpoint.Checkpoint` has all of it."""
+
+    model: UNet
+    metadata: dict
+    source: str
+
+    @property
+    def config(self) -> UNetConfig: ...
+
+    @property
+    def normalization(self) -> dict: ...
+
+    @property
+    def task(self) -> str: ...
+
+
 def _spec():
-    """The bioimageio.spec modules, or a CheckpointError saying how to install them."""
+    """The bioimageio.spec modules, or a PackageError saying how to install them."""
     try:
         import bioimageio.spec as spec
         from bioimageio.spec.model import v0_5
     except ImportError:
-        raise CheckpointError(
+        raise PackageError(
             'bioimage.io packages need the optional extra: pip install "napari-unet[bioimageio]".'
         ) from None
     return spec, v0_5
@@ -78,7 +107,7 @@ def centre_crop(image: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def export_package(
-    checkpoint: Checkpoint,
+    checkpoint: Exportable,
     out: str | Path,
     sample: np.ndarray,
     name: str | None = None,
@@ -89,6 +118,7 @@ def export_package(
     """Write ``checkpoint`` as a bioimage.io package (zip).
 
     Args:
+        checkpoint: a `core.checkpoint.Checkpoint` (or any `Exportable`).
         sample: (Y, X, C) raw image the model is meant for (its centre becomes the test
             input and the cover).
         authors: names (default: "napari-unet user"); license: an SPDX id.
@@ -185,21 +215,27 @@ def export_package(
         return Path(spec.save_bioimageio_package(descr, output_path=out))
 
 
-def load_package(path: str | Path) -> Checkpoint:
-    """A napari-unet export as a Checkpoint; other packages are refused (CheckpointError)."""
+def read_package(path: str | Path) -> tuple[UNet, dict]:
+    """A napari-unet export's model (in eval mode, on the CPU) and metadata.
+
+    Use `core.checkpoint.load_checkpoint`, which returns them as a Checkpoint.
+
+    Raises:
+        PackageError: a missing or unreadable package, or one napari-unet did not export.
+    """
     spec, v = _spec()
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist: check the path.")
+        raise PackageError(f"{path} does not exist: check the path.")
     try:
         descr = spec.load_model_description(path, perform_io_checks=False)
     except Exception as exc:  # a broken zip, YAML or an invalid description
-        raise CheckpointError(f"{path.name} is not a readable bioimage.io model package ({exc}).") from exc
+        raise PackageError(f"{path.name} is not a readable bioimage.io model package ({exc}).") from exc
     weights = getattr(getattr(descr, "weights", None), "pytorch_state_dict", None)
     architecture = getattr(weights, "architecture", None)
     ours = getattr(getattr(descr, "config", None), "napari_unet", None)
     if getattr(architecture, "import_from", None) != ARCHITECTURE or not isinstance(ours, dict):
-        raise CheckpointError(
+        raise PackageError(
             f"{path.name} is a bioimage.io package but not a napari-unet export; napari-unet runs only its "
             "own exports (it never runs code from a package). Run it with bioimageio.core, ilastik or deepImageJ."
         )
@@ -208,8 +244,8 @@ def load_package(path: str | Path) -> Checkpoint:
         state = torch.load(io.BytesIO(weights.get_reader().read()), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:
-        raise CheckpointError(f"{path.name}: its weights do not load ({exc}); export the model again.") from exc
-    return Checkpoint(model=model.eval(), metadata=dict(ours), source=str(path))
+        raise PackageError(f"{path.name}: its weights do not load ({exc}); export the model again.") from exc
+    return model.eval(), dict(ours)
 
 
 def default_sample(task: str) -> np.ndarray:
@@ -230,7 +266,7 @@ def _default_description(task: str) -> str:
     return f"U-Net for {what}, trained or fine-tuned with napari-unet."
 
 
-def _documentation(checkpoint: Checkpoint, name: str) -> str:
+def _documentation(checkpoint: Exportable, name: str) -> str:
     meta = checkpoint.metadata
     card = next((BUILTIN_DIR / f.replace(".pt", ".md") for n, f in BUILTIN_MODELS.items()
                  if checkpoint.source == n), None)

@@ -42,10 +42,10 @@ def annotation_offset(probabilities: np.ndarray, labels: np.ndarray) -> tuple[fl
     return (round(float(dy), 3), round(float(dx), 3))
 
 
-def shift_output(probabilities: np.ndarray, metadata: dict) -> np.ndarray:
-    """Move (Z, Y, X) probabilities by the model's ``output_shift_px`` (linear
-    interpolation, edges repeated); unchanged when the model records none."""
-    dy, dx = metadata.get(SHIFT_KEY) or (0.0, 0.0)
+def shift_output(probabilities: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    """Move (Z, Y, X) probabilities by the model's ``output_shift_px`` (y, x) (linear
+    interpolation, edges repeated); unchanged for (0, 0)."""
+    dy, dx = shift
     if not (dy or dx):
         return probabilities
     return ndimage.shift(probabilities, (0, dy, dx), order=1, mode="nearest").astype(np.float32)

@@ -20,15 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .data import DEFAULT_NORMALIZATION
-from .labels import LABEL_CONVENTION
-from .files import atomic_write
+from .bmz import PackageError, is_package, read_package
+from .description import ModelDescription
+from .files import BUILTIN_DIR, BUILTIN_MODELS, atomic_write
 from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet"
 FORMAT_VERSION = 1
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
-BUILTIN_MODELS = {"em-membranes": "em_membranes.pt", "fundus-vessels": "fundus_vessels.pt"}
 
 
 class CheckpointError(ValueError):
@@ -48,26 +46,24 @@ class Checkpoint:
         return self.model.config
 
     @property
+    def info(self) -> ModelDescription:
+        """The metadata, typed (`core.description`); read it, change ``metadata`` to write."""
+        return ModelDescription.from_metadata(self.metadata)
+
+    @property
     def normalization(self) -> dict:
-        return self.metadata.get("normalization", DEFAULT_NORMALIZATION)
+        return self.info.normalization
 
     @property
     def task(self) -> str:
-        return self.metadata.get("task", "em")
+        return self.info.task
 
 
 def default_metadata(task: str, **extra) -> dict:
     """Metadata for a new model of ``task`` ("em" or "fundus")."""
     if task not in ("em", "fundus"):
         raise ValueError(f"task must be 'em' or 'fundus', got {task!r}.")
-    meta = {
-        "task": task,
-        "label_convention": dict(LABEL_CONVENTION),
-        "normalization": dict(DEFAULT_NORMALIZATION),
-        "tile_size": 256,
-        "threshold": 0.5,
-        "history": [],
-    }
+    meta = ModelDescription(task=task).to_metadata()
     meta.update(extra)
     return meta
 
@@ -127,13 +123,13 @@ def load_checkpoint(name_or_path: str | Path, device: str | torch.device = "cpu"
     Raises:
         CheckpointError: unknown name, missing file, corrupt or foreign file.
     """
-    if str(name_or_path) not in BUILTIN_MODELS:
-        from .bmz import is_package, load_package  # bioimage.io packages (zip or folder)
-
-        if is_package(name_or_path):
-            checkpoint = load_package(Path(name_or_path).expanduser())
-            checkpoint.model.to(device)
-            return checkpoint
+    if str(name_or_path) not in BUILTIN_MODELS and is_package(name_or_path):  # bioimage.io: zip or folder
+        path = Path(name_or_path).expanduser()
+        try:
+            model, metadata = read_package(path)
+        except PackageError as exc:
+            raise CheckpointError(str(exc)) from exc
+        return Checkpoint(model=model.to(device), metadata=metadata, source=str(path))
     path = resolve_model(name_or_path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

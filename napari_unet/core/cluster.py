@@ -5,9 +5,12 @@ its scheduler address); nothing here is a scheduler. Why it is safe and resumabl
 
 * a block is a run of whole slices and the store is chunked one slice deep, so no two
   blocks ever write the same chunk, and the 2D model needs no halo between slices;
-* a block's result depends only on its slices, the model and the volume's levels (fixed
-  once, before any block runs), so a block rewritten after a worker died gives the
+* a block's result depends only on its slices, the model and the settings (the same
+  `Pipeline` as a single process), so a block rewritten after a worker died gives the
   same bytes;
+* cell ids are written per slice from 1, and numbered once every block is in (each
+  slice's ids moved by the cells of the slices before it), so they equal a single
+  process's;
 * the client writes a marker for each block once its slices are stored (``<out>.blocks/``,
   with the job's description); a rerun of the same job skips the marked blocks.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +32,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .data import DataError
-from .volume import create_output, open_volume, volume_levels
+from .volume import create_output, open_volume
 
 try:
     from distributed import WorkerPlugin
@@ -69,25 +73,38 @@ class _ModelOnWorkers(WorkerPlugin):
         self.name, self.checkpoint = name, checkpoint
 
 
-def _predict_block(model: str, source: str, out: str, slices: list[int], levels, settings: dict) -> dict:
-    """Runs on a worker: predict some whole slices of the volume into the store, with the
-    model held by the worker plugin named ``model``."""
+def _predict_block(model: str, source: str, outs: dict, slices: list[int], levels, settings: dict) -> dict:
+    """Runs on a worker: predict some whole slices of the volume into the stores, with the
+    model held by the worker plugin named ``model``. Cell ids are each slice's own (from 1)."""
     import torch
+    import zarr
     from distributed import get_worker
 
+    from .pipeline import Pipeline
     from .stream import VolumeOutputs, predict_volume
 
     checkpoint = get_worker().plugins[model].checkpoint
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
+    stores = {name: zarr.open_array(path, mode="r+") for name, path in outs.items()}
+    pipeline = Pipeline(checkpoint, device="cpu" if settings["cpu"] else "auto", tile=settings["tile"],
+                        overlap=settings["overlap"], batch_size=settings["batch_size"],
+                        pixel_size=settings["pixel_size"], fov=settings["fov"], threshold=settings["threshold"],
+                        instances="instances" in stores, levels=levels)
+    report = predict_volume(pipeline, open_volume(source).data, VolumeOutputs(**stores), slices, global_ids=False)
+    return {"slices": slices, "blank": report.blank, "cells": {str(z): n for z, n in report.cells.items()}}
+
+
+def _number_cells(local: str, path: str, slices: list[int], offsets: dict) -> None:
+    """Runs on a worker: each slice's own cell ids (store ``local``) moved by its offset
+    into ``path``, so ids are unique in the volume and equal to a single process's
+    (`stream.predict_volume`). Reading one store and writing another makes a rerun safe."""
     import zarr
 
-    store = zarr.open_array(out, mode="r+")
-    report = predict_volume(checkpoint, open_volume(source).data, VolumeOutputs(store), slices,
-                            threshold=settings["threshold"], levels=levels, fov=settings["fov"],
-                            pixel_size=settings["pixel_size"], tile=settings["tile"], overlap=settings["overlap"],
-                            batch_size=settings["batch_size"], device="cpu" if settings["cpu"] else "auto")
-    return {"slices": slices, "blank": report.blank}
+    source, target = zarr.open_array(local, mode="r"), zarr.open_array(path, mode="r+")
+    for z in slices:
+        cells = np.asarray(source[z])
+        target[z] = np.where(cells > 0, cells + np.uint32(offsets[str(z)]), 0).astype(np.uint32)
 
 
 def predict_on_cluster(
@@ -95,24 +112,30 @@ def predict_on_cluster(
     checkpoint: Checkpoint,
     source: str | Path,
     out: str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     block: int = 4,
     pixel_size: float | None = None,
     tile: int | None = None,
     overlap: float = 0.25,
     batch_size: int | None = None,
     fov: str = "auto",
+    levels: tuple | None = None,
+    probabilities: str | Path | None = None,
+    instances: str | Path | None = None,
     threads: int | None = None,
     cpu: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClusterReport:
-    """Predict a volume's mask into the zarr store ``out``, ``block`` slices per task.
+    """Predict a volume's mask (and probability, cells) into zarr stores, ``block``
+    slices per task, each slice through the same `Pipeline` as a single process.
 
     Args:
         client: a ``dask.distributed.Client`` (local or remote cluster); its workers
-            must read ``source`` and write ``out`` at the same paths (a shared disk).
+            must read ``source`` and write the stores at the same paths (a shared disk).
         checkpoint: the model, sent to each worker once.
-        out: a ``.zarr`` store; created, or resumed when it holds this job's blocks.
+        out: the mask's ``.zarr`` store; created, or resumed when it holds this job's blocks.
+        levels: shared intensity levels (`volume.volume_levels`), or None (each slice's own).
+        probabilities, instances: ``.zarr`` stores for them too, or None.
         threads: torch threads per worker (default: torch's own choice).
         progress: called with (slices done, slices in the volume).
 
@@ -127,34 +150,57 @@ def predict_on_cluster(
     source, out = str(source), Path(out)
     volume = open_volume(source).data
     shape = tuple(volume.shape[:3])
-    levels = volume_levels(volume, checkpoint.normalization) if volume.shape[-1] == 1 else None
-    settings = {"threshold": float(threshold), "pixel_size": pixel_size, "tile": tile, "overlap": overlap,
+    threshold = checkpoint.info.threshold if threshold is None else float(threshold)
+    outs = {"mask": str(out)}
+    if probabilities is not None:
+        outs["probabilities"] = str(probabilities)
+    if instances is not None:  # each slice's own ids first, numbered through the volume at the end
+        outs["instances"] = str(Path(instances).with_name(f".{Path(instances).name}.local.zarr"))
+    settings = {"threshold": threshold, "pixel_size": pixel_size, "tile": tile, "overlap": overlap,
                 "batch_size": batch_size, "fov": fov, "threads": threads, "cpu": cpu}
     job = _job(checkpoint, source, shape, levels, {k: v for k, v in settings.items() if k not in ("threads", "cpu")})
+    job["outputs"] = sorted(outs)
     records = record_folder(out)
     done = _resume(out, records, job)
     if not done:
-        create_output(out, shape, np.uint8)
+        dtypes = {"mask": np.uint8, "probabilities": np.float32, "instances": np.uint32}
+        for name, path in outs.items():
+            create_output(path, shape, dtypes[name])
+        if instances is not None:
+            create_output(instances, shape, np.uint32)
         records.mkdir(parents=True, exist_ok=True)
         (records / "job.json").write_text(json.dumps(job, indent=1))
     blocks = [list(range(z, min(z + block, shape[0]))) for z in range(0, shape[0], block)]
     todo = [b for b in blocks if f"{b[0]}-{b[-1]}" not in done]
     report = ClusterReport(skipped=[z for b in blocks if b not in todo for z in b])
+    counts: dict[str, int] = {}
+    for name in done:  # what the earlier run's blocks recorded
+        counts.update(json.loads((records / name).read_text() or "{}").get("cells", {}))
     model = f"napari-unet-model-{job['model']}"
     client.register_plugin(_ModelOnWorkers(model, checkpoint), name=model)
     try:
-        futures = [client.submit(_predict_block, model, source, str(out), b, levels, settings, pure=False,
+        futures = [client.submit(_predict_block, model, source, outs, b, levels, settings, pure=False,
                                  retries=3) for b in todo]
         finished = len(report.skipped)
         for future in as_completed(futures):
             result = future.result()
             slices = result["slices"]
-            (records / f"{slices[0]}-{slices[-1]}").write_text("")  # only once the block is stored
+            counts.update(result["cells"])
+            # Only once the block is stored; its cell counts number the cells at the end.
+            (records / f"{slices[0]}-{slices[-1]}").write_text(json.dumps({"cells": result["cells"]}))
             report.done.extend(slices)
             report.blank.extend(result["blank"])
             finished += len(slices)
             if progress is not None:
                 progress(finished, shape[0])
+        if instances is not None and Path(outs["instances"]).exists():
+            offsets, total = {}, 0
+            for z in range(shape[0]):
+                offsets[str(z)] = total
+                total += int(counts.get(str(z), 0))
+            client.gather([client.submit(_number_cells, outs["instances"], str(instances), b, offsets, pure=False,
+                                         retries=3) for b in blocks])
+            shutil.rmtree(outs["instances"], ignore_errors=True)
     finally:
         client.unregister_worker_plugin(model)
     report.done.sort()

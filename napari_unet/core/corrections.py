@@ -5,6 +5,11 @@ readable by any tif viewer, with the state as JSON in its description; series 1:
 edited pixels), written atomically: a crash leaves the previous save or the new one,
 never labels and state out of step.
 
+A volume larger than memory keeps its labels in its prediction store (a zarr folder,
+written as the user paints); its corrections folder then holds only the state
+(``state.json``: the store's path, the slice lists, the time) and the edited slices'
+pixels (``edited-<z>.npy``), see `VolumeState`.
+
 Where: beside the image (``<image file name>.napari-unet/``), or in a chosen folder
 (one sub-folder per image, keyed by its full path), or, for an image without a file,
 under ``$NAPARI_UNET_HOME/corrections`` (default ``~/napari-unet``) keyed by a hash of
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +32,7 @@ from .files import atomic_write, napari_unet_home
 from .labels import IGNORE
 
 FILE_NAME = "corrections.tif"
+VOLUME_STATE_FILE = "state.json"
 
 
 def corrections_folder(image_source: str | Path | None, pixels_hash: str = "", root: str | Path | None = None) -> Path:
@@ -116,6 +124,84 @@ class CorrectionStore:
         if "shape" in state and list(labels.shape) != state["shape"]:
             labels = labels.reshape(state["shape"])
         return labels, state, np.zeros(labels.shape, bool)
+
+
+@dataclass
+class VolumeState:
+    """The corrections of a volume whose labels live in a prediction store on disk.
+
+    Attributes:
+        labels: the prediction store (a zarr folder) holding the labels, or "".
+        corrected_slices: slices that count as corrected (sorted z indices).
+        edited_slices: slices the user painted on (sorted z indices).
+        saved: when it was saved (local time, ISO format to the second); set by
+            `save_volume_state`.
+    """
+
+    labels: str = ""
+    corrected_slices: list[int] = field(default_factory=list)
+    edited_slices: list[int] = field(default_factory=list)
+    saved: str = ""
+
+
+def save_volume_state(folder: str | Path, state: VolumeState,
+                      edited_pixels: Mapping[int, np.ndarray] | None = None) -> Path:
+    """Write a volume's state (``state.json``) and edited pixels (``edited-<z>.npy``) atomically.
+
+    Args:
+        folder: the volume's corrections folder (created if needed).
+        state: the state to write; its ``saved`` time is set to now.
+        edited_pixels: {z: (Y, X) bool} of the slices to (re)write, e.g. those edited
+            since the last save; the files of other slices are left as they are.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write_npy(path: str, plane: np.ndarray) -> None:
+        with open(path, "wb") as handle:
+            np.save(handle, plane)
+
+    for z, plane in sorted((edited_pixels or {}).items()):
+        atomic_write(folder / f"edited-{int(z)}.npy", lambda tmp, plane=plane: write_npy(tmp, plane))
+    state.saved = datetime.now().isoformat("T", "seconds")
+    text = json.dumps({"corrected_slices": sorted(int(z) for z in state.corrected_slices),
+                       "edited_slices": sorted(int(z) for z in state.edited_slices),
+                       "labels": str(state.labels), "saved": state.saved})
+    atomic_write(folder / VOLUME_STATE_FILE, lambda tmp: Path(tmp).write_text(text))
+    return folder
+
+
+def load_volume_state(folder: str | Path) -> VolumeState | None:
+    """A volume's state saved by `save_volume_state`, or None when there is none.
+
+    Raises:
+        ValueError: the state cannot be read; the message names the folder.
+    """
+    path = Path(folder) / VOLUME_STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        return VolumeState(labels=str(raw.get("labels", "")),
+                           corrected_slices=[int(z) for z in raw.get("corrected_slices", [])],
+                           edited_slices=[int(z) for z in raw.get("edited_slices", [])],
+                           saved=str(raw.get("saved", "")))
+    except FileNotFoundError:
+        return None
+    except (OSError, TypeError, ValueError) as exc:
+        raise ValueError(f"The saved corrections in {folder} could not be read ({exc}).") from exc
+
+
+def load_volume_edits(folder: str | Path) -> dict[int, np.ndarray]:
+    """The edited pixels saved by `save_volume_state`: {z: (Y, X) bool}.
+
+    Raises:
+        OSError, ValueError: a file cannot be read.
+    """
+    return {int(p.stem.split("-")[1]): np.load(p) for p in Path(folder).glob("edited-*.npy")}
 
 
 def ignore_unedited(labels: np.ndarray, edited: np.ndarray, margin: int = 8) -> np.ndarray:

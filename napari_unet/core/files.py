@@ -1,4 +1,5 @@
-"""Atomic file writing: a crash mid-write leaves the old file or the new one, never half of one."""
+"""Atomic file writing: a crash mid-write leaves the old file or the new one, never half of one;
+an output never replaces an input."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+# The models shipped with the package: built-in name -> weights file in BUILTIN_DIR (a
+# model card beside each, the same name ending in .md).
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
+BUILTIN_MODELS = {"em-membranes": "em_membranes.pt", "fundus-vessels": "fundus_vessels.pt"}
 
 
 def napari_unet_home() -> Path:
@@ -60,3 +66,35 @@ def free_path(path: str | Path) -> Path:
         candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
         n += 1
     return candidate
+
+
+def refuse_input(output: str | Path, inputs: dict[str, str | Path | None], what: str = "The output") -> Path:
+    """Refuse an output that is one of the inputs: an output never replaces an input.
+
+    ``output`` and each input are compared after resolving symbolic links (and as the
+    same file on disk, for hard links); a folder input (a zarr store, a folder of
+    images) also refuses an output inside it, and an output folder may not hold an input.
+
+    Args:
+        output: the path about to be written.
+        inputs: what each input is, for the message (e.g. ``"the input image"``) -> its
+            path; ``None`` or ``""`` for an input not given.
+        what: how the message names the output (e.g. ``"--out"``, ``"Save model to"``).
+
+    Returns:
+        ``output``, resolved.
+
+    Raises:
+        ValueError: ``output`` is, is inside, or holds an input; the message names it.
+    """
+    out = Path(output).expanduser().resolve()
+    for name, given in inputs.items():
+        if not given:
+            continue
+        source = Path(given).expanduser().resolve()
+        same = out == source or (out.exists() and source.exists() and os.path.samefile(out, source))
+        if same or source in out.parents or out in source.parents:
+            relation = "is" if same else ("is inside" if source in out.parents else "holds")
+            raise ValueError(f"{what} {output} {relation} {name} ({given}): an output never replaces an input. "
+                             "Choose another name.")
+    return out

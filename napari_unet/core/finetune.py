@@ -19,9 +19,10 @@ One recipe for the Fine-tune widget and ``napari-unet train --from``:
    the same guard; so no correction is wasted.
 
 With one corrected slice there is nothing to hold out: the score and the guard are
-measured on that slice itself (the guard still refuses broken membranes). Fundus
-photographs are standardised as `predict_stack` standardises them (FOV diameter, colour),
-so the model learns from what it will be shown.
+measured on that slice itself (the guard still refuses broken membranes). The slices are
+prepared as Predict prepares them (`core.pipeline`: FOV diameter and colour of
+photographs), so the model learns from what it will be shown, and every check scores
+the mask Predict would show (flips, tiles, output shift, FOV, threshold).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .calibration import shift_output
 from .checkpoint import Checkpoint
-from .data import data_hash, normalize
+from .data import data_hash
 from .labels import IGNORE, STRUCTURE
 from .metrics import cl_dice, dice, em_challenge_scores
 from .model import UNet
-from .predict import resolve_device, standardise_fundus_stack
-from .train import TrainEvent, TrainingData, fine_tune_recipe, probabilities, train
+from .pipeline import Pipeline
+from .predict import resolve_device
+from .train import TrainEvent, TrainingData, fine_tune_recipe, train
 
 
 @dataclass
@@ -57,6 +58,8 @@ class FineTuneOptions:
         focus_fraction: share of crops centred on edited pixels.
         margin: pixels around the edits that the held-out score also counts.
         device, seed: where and how reproducibly to train.
+        tile, overlap, fov: how Predict predicts (`core.pipeline.Pipeline`): every check
+            scores the mask the user will see, made the same way.
         recipe: overrides of the training recipe (batch_size, crop_size, learning_rate,
             border_weights: default on for EM, off for vessels, ...), see `TrainConfig`.
     """
@@ -70,6 +73,9 @@ class FineTuneOptions:
     device: str = "auto"
     seed: int = 0
     recipe: dict = field(default_factory=dict)
+    tile: int | None = None
+    overlap: float = 0.25
+    fov: str = "auto"
 
 
 @dataclass
@@ -106,6 +112,8 @@ class FineTune:
         corrected: indices of the corrected slices, in the order they were corrected.
         edited: optional (Z, Y, X) bool, the pixels the user painted (indexable the same way).
         options: see `FineTuneOptions`.
+        fov: fundus: (Z, Y, X) bool field of view the user gave (indexable the same
+            way), or None (``options.fov``: found in each photograph, or none).
         start_name: how the starting model is called in the new model's history.
 
     Raises:
@@ -121,6 +129,7 @@ class FineTune:
         edited: np.ndarray | None = None,
         options: FineTuneOptions | None = None,
         start_name: str | None = None,
+        fov: np.ndarray | None = None,
     ) -> None:
         self.options = options = options or FineTuneOptions()
         if images.shape[:3] != labels.shape:
@@ -135,7 +144,7 @@ class FineTune:
         self.start = checkpoint
         self.start_name = start_name or checkpoint.source
         self.device = resolve_device(options.device)
-        self.threshold = float(checkpoint.metadata.get("threshold", 0.5))
+        self.threshold = checkpoint.info.threshold
         self.task = checkpoint.task
         # The U-Net border weights keep thin membranes between cells whole (they raised V_Rand
         # on another lab's EM in benchmarks/finetune_gain.py) but lowered F1 on vessels.
@@ -143,11 +152,13 @@ class FineTune:
         self.config = fine_tune_recipe(
             options.steps, device=str(self.device), seed=options.seed, focus_fraction=options.focus_fraction, **recipe
         )
-        self.tile = int(checkpoint.metadata.get("tile_size", 256))  # checked as it predicts
         # Only the corrected slices are copied: painting during training changes nothing.
-        self.hash = data_hash(images[self.corrected], np.asarray(labels[self.corrected]))
+        self.raw = np.asarray(images[self.corrected])
+        self.raw_labels = np.array(labels[self.corrected], dtype=np.uint8)
+        self.hash = data_hash(self.raw, self.raw_labels)
+        self.pipeline = self.predicting(self.start.model)  # checks the inputs as Predict does
+        self.fov, _found = self.pipeline.fov_for(self.raw, None if fov is None else np.asarray(fov[self.corrected]))
         self.images, self.labels, painted = self._as_the_model_sees(
-            images[self.corrected], np.array(labels[self.corrected], dtype=np.uint8),
             None if edited is None else np.array(edited[self.corrected], dtype=bool))
         self.held_out = held_out_index(len(self.corrected), options.hold_out)
         self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
@@ -161,23 +172,56 @@ class FineTune:
 
     # ------------------------------------------------------------------ inputs
 
-    def _as_the_model_sees(self, raw: np.ndarray, labels: np.ndarray, painted: np.ndarray | None):
-        """Normalised slices (fundus: standardised like `predict_stack` does, labels and
-        edits resampled with them), so the model learns what it will be shown."""
-        if not (self.start.metadata.get("fundus_reference") and raw.shape[-1] == 3):
-            return normalize(raw, self.start.normalization), labels, painted
-        return standardise_fundus_stack(self.start, raw, labels, painted)
+    def predicting(self, model: UNet) -> Pipeline:
+        """How Predict would predict with ``model`` (the starting model's description:
+        normalisation, flips, output shift; the user's tile, overlap and FOV)."""
+        return Pipeline(self.start, device=self.device, tile=self.options.tile, overlap=self.options.overlap,
+                        fov=self.options.fov, model=model)
+
+    def _as_the_model_sees(self, painted: np.ndarray | None):
+        """The corrected slices prepared as Predict prepares them (`Pipeline.prepare`;
+        fundus: one zoom for them all, so they stack), labels and painted pixels
+        resampled alongside, so the model learns what it will be shown."""
+        pipeline = self.pipeline
+        zoom = None
+        if pipeline.is_fundus:
+            fovs = self.fov if self.fov is not None else [pipeline.found_fov(image) for image in self.raw]
+            zoom = float(np.median([pipeline.fundus_zoom(fov) for fov in fovs]))
+        prepared = [pipeline.prepare(image, None if self.fov is None else self.fov[i], zoom=zoom)
+                    for i, image in enumerate(self.raw)]
+        images = np.stack([p.image for p in prepared])
+        self.images_shape = images.shape[1:3]
+        return images, self.to_model_grid(self.raw_labels), self.to_model_grid(painted)
+
+    def to_model_grid(self, stack: np.ndarray | None) -> np.ndarray | None:
+        """(N, Y, X) labels or masks of the corrected slices on the prepared images' grid
+        (nearest neighbour), or None."""
+        if stack is None or stack.shape[1:3] == self.images_shape:
+            return stack
+        from skimage.transform import resize
+
+        return np.stack([resize(m, self.images_shape, order=0, preserve_range=True, anti_aliasing=False)
+                         for m in stack]).astype(stack.dtype)
 
     def _edits(self) -> np.ndarray:
-        """(N, Y, X) bool edited pixels of the corrected slices: painted, or where the
-        starting model disagrees with the labels."""
+        """(N, Y', X') bool edited pixels of the corrected slices: painted, or where the
+        starting model's mask, as Predict shows it, disagrees with the labels."""
         if self.edited is None:
-            before = probabilities(self.start.model.to(self.device), self.images, self.device, self.tile)
-            before = shift_output(before, self.start.metadata)  # as `predict_stack` showed it
-            self.edited = ((before > self.threshold) != (self.labels == STRUCTURE)) & (self.labels != IGNORE)
+            before = self.checked_masks(self.start.model, [self.threshold])[self.threshold]
+            edited = (before != (self.raw_labels == STRUCTURE)) & (self.raw_labels != IGNORE)
+            self.edited = self.to_model_grid(edited)
             if self.painted is not None:
                 self.edited |= self.painted
         return self.edited
+
+    def checked_masks(self, model: UNet, thresholds: list[float], slices: list[int] | None = None) -> dict:
+        """The masks Predict would show with ``model`` at each threshold, on the corrected
+        slices' own grid: {threshold: (N, Y, X) bool}."""
+        slices = list(range(len(self.corrected))) if slices is None else slices
+        pipeline = self.predicting(model)
+        fov = None if self.fov is None else self.fov[slices]
+        probability = pipeline.probabilities(self.raw[slices], fov)
+        return {t: pipeline.finish(probability, fov, threshold=t)[0].astype(bool) for t in thresholds}
 
     def _training_data(self, slices: list[int]) -> TrainingData:
         edited = self._edits()
@@ -196,9 +240,16 @@ class FineTune:
             sure the model is, so the threshold is chosen again (the best accepted one).
         """
         slices = [self.held_out] if self.held_out is not None else self.train_slices
-        images, labels = self.images[slices], self.labels[slices]
+        labels = self.raw_labels[slices]
         labelled = labels != IGNORE
-        grown = ndimage.binary_dilation(self._edits()[slices], iterations=self.options.margin, axes=(1, 2))
+        if self.fov is not None:  # scored where the user sees a prediction
+            labelled &= self.fov[slices]
+        edits = self._edits()[slices]
+        if edits.shape != labels.shape:  # painted on the model's grid: back to the slices'
+            from skimage.transform import resize
+
+            edits = np.stack([resize(e, labels.shape[1:], order=0, anti_aliasing=False) for e in edits]).astype(bool)
+        grown = ndimage.binary_dilation(edits, iterations=self.options.margin, axes=(1, 2))
         region = grown & labelled
         if not region.any():  # a slice checked without a change: score all of it
             region = labelled
@@ -206,10 +257,10 @@ class FineTune:
 
         def check(model: UNet, thresholds: list[float], baseline: float = -1.0) -> dict:
             """The best score over ``thresholds`` whose guard is at least ``baseline``."""
-            prob = shift_output(probabilities(model, images, self.device, self.tile), self.start.metadata)
-            scored = sorted(((dice(prob > t, truth, mask=region), t) for t in thresholds), reverse=True)
+            masks = self.checked_masks(model, thresholds, slices)
+            scored = sorted(((dice(masks[t], truth, mask=region), t) for t in thresholds), reverse=True)
             for score, threshold in scored:
-                guard = self._guard(prob > threshold, truth, labelled)
+                guard = self._guard(masks[threshold], truth, labelled)
                 if guard >= baseline - GUARD_TOLERANCE:
                     return {"score": score, "guard": guard, "threshold": threshold, "accepted": True}
             score, threshold = scored[0]
@@ -219,8 +270,9 @@ class FineTune:
 
     def _guard(self, mask: np.ndarray, truth: np.ndarray, labelled: np.ndarray) -> float:
         """The segmentation a biologist uses: V_Rand of the cells (EM) or clDice (vessels)."""
-        if self.task == "em":
-            return em_challenge_scores(mask, truth, thresholds=[0.5])["vrand"]
+        if self.task == "em":  # unlabelled pixels are not scored (unless nothing labelled is a cell)
+            vrand = em_challenge_scores(mask, truth, thresholds=[0.5], mask=labelled)["vrand"]
+            return vrand if np.isfinite(vrand) else em_challenge_scores(mask, truth, thresholds=[0.5])["vrand"]
         return cl_dice(mask, truth, labelled)
 
     # ------------------------------------------------------------------ run

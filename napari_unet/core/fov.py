@@ -84,12 +84,13 @@ def fundus_reference(images: np.ndarray, normalization: dict, source: str) -> di
     }
 
 
-def match_colour(image: np.ndarray, fov: np.ndarray, mean, std) -> np.ndarray:
+def match_colour(image: np.ndarray, fov: np.ndarray, mean, std, blank_outside: bool = True) -> np.ndarray:
     """Give each channel, inside the FOV, the mean and spread of the model's training images.
 
     Cameras differ in colour balance, exposure and contrast; after this (Reinhard-style
     standardisation of a normalised image), a red-dominant, dark photograph looks to the
-    model like the ones it learnt from. Outside the FOV the image is 0.
+    model like the ones it learnt from. Outside the FOV the image is 0 (unless
+    ``blank_outside`` is False: the FOV then only says where the colour is measured).
 
     Args:
         image: (Y, X, C) float32 in [0, 1]; fov: (Y, X) bool; mean, std: C values.
@@ -104,5 +105,6 @@ def match_colour(image: np.ndarray, fov: np.ndarray, mean, std) -> np.ndarray:
         values = image[..., c][fov]
         spread = float(values.std()) or 1.0
         out[..., c] = (image[..., c] - float(values.mean())) / spread * std[c] + mean[c]
-    out[~fov] = 0.0
+    if blank_outside:
+        out[~fov] = 0.0
     return np.clip(out, 0.0, 1.0)

@@ -14,6 +14,24 @@ BACKGROUND = 0
 STRUCTURE = 1
 IGNORE = 2
 LABEL_CONVENTION = {"background": BACKGROUND, "structure": STRUCTURE, "ignore": IGNORE}
+ROLE_COLOURS = {
+    "prediction": "#ff33cc",  # magenta: what the model says
+    "truth": "#00e5ff",  # cyan: ground truth
+    "fov": "#ffffff",
+    "changed": "#ffd000",  # yellow: what a fine-tune changed
+}
+
+
+def label_colours(role: str) -> dict:
+    """The colours of a labels layer of ``role`` ("prediction", "truth", "fov", "changed"):
+    structure in the role's colour, IGNORE in grey, background transparent.
+
+    Returns:
+        {label value (None = any other): colour}, what napari takes as a Labels layer's
+        ``colormap`` (a direct colormap) in a layer-data tuple.
+    """
+    return {None: "transparent", BACKGROUND: "transparent", STRUCTURE: ROLE_COLOURS.get(role, "#ff33cc"),
+            IGNORE: "#808080"}
 
 
 def first_channel(raw: np.ndarray) -> np.ndarray:

@@ -555,6 +555,7 @@ def em_challenge_scores(
     membrane_prob: np.ndarray,
     truth_membrane: np.ndarray,
     thresholds: Sequence[float] | np.ndarray = DEFAULT_EM_THRESHOLDS,
+    mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """ISBI 2012 challenge scores: best V_Rand and V_Info after border thinning.
 
@@ -572,7 +573,12 @@ def em_challenge_scores(
     3. Borders of *both* are thinned to one pixel with :func:`thin_borders` (cells grown
        to the medial line of the border; no cell is merged or split).
     4. Only pixels inside a (thinned) GT cell are scored; predicted border pixels there
-       are singletons (each its own segment), see :func:`segmentation_scores`.
+       are singletons (each its own segment), see :func:`segmentation_scores`. With a
+       ``mask``, pixels outside it (IGNORE labels, outside a FOV) are left out of the
+       counts as well, like GT border pixels: the GT cells are found and thinned with
+       them read as cell interior (so an unlabelled patch over a membrane joins the
+       cells on either side), then those pixels are dropped. The prediction there still
+       shapes the predicted cells, as predicted borders on GT borders do.
     5. Slices are scored as independent 2D images (labels never cross slices) and pooled
        like the Fiji script: V_Rand from the pair counts added over slices, V_Info as
        the mean of the per-slice F-scores.
@@ -586,17 +592,20 @@ def em_challenge_scores(
         truth_membrane: same shape, nonzero / True = membrane. For the ISBI files
             (255 = cell, 0 = membrane) pass ``labels == 0``.
         thresholds: membrane-probability thresholds to try (default 0.0, 0.1, ..., 1.0).
+        mask: optional bool array of the same shape (or one ``(Y, X)`` mask for every
+            slice), True = scored; None scores every GT-cell pixel.
 
     Returns:
         ``{"vrand", "vinfo", "vrand_threshold", "vinfo_threshold"}`` as floats. Higher is
         better; 1.0 for a prediction whose cells match the GT cells.
 
     Raises:
-        ValueError: on a shape mismatch, no threshold, or a GT without any cell.
+        ValueError: on a shape mismatch, no threshold, or a GT without any (scored) cell.
     """
     prob = _as_slices(membrane_prob, "membrane_prob")
     truth = _as_slices(truth_membrane, "truth_membrane")
     _check_same_shape(prob, truth, "membrane_prob", "truth_membrane")
+    scored = _as_mask(mask, truth.shape, "mask")  # a (Y, X) mask is used for every slice
     ts = [float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=np.float64))]
     if not ts:
         raise ValueError("thresholds is empty: give at least one membrane threshold.")
@@ -604,10 +613,14 @@ def em_challenge_scores(
         prob = prob != 0  # masks: nonzero = membrane, compared as 0/1 below
 
     gt_thin = [thin_borders(cell_labels(truth[z] != 0)) for z in range(truth.shape[0])]
+    if scored is not None:  # IGNORE / outside the FOV: out of the counts, like GT borders
+        for z, g in enumerate(gt_thin):
+            g[~scored[z]] = 0
     if not any(g.any() for g in gt_thin):
         raise ValueError(
-            "truth_membrane has no cell (non-membrane) pixel: V_Rand / V_Info are undefined; "
-            "truth must be True on membranes and False inside cells."
+            "truth_membrane has no cell (non-membrane) pixel"
+            + (" among the scored pixels" if scored is not None else "")
+            + ": V_Rand / V_Info are undefined; truth must be True on membranes and False inside cells."
         )
 
     best = {"vrand": -1.0, "vinfo": -1.0, "vrand_threshold": ts[0], "vinfo_threshold": ts[0]}
@@ -663,8 +676,9 @@ def scoring_inputs(
     give the same numbers. Labels follow the project convention
     (:func:`napari_unet.core.labels.labels_from_array`): pixels labelled IGNORE in the
     truth, and pixels outside the FOV, are not counted by the pixel scores (Dice, IoU,
-    accuracy, Se/Sp/F1/AUC). V_Rand and V_Info, like the ISBI protocol, see whole
-    slices: there IGNORE pixels count as cell interior.
+    accuracy, Se/Sp/F1/AUC) nor by V_Rand / V_Info (which, like the ISBI protocol,
+    count only pixels inside a ground-truth cell: IGNORE pixels are left out of those
+    counts).
 
     Args:
         pred: ``(Y, X)`` or ``(Z, Y, X)``: a float probability map in [0, 1], or labels
@@ -729,14 +743,16 @@ def evaluate(
             vessel for fundus). For the ISBI label files (255 = cell) pass
             ``labels == 0``.
         task: ``"em"`` or ``"fundus"``.
-        fov: optional bool mask (same shape, or one ``(Y, X)`` mask for a stack); the
-            pixel metrics and the fundus scores count only pixels inside it. V_Rand /
-            V_Info ignore it (the ISBI protocol has no FOV).
+        fov: optional bool mask of the scored pixels (same shape, or one ``(Y, X)``
+            mask for a stack; :func:`scoring_inputs` gives the FOV without the IGNORE
+            pixels); every score counts only pixels inside it (V_Rand / V_Info: the
+            GT-cell pixels inside it, see :func:`em_challenge_scores`).
 
     Returns:
         Dict of floats. Always ``dice, iou, pixel_accuracy`` (pooled over all pixels).
         ``"em"`` adds ``vrand, vinfo`` (:func:`em_challenge_scores`, from the
-        probability if float, else from the mask read as a 0/1 map). ``"fundus"`` adds
+        probability if float, else from the mask read as a 0/1 map; NaN when no pixel
+        inside ``fov`` lies in a GT cell). ``"fundus"`` adds
         ``se, sp, acc, f1`` and, for a float prediction, ``auc``
         (:func:`fundus_scores`).
 
@@ -775,7 +791,14 @@ def evaluate(
     }
     if task == "em":
         membrane_prob = p if is_prob else pred_fg.astype(np.float32)
-        em = em_challenge_scores(membrane_prob, truth_fg)
+        try:
+            em = em_challenge_scores(membrane_prob, truth_fg, mask=m)
+        except ValueError:
+            if m is None:
+                raise
+            # Every cell pixel is IGNORE / outside the FOV (e.g. only membranes labelled):
+            # the pixel scores stand, the cell scores are undefined.
+            em = {"vrand": float("nan"), "vinfo": float("nan")}
         results["vrand"] = em["vrand"]
         results["vinfo"] = em["vinfo"]
     else:

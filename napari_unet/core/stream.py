@@ -1,8 +1,8 @@
 """Streamed prediction: a volume of any size, one slice at a time, into arrays on disk.
 
 Memory holds one slice and its copies, never the volume: each slice is read from the lazy
-volume, normalised with levels shared by the whole volume (`volume.volume_levels`),
-predicted, and its mask (and probability, cell ids) written into the outputs before the
+volume, predicted through the one `Pipeline` (so it is the mask the same slice gets in
+memory), and its mask (and probability, cell ids) written into the outputs before the
 next one is read. What is written stays written when the job is cancelled.
 """
 
@@ -14,18 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import Checkpoint
 from .data import DataError
-from .predict import (
-    CancelCheck,
-    PredictionCancelled,
-    ProgressCallback,
-    TilePredictor,
-    cell_instances,
-    instance_method,
-    predict_stack,
-)
-from .volume import volume_levels
+from .pipeline import Pipeline, PipelineResult
+from .predict import CancelCheck, PredictionCancelled, ProgressCallback
 
 
 @dataclass
@@ -52,6 +43,7 @@ class StreamReport:
         blank: slices left empty because they hold no image (one value everywhere).
         cancelled: True when it stopped early (what is in ``done`` is written).
         structure: share of structure pixels in the predicted slices.
+        cells: number of cells in each slice predicted with instances (z -> count).
     """
 
     done: list[int] = field(default_factory=list)
@@ -59,50 +51,39 @@ class StreamReport:
     cancelled: bool = False
     structure: float = 0.0
     seconds: float = 0.0
+    cells: dict = field(default_factory=dict)
 
 
 def predict_volume(
-    checkpoint: Checkpoint,
+    pipeline: Pipeline,
     volume,
     outputs: VolumeOutputs,
     slices: list[int] | None = None,
-    threshold: float = 0.5,
-    levels: tuple[np.ndarray, np.ndarray] | None = None,
-    fov: str = "auto",
-    pixel_size: float | None = None,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int | None = None,
-    device="auto",
-    precision: str = "auto",
+    fov=None,
+    global_ids: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     on_slice: Callable[[int], None] | None = None,
 ) -> StreamReport:
-    """Predict ``slices`` of a volume one by one, writing each result as it is done.
+    """Predict ``slices`` of a volume one by one through ``pipeline``, writing each
+    result as it is done (each slice exactly as `Pipeline.run` predicts it in memory).
 
     Args:
         volume: (Z, Y, X, C) array-like read one slice at a time (dask, zarr, numpy).
         outputs: arrays of shape (Z, Y, X) to write into.
         slices: which slices, in order (default all).
-        levels: normalisation shared by all slices; default `volume_levels` of the volume
-            for grey volumes; RGB photographs are each normalised on their own.
-        fov: RGB only: "auto" sets the probability to 0 outside the field of view found
-            in each photograph, "none" predicts everywhere.
+        fov: (Z, Y, X) array-like FOV the user gave (fundus), or None (the pipeline's mode).
+        global_ids: cell ids follow on from the previous slice's (unique in the run);
+            False writes each slice's own ids from 1 (a cluster numbers them afterwards,
+            `core.cluster`).
         progress: called with (tiles done, tiles total) over all the slices.
         on_slice: called with z after slice z is written (e.g. to refresh a display).
 
     Returns:
         A `StreamReport`; a cancel stops between batches and is reported, not raised.
     """
-    from .fov import field_of_view
-
     start = time.perf_counter()
     slices = list(range(volume.shape[0])) if slices is None else list(slices)
-    grey = volume.shape[-1] == 1
-    if levels is None and grey:
-        levels = volume_levels(volume, checkpoint.normalization)
-    predictor = TilePredictor(checkpoint.model, device, precision)
     report = StreamReport()
     offset, structure, pixels = 0, 0, 0
     for i, z in enumerate(slices):
@@ -112,10 +93,9 @@ def predict_volume(
                 progress(i * total + done, len(slices) * total)
 
         image = np.asarray(volume[z])[None]
+        given = None if fov is None else np.asarray(fov[z])[None]
         try:
-            probability = predict_stack(checkpoint, image, tile=tile, overlap=overlap, batch_size=batch_size,
-                                        progress=slice_progress, cancel=cancel, pixel_size=pixel_size,
-                                        levels=levels, predictor=predictor)[0]
+            result = pipeline.run(image, given, slice_progress, cancel)
         except PredictionCancelled:
             report.cancelled = True
             break
@@ -123,18 +103,18 @@ def predict_volume(
             if np.ptp(image) > 0:  # a real problem, not an empty slice
                 raise
             report.blank.append(z)
-            probability = np.zeros(image.shape[1:3], np.float32)
-        if not grey and fov == "auto" and z not in report.blank:
-            probability[~field_of_view(image[0])] = 0.0
-        mask = (probability > threshold).astype(np.uint8)
-        outputs.mask[z] = mask
+            empty = np.zeros(image.shape[:3], np.float32)
+            result = PipelineResult(empty, empty.astype(np.uint8), empty.astype(np.int32) if pipeline.instances
+                                    else None)
+        outputs.mask[z] = result.mask[0]
         if outputs.probabilities is not None:
-            outputs.probabilities[z] = probability
-        if outputs.instances is not None:
-            cells = cell_instances(mask[None], instance_method(checkpoint))[0].astype(np.uint32)
-            outputs.instances[z] = np.where(cells > 0, cells + offset, 0)
-            offset += int(cells.max())
-        structure, pixels = structure + int(mask.sum()), pixels + mask.size
+            outputs.probabilities[z] = result.probabilities[0]
+        if outputs.instances is not None and result.cells is not None:
+            cells = result.cells[0].astype(np.uint32)
+            outputs.instances[z] = np.where(cells > 0, cells + offset, 0) if global_ids else cells
+            report.cells[z] = int(cells.max())
+            offset += report.cells[z]
+        structure, pixels = structure + int(result.mask.sum()), pixels + result.mask.size
         report.done.append(z)
         if on_slice is not None:
             on_slice(z)

@@ -176,34 +176,23 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def probabilities(model: UNet, images: np.ndarray, device: torch.device, tile: int = 256) -> np.ndarray:
-    """Structure probability of normalised slices, predicted as in deployment (tiles,
-    blending, precision: `TilePredictor`).
+def validation_dice(
+    model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device, tile: int = 256
+) -> float:
+    """Dice of the structure (threshold 0.5) over labelled pixels of whole slices: the
+    default score that picks a model trained from scratch (a fine-tune scores the mask
+    Predict shows instead, `core.finetune`).
 
     Args:
-        images: (N, Y, X, C) float32 normalised.
-
-    Returns:
-        (N, Y, X) float32 in [0, 1].
+        images: (N, Y, X, C) float32 normalised; labels: (N, Y, X) uint8.
     """
     multiple = model.config.size_multiple
     tile = max(multiple, tile // multiple * multiple)
     predictor = TilePredictor(model, device)
     out = sliding_window(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), predictor, tile=tile,
                          batch_size=predictor.batch_size(tile), device=predictor.device)
-    return out[:, 0]
-
-
-def validation_dice(
-    model: UNet, images: np.ndarray, labels: np.ndarray, device: torch.device, tile: int = 256
-) -> float:
-    """Dice of the structure (threshold 0.5) over labelled pixels of whole slices.
-
-    Args:
-        images: (N, Y, X, C) float32 normalised; labels: (N, Y, X) uint8.
-    """
     valid = labels != IGNORE
-    return dice(probabilities(model, images, device, tile) > 0.5, labels == STRUCTURE, mask=valid)
+    return dice(out[:, 0] > 0.5, labels == STRUCTURE, mask=valid)
 
 
 #: A validation: (model, device) -> (score to maximise, accepted). A refused model

@@ -9,7 +9,7 @@ import pytest
 from napari_unet.core.checkpoint import BUILTIN_DIR, BUILTIN_MODELS, load_checkpoint
 from napari_unet.core.data import load_dataset
 from napari_unet.core.metrics import dice, fundus_scores
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import predict
 from napari_unet.core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
 
 
@@ -27,13 +27,13 @@ def test_shipped_small_with_a_model_card(name):
 
 
 def test_em_model_on_a_real_isbi_slice(isbi_stack):
-    prob = predict_stack(load_checkpoint("em-membranes"), isbi_stack.images[27:28], device="cpu")
+    prob = predict(load_checkpoint("em-membranes"), isbi_stack.images[27:28], device="cpu").probabilities
     assert dice(prob > 0.5, isbi_stack.labels[27:28] == 1) > 0.75  # sanity floor (benchmark: see card)
 
 
 def test_fundus_model_on_a_real_drive_image(drive_dir):
     stack = load_dataset(drive_dir / "test")
-    prob = predict_stack(load_checkpoint("fundus-vessels"), stack.images[:1], device="cpu")
+    prob = predict(load_checkpoint("fundus-vessels"), stack.images[:1], device="cpu").probabilities
     scores = fundus_scores(prob, stack.labels[:1] == 1, stack.fov[:1])
     assert scores["f1"] > 0.75 and scores["auc"] > 0.95
 
@@ -41,10 +41,10 @@ def test_fundus_model_on_a_real_drive_image(drive_dir):
 def test_models_segment_the_generated_samples():
     """The samples look enough like the real thing for the built-in models (Dice >= 0.7)."""
     image, labels = em_stack(0, SAMPLE_EM_SHAPE)
-    prob = predict_stack(load_checkpoint("em-membranes"), image[..., None], device="cpu")
+    prob = predict(load_checkpoint("em-membranes"), image[..., None], device="cpu").probabilities
     assert dice(prob > 0.5, labels == 1) >= 0.7
     rgb, vessels, fov = fundus_image(0, SAMPLE_FUNDUS_SHAPE)
-    prob = predict_stack(load_checkpoint("fundus-vessels"), rgb[None], device="cpu")
+    prob = predict(load_checkpoint("fundus-vessels"), rgb[None], device="cpu").probabilities
     assert dice(prob[0] > 0.5, vessels == 1, mask=fov) >= 0.7
 
 

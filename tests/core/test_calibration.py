@@ -8,7 +8,7 @@ from napari_unet.core.calibration import SHIFT_KEY, annotation_offset, shift_out
 from napari_unet.core.checkpoint import Checkpoint, default_metadata
 from napari_unet.core.labels import IGNORE
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import predict
 
 
 def _membranes(seed: int) -> np.ndarray:
@@ -32,13 +32,17 @@ def test_a_known_offset_is_measured_back():
     assert annotation_offset(prob, partly) == (0.0, 0.0)
 
 
-def test_predict_stack_moves_its_output_only_when_the_model_says_so():
+def test_predict_moves_its_output_only_when_the_model_says_so():
     torch.manual_seed(0)
     model = UNet(UNetConfig(in_channels=1, base_width=4, depth=2))
     images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 1), dtype=np.uint8)
-    plain = predict_stack(Checkpoint(model, default_metadata("em", tile_size=64), "plain"), images, device="cpu")
-    assert shift_output(plain, {}) is plain
+    plain_model = Checkpoint(model, default_metadata("em", tile_size=64), "plain")
+    assert plain_model.info.output_shift_px == (0.0, 0.0)
+    plain = predict(plain_model, images, device="cpu").probabilities
+    assert shift_output(plain, plain_model.info.output_shift_px) is plain
     meta = default_metadata("em", tile_size=64, **{SHIFT_KEY: [0.5, -0.25]})
-    moved = predict_stack(Checkpoint(model, meta, "moved"), images, device="cpu")
-    np.testing.assert_allclose(moved, shift_output(plain, meta), atol=1e-6)
+    moved_model = Checkpoint(model, meta, "moved")
+    assert moved_model.info.output_shift_px == (0.5, -0.25)
+    moved = predict(moved_model, images, device="cpu").probabilities
+    np.testing.assert_allclose(moved, shift_output(plain, moved_model.info.output_shift_px), atol=1e-6)
     assert not np.allclose(moved, plain)

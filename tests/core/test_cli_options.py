@@ -268,3 +268,61 @@ def test_train_refuses_images_that_cannot_be_segmented(tmp_path, capsys, make, w
     err = _refused(argv, capsys)
     assert words in err, err
     assert not out.exists()
+
+
+
+# ---------------------------------------------------------------- an output is never an input
+
+
+def test_an_output_is_never_an_input_even_with_force(small_data, tiny_model, tmp_path, capsys):
+    """`predict img.tif --out img.tif --force` once replaced the image with its mask: --force
+    is for the tool's own earlier outputs, never for an input of the command."""
+    import shutil
+
+    image = shutil.copy(small_data["images"], tmp_path / "img.tif")
+    labels = shutil.copy(small_data["labels"], tmp_path / "lbl.tif")
+    model = shutil.copy(tiny_model, tmp_path / "tiny.pt")
+    package = tmp_path / "model.zip"
+    package.write_bytes(b"a bioimage.io package")
+    link = tmp_path / "link.tif"
+    link.symlink_to(image)
+    store = tmp_path / "volume.zarr"
+    store.mkdir()
+    (store / ".zgroup").write_text("{}")
+    files = [image, labels, model, package, store / ".zgroup"]
+    before = {p: open(p, "rb").read() for p in files}
+    other = tmp_path / "mask.tif"
+    train = ["--steps", "1", "--crop-size", "32", "--batch-size", "1", "--device", "cpu"]
+    refused = [
+        (_predict_argv(image, model, image), "--out", "is the input image"),
+        (_predict_argv(image, model, link), "--out", "is the input image"),  # the same file through a link
+        (_predict_argv(link, model, image), "--out", "is the input image"),
+        (_predict_argv(image, model, other) + ["--probabilities", image], "--probabilities", "is the input image"),
+        (_predict_argv(image, model, other) + ["--instances", labels, "--fov", labels], "--instances",
+         "is the --fov mask"),
+        (_predict_argv(store, model, store / "mask.zarr"), "--out", "is inside the input image"),
+        (_predict_argv(store / "0", model, store), "--out", "holds the input image"),  # --force would delete it
+        (_predict_argv(store / "0", model, store) + ["--workers", "1"], "--out", "holds the input image"),
+        (["train", "--images", image, "--labels", labels, "--out", model, "--from", model] + train, "--out",
+         "is the --from model"),
+        (["export", "--model", package, "--out", package], "--out", "is the --model checkpoint"),
+    ]
+    for argv, option, words in refused:
+        err = _refused([str(a) for a in argv] + ["--force"], capsys)
+        assert f"{option} " in err and words in err and "never replaces an input" in err, err
+        assert "Choose another name" in err, err
+    assert {p: open(p, "rb").read() for p in files} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["img.tif", "lbl.tif", "tiny.pt", "model.zip",
+                                                                 "link.tif", "volume.zarr"])
+    assert sorted(p.name for p in store.iterdir()) == [".zgroup"]
+
+
+def test_refuse_input_names_the_input(tmp_path):
+    from napari_unet.core.files import refuse_input
+
+    image = tmp_path / "img.tif"
+    image.write_bytes(b"pixels")
+    (tmp_path / "hard.tif").hardlink_to(image)
+    with pytest.raises(ValueError, match=r"Save to .*hard.tif is the image \(.*img.tif\)"):
+        refuse_input(tmp_path / "hard.tif", {"the image": image}, "Save to")
+    assert refuse_input(tmp_path / "mask.tif", {"the image": image, "the model": None}) == tmp_path / "mask.tif"

@@ -17,6 +17,7 @@ from napari_unet.cli import main  # noqa: E402
 from napari_unet.core.checkpoint import load_checkpoint  # noqa: E402
 from napari_unet.core.cluster import predict_on_cluster, record_folder  # noqa: E402
 from napari_unet.core.data import DataError  # noqa: E402
+from napari_unet.core.pipeline import Pipeline  # noqa: E402
 from napari_unet.core.stream import VolumeOutputs, predict_volume  # noqa: E402
 from napari_unet.core.volume import open_volume  # noqa: E402
 
@@ -40,17 +41,26 @@ def volume(isbi_stack, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_process(volume):
-    """The mask one process predicts (one torch thread, as each worker uses)."""
+def single_process_outputs(volume):
+    """What one process predicts (one torch thread, as each worker uses): mask,
+    probabilities and cell ids."""
     model = load_checkpoint("em-membranes")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mask = np.zeros((8, 256, 256), np.uint8)
-        predict_volume(model, open_volume(volume).data, VolumeOutputs(mask), threshold=0.55, device="cpu")
+        outputs = VolumeOutputs(np.zeros((8, 256, 256), np.uint8), np.zeros((8, 256, 256), np.float32),
+                                np.zeros((8, 256, 256), np.uint32))
+        pipeline = Pipeline(model, threshold=0.55, instances=True, device="cpu")
+        predict_volume(pipeline, open_volume(volume).data, outputs)
     finally:
         torch.set_num_threads(threads)
-    return mask
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def single_process(single_process_outputs):
+    """The mask one process predicts."""
+    return single_process_outputs.mask
 
 
 def _run(client, volume, out, **kwargs):
@@ -63,6 +73,19 @@ def test_the_cluster_gives_the_single_process_masks(client, volume, single_proce
     assert report.done == list(range(8)) and not report.skipped
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")[:], single_process)
     assert sorted(p.name for p in record_folder(tmp_path / "mask.zarr").iterdir()) == ["0-2", "3-5", "6-7", "job.json"]
+
+
+def test_the_cluster_gives_the_single_process_probabilities_and_cells(client, volume, single_process_outputs,
+                                                                       tmp_path):
+    """Cell ids are numbered through the volume once every block is in: the same as one process's."""
+    probabilities, instances = tmp_path / "prob.zarr", tmp_path / "cells.zarr"
+    _run(client, volume, tmp_path / "mask.zarr", block=3, probabilities=probabilities, instances=instances)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")[:],
+                                  single_process_outputs.mask)
+    np.testing.assert_array_equal(zarr.open_array(str(probabilities), mode="r")[:],
+                                  single_process_outputs.probabilities)
+    np.testing.assert_array_equal(zarr.open_array(str(instances), mode="r")[:], single_process_outputs.instances)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zarr", "mask.zarr", "mask.zarr.blocks", "prob.zarr"]
 
 
 def test_a_killed_worker_changes_nothing(client, volume, single_process, tmp_path):
@@ -97,6 +120,9 @@ def test_cli_options_for_clusters(volume, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "m.tif"), "--workers", "2"]) == 2
     assert "zarr store" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "2", "--scheduler", "tcp://x:1"]) == 2
-    assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "2", "--instances", "c.zarr"]) == 2
+    # Cells now come from clusters too, but into a zarr store like the mask (was: refused altogether).
+    assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "2", "--instances",
+                 str(tmp_path / "c.tif")]) == 2
+    assert "--instances is a zarr store" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "0"]) == 2
     assert not (tmp_path / "m.zarr").exists()

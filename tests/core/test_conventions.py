@@ -233,8 +233,6 @@ def test_ignore_label_is_not_scored(task):
         assert again[key] == scores[key], key
 
 
-@pytest.mark.xfail(strict=True, reason="V_Rand/V_Info are computed without the scored mask: the prediction "
-                   "inside IGNORE pixels changes them (see the report; evaluate() documents the FOV case only)")
 def test_ignore_label_is_not_scored_by_vrand_vinfo():
     """IGNORE means "not scored" (core/labels.py): a predicted membrane only inside an ignored cell changes nothing."""
     truth = _membrane_truth(z=1, size=48, step=12)
@@ -242,7 +240,13 @@ def test_ignore_label_is_not_scored_by_vrand_vinfo():
     pred = (truth == STRUCTURE).astype(np.uint8)
     split = pred.copy()
     split[0, 13:24, 18] = 1  # a predicted membrane splitting that cell, only inside the ignored block
-    assert _widget_scores(pred, truth, None, "em") == _widget_scores(split, truth, None, "em")
+    scores = _widget_scores(pred, truth, None, "em")
+    assert scores == _widget_scores(split, truth, None, "em")
+    assert scores["vrand"] == scores["vinfo"] == 1.0
+    # Labelled as cell (0), the same split is an error: the test above is not vacuous.
+    labelled = truth.copy()
+    labelled[labelled == IGNORE] = 0
+    assert _widget_scores(split, labelled, None, "em")["vrand"] < 1.0
 
 
 def test_fov_restricts_scoring():

@@ -357,6 +357,40 @@ def test_em_scores_stack_and_errors():
         M.em_challenge_scores(mem.astype(np.float32), np.ones_like(mem))
 
 
+def test_em_challenge_scores_mask_leaves_pixels_out_of_the_counts():
+    """Pixels outside ``mask`` (IGNORE labels, outside a FOV) are not counted, like GT borders."""
+    mem = _grid_membrane()
+    cells = M.cell_labels(mem)
+    one_cell = cells == cells[cells > 0].min()
+    split = mem.copy()
+    ys, xs = np.nonzero(one_cell)
+    split[ys.min():ys.max() + 1, (xs.min() + xs.max()) // 2] = True  # splits that cell in two
+    assert M.em_challenge_scores(split.astype(np.float32), mem)["vrand"] < 1.0
+    # The cell and the 1-px frame around it (thinning gives the outer frame to the cell).
+    mask = ~ndimage.binary_dilation(one_cell, np.ones((3, 3), bool))
+    masked = M.em_challenge_scores(split.astype(np.float32), mem, mask=mask)
+    assert masked["vrand"] == pytest.approx(1.0) and masked["vinfo"] == pytest.approx(1.0)
+    # A (Y, X) mask is used for every slice of a stack, and the counts equal those of the
+    # thinned GT cells with the masked pixels set to border.
+    stack = np.stack([mem, mem]).astype(np.float32)
+    noisy = np.clip(stack + 0.6 * (np.random.default_rng(1).random(stack.shape) < 0.05), 0, 1)
+    truth = np.stack([mem, mem])
+    by_mask = M.em_challenge_scores(noisy, truth, thresholds=[0.5], mask=mask)
+    gt = np.stack([M.thin_borders(M.cell_labels(m)) for m in truth])
+    gt[:, ~mask] = 0
+    pred = np.stack([M.thin_borders(M.cell_labels(p > 0.5)) for p in noisy])
+    direct = M.segmentation_scores(gt, pred)
+    assert by_mask["vrand"] == pytest.approx(direct["vrand"]) and by_mask["vinfo"] == pytest.approx(direct["vinfo"])
+    with pytest.raises(ValueError, match="scored pixels"):
+        M.em_challenge_scores(stack, truth, mask=np.zeros(mem.shape, bool))
+    # evaluate: pixel scores stand when no scored pixel lies in a GT cell (only the
+    # membrane between two cells scored); the cell scores are then undefined (NaN).
+    on_membrane = np.zeros(mem.shape, bool)
+    on_membrane[mem.shape[0] // 2, 5:15] = True
+    only = M.evaluate(mem.astype(np.uint8), mem, "em", fov=on_membrane)
+    assert only["dice"] == 1.0 and math.isnan(only["vrand"]) and math.isnan(only["vinfo"])
+
+
 # --------------------------------------------------------------------------------------
 # evaluate / evaluate_per_slice
 # --------------------------------------------------------------------------------------

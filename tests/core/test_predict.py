@@ -5,14 +5,13 @@ import torch
 from napari_unet.core.checkpoint import Checkpoint, default_metadata
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.pipeline import PIXEL_RATIO_LIMITS, RESAMPLE_SKIP, Pipeline, predict
 from napari_unet.core.predict import (
     PredictionCancelled,
     blend_window,
-    predict_stack,
     resolve_device,
     sliding_window,
     sliding_window_with_retry,
-    threshold_mask,
 )
 
 
@@ -95,20 +94,47 @@ def _checkpoint(channels=1):
     return Checkpoint(UNet(UNetConfig(in_channels=channels, base_width=4, depth=2)).eval(), default_metadata("em"), "test")
 
 
-def test_predict_stack_shapes_and_range():
+def test_predict_shapes_and_range():
     images = np.random.default_rng(0).integers(0, 255, (3, 45, 70, 1), dtype=np.uint8)
-    prob = predict_stack(_checkpoint(), images, tile=30, device="cpu")  # tile rounded up to 32
+    assert Pipeline(_checkpoint(), tile=30, device="cpu").tile == 32  # tile rounded up to a multiple of 2**depth
+    result = predict(_checkpoint(), images, tile=30, device="cpu")
+    prob = result.probabilities
     assert prob.shape == (3, 45, 70) and prob.dtype == np.float32
     assert prob.min() >= 0 and prob.max() <= 1
-    mask = threshold_mask(prob, 0.5)
+    mask = result.mask  # the model's threshold (0.5)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, (prob > 0.5).astype(np.uint8))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Pipeline(_checkpoint(), threshold=1.5, device="cpu")
 
 
-def test_predict_stack_equals_whole_image_forward():
+def test_pipeline_tiling_is_exact():
+    """Like MONAI, through the whole pipeline: a network answering input + 1 (its logit)
+    gives exactly sigmoid(normalised input + 1) after tiling, flips and stitching."""
+
+    class PlusOne(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(()))  # TilePredictor reads the dtype of one
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return batch + 1
+
+    from napari_unet.core.data import normalize
+
+    ckpt = _checkpoint()
+    ckpt.metadata["test_time_flips"] = ["x", "y"]
+    images = np.random.default_rng(2).integers(0, 255, (2, 37, 101, 1), dtype=np.uint8)
+    prob = Pipeline(ckpt, tile=32, overlap=0.37, device="cpu", model=PlusOne()).probabilities(images)
+    expected = 1 / (1 + np.exp(-(normalize(images, ckpt.normalization)[..., 0] + 1)))
+    np.testing.assert_allclose(prob, expected, rtol=0, atol=1e-5)
+
+
+def test_predict_equals_whole_image_forward():
     """With a tile covering the image, tiling must equal one plain forward pass."""
     ckpt = _checkpoint()
     images = np.random.default_rng(1).random((1, 64, 64, 1)).astype(np.float32)
-    prob = predict_stack(ckpt, images, tile=64, overlap=0.0, device="cpu")
+    prob = predict(ckpt, images, tile=64, overlap=0.0, device="cpu").probabilities
     from napari_unet.core.data import normalize
 
     x = torch.from_numpy(normalize(images)[0].transpose(2, 0, 1))[None]
@@ -122,18 +148,18 @@ def test_predict_stack_equals_whole_image_forward():
 
 def test_rgb_image_for_grey_model_is_refused():
     with pytest.raises(DataError, match="RGB"):
-        predict_stack(_checkpoint(1), np.zeros((1, 32, 32, 3), np.uint8), device="cpu")
+        predict(_checkpoint(1), np.zeros((1, 32, 32, 3), np.uint8), device="cpu")
 
 
 def test_test_time_flips_average_the_mirror_images():
     """With flips stored in the metadata, the output is the mean over the flipped passes."""
     ckpt = _checkpoint()
     images = np.random.default_rng(3).integers(0, 255, (2, 40, 56, 1), dtype=np.uint8)
-    plain = predict_stack(ckpt, images, tile=64, device="cpu")
-    mirrored = predict_stack(ckpt, images[:, :, ::-1].copy(), tile=64, device="cpu")[:, :, ::-1]
+    plain = predict(ckpt, images, tile=64, device="cpu").probabilities
+    mirrored = predict(ckpt, images[:, :, ::-1].copy(), tile=64, device="cpu").probabilities[:, :, ::-1]
     ckpt.metadata["test_time_flips"] = ["x"]
     calls = []
-    both = predict_stack(ckpt, images, tile=64, device="cpu", progress=lambda d, t: calls.append((d, t)))
+    both = predict(ckpt, images, tile=64, device="cpu", progress=lambda d, t: calls.append((d, t))).probabilities
     np.testing.assert_allclose(both, (plain + mirrored) / 2, atol=1e-5)
     assert calls[-1][0] == calls[-1][1] and all(t == calls[0][1] for _, t in calls)
 
@@ -160,12 +186,13 @@ def test_watershed_instances_split_cells_at_a_gap_in_their_membrane():
 
 def test_each_model_says_how_its_masks_become_cells():
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.predict import INSTANCE_METHODS, instance_method
+    from napari_unet.core.predict import INSTANCE_METHODS
 
     model = UNet(UNetConfig(in_channels=1, base_width=4, depth=2))
-    assert instance_method(Checkpoint(model, default_metadata("em"), "new")) == "watershed"
-    assert instance_method(Checkpoint(model, default_metadata("em", instance_method="components"), "x")) == "components"
-    assert instance_method(Checkpoint(model, default_metadata("em", instance_method="magic"), "x")) == "watershed"
+    assert Checkpoint(model, default_metadata("em"), "new").info.instance_method == "watershed"
+    assert Checkpoint(model, default_metadata("em", instance_method="components"), "x").info.instance_method \
+        == "components"
+    assert Checkpoint(model, default_metadata("em", instance_method="magic"), "x").info.instance_method == "watershed"
     # Chosen on ISBI slices 22-24 when the built-in model was packaged (benchmarks/train_builtin.py).
     assert load_checkpoint("em-membranes").metadata["instance_method"] in INSTANCE_METHODS
 
@@ -177,21 +204,28 @@ def test_images_at_another_pixel_size_are_resampled_to_the_models(isbi_stack):
 
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.metrics import dice
-    from napari_unet.core.predict import predict_stack, resampling
-
     model = load_checkpoint("em-membranes")
     assert model.metadata["pixel_size_nm"] == [4.0, 4.0]
-    assert resampling(model, None) is None and resampling(model, 4.1) is None
-    assert resampling(model, 2.0) == (0.5, 0.5)
+
+    def scale(pixel_size):
+        return Pipeline(model, device="cpu", pixel_size=pixel_size).scale
+
+    assert scale(None) is None and scale(4.1) is None  # within RESAMPLE_SKIP: predicted as it is
+    assert RESAMPLE_SKIP[0] < 4.1 / 4.0 < RESAMPLE_SKIP[1]
+    assert scale(2.0) == (0.5, 0.5)
     native = isbi_stack.images[25:26, :192, :192]
     fine = rescale(native[0, ..., 0].astype(np.float32), 2, order=1)[None, ..., None]  # 2 nm pixels
-    reference = resize(predict_stack(model, native, device="cpu")[0], fine.shape[1:3], order=1) > 0.5
-    as_is = predict_stack(model, fine, device="cpu")[0] > 0.5
-    resampled = predict_stack(model, fine, device="cpu", pixel_size=2.0)
+    reference = resize(predict(model, native, device="cpu").probabilities[0], fine.shape[1:3], order=1) > 0.5
+    as_is = predict(model, fine, device="cpu").probabilities[0] > 0.5
+    resampled = predict(model, fine, device="cpu", pixel_size=2.0).probabilities
     assert resampled.shape == fine.shape[:3] and resampled.dtype == np.float32
     assert dice(resampled[0] > 0.5, reference) > 0.95 > dice(as_is, reference)
-    with pytest.raises(DataError, match="pixel size"):
-        predict_stack(model, native, device="cpu", pixel_size=-1.0)
+    with pytest.raises(DataError, match="(?i)pixel size -1"):
+        predict(model, native, device="cpu", pixel_size=-1.0)
+    # Beyond PIXEL_RATIO_LIMITS a pixel size is a mistake (µm typed as nm), refused by name.
+    too_big = 4.0 * PIXEL_RATIO_LIMITS[1] * 100
+    with pytest.raises(DataError, match=f"Pixel size {too_big:g} nm"):
+        Pipeline(model, device="cpu", pixel_size=too_big)
 
 
 def test_tiles_of_several_slices_share_batches_with_the_same_result():
@@ -207,15 +241,15 @@ def test_precision_is_cast_once_on_a_copy_and_masks_agree_with_float32(isbi_stac
     """bfloat16 (what GPUs get by default) changes few mask pixels of the built-in model,
     and the caller's model stays float32 where it was."""
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.predict import TilePredictor, inference_dtype
+    from napari_unet.core.predict import inference_dtype
 
     assert inference_dtype(torch.device("cpu")) == torch.float32
     with pytest.raises(ValueError, match="precision"):
         inference_dtype(torch.device("cpu"), "float8")
     model = load_checkpoint("em-membranes")
     images = isbi_stack.images[25:26, :256, :256]
-    full = predict_stack(model, images, device="cpu")
-    half = predict_stack(model, images, device="cpu", predictor=TilePredictor(model.model, "cpu", "bfloat16"))
+    full = predict(model, images, device="cpu").probabilities
+    half = predict(model, images, device="cpu", precision="bfloat16").probabilities
     assert next(model.model.parameters()).dtype == torch.float32
     threshold = model.metadata["threshold"]
     agreement = ((full > threshold) == (half > threshold)).mean()

@@ -15,7 +15,7 @@ from napari_unet.cli import main
 from napari_unet.core.checkpoint import default_metadata, load_checkpoint, save_checkpoint
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import Pipeline, predict
 from napari_unet.core.stream import VolumeOutputs, predict_volume
 from napari_unet.core.volume import open_volume, padding_mask, pixel_size_of, volume_levels
 
@@ -121,19 +121,23 @@ def _tiny_checkpoint():
     return Checkpoint(UNet(UNetConfig(base_width=4, depth=2)).eval(), default_metadata("em"), "tiny")
 
 
-def test_streamed_prediction_equals_predicting_the_whole_stack(slices, tmp_path):
+@pytest.mark.parametrize("shared_levels", [False, True], ids=["slice-levels", "volume-levels"])
+def test_streamed_prediction_equals_predicting_the_whole_stack(slices, tmp_path, shared_levels):
+    """Each slice streamed is the slice predicted in memory: normalised on its own by
+    default, or with the volume's levels when the pipeline is given them."""
     model = load_checkpoint("em-membranes")
     volume = open_volume(_zarr(tmp_path / "v.zarr", slices))
-    levels = volume_levels(volume.data)
+    levels = volume_levels(volume.data) if shared_levels else None
     mask = zarr.open_array(str(tmp_path / "m.zarr"), mode="w", shape=slices.shape, chunks=(1, 256, 256),
                            dtype="uint8")
     probabilities = np.zeros(slices.shape, np.float32)
     written = []
-    report = predict_volume(model, volume.data, VolumeOutputs(mask, probabilities), threshold=0.5,
-                            device="cpu", on_slice=written.append)
-    expected = predict_stack(model, slices[..., None], levels=levels, device="cpu")
-    np.testing.assert_array_equal(probabilities, expected)
-    np.testing.assert_array_equal(mask[:], (expected > 0.5).astype(np.uint8))
+    pipeline = Pipeline(model, threshold=0.5, levels=levels, device="cpu")
+    report = predict_volume(pipeline, volume.data, VolumeOutputs(mask, probabilities), on_slice=written.append)
+    expected = predict(model, slices[..., None], levels=levels, threshold=0.5, device="cpu")
+    np.testing.assert_array_equal(probabilities, expected.probabilities)
+    np.testing.assert_array_equal(mask[:], (expected.probabilities > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(mask[:], expected.mask)
     assert report.done == written == [0, 1, 2, 3] and not report.cancelled
 
 
@@ -142,8 +146,8 @@ def test_cancel_keeps_the_slices_done_and_blank_slices_stay_empty(slices):
     stack[1] = 0  # a missing section
     outputs = VolumeOutputs(np.full(slices.shape, 7, np.uint8), instances=np.zeros(slices.shape, np.uint32))
     seen = []
-    report = predict_volume(_tiny_checkpoint(), stack, outputs, device="cpu", on_slice=seen.append,
-                            cancel=lambda: len(seen) >= 3)
+    pipeline = Pipeline(_tiny_checkpoint(), instances=True, device="cpu")
+    report = predict_volume(pipeline, stack, outputs, on_slice=seen.append, cancel=lambda: len(seen) >= 3)
     assert report.cancelled and report.done == [0, 1, 2] and report.blank == [1]
     assert (outputs.mask[1] == 0).all() and (outputs.mask[3] == 7).all()  # slice 3 was never written
     ids = [set(np.unique(outputs.instances[z])) - {0} for z in (0, 2)]
@@ -168,14 +172,14 @@ def test_cli_streams_zarr_to_zarr_and_matches_the_tif_path(slices, tmp_path, tin
 
 
 def test_an_interrupted_stream_leaves_no_output(slices, tmp_path, tiny_model_path, monkeypatch):
-    import napari_unet.core.stream as stream
+    import napari_unet.core.pipeline as pipeline
 
     _zarr(tmp_path / "v.zarr", slices)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stream, "cell_instances", interrupted)
+    monkeypatch.setattr(pipeline, "cell_instances", interrupted)  # while streaming, after the first mask
     code = main(["predict", str(tmp_path / "v.zarr"), "--out", str(tmp_path / "m.zarr"), "--instances",
                  str(tmp_path / "c.zarr"), "--model", tiny_model_path])
     assert code == 130
@@ -201,6 +205,7 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
     script = textwrap.dedent(f"""
         import json, numpy as np
         from napari_unet.core.checkpoint import load_checkpoint
+        from napari_unet.core.pipeline import Pipeline
         from napari_unet.core.stream import VolumeOutputs, predict_volume
         from napari_unet.core.volume import create_output, open_volume
         model = load_checkpoint({model_path!r})
@@ -209,7 +214,7 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
         def status(key):  # this process's own figures (ru_maxrss would count the parent's, inherited at fork)
             return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
         before = status("VmHWM:")
-        report = predict_volume(model, volume.data, VolumeOutputs(out), device="cpu", tile=512)
+        report = predict_volume(Pipeline(model, device="cpu", tile=512), volume.data, VolumeOutputs(out))
         peak = status("VmHWM:")
         print(json.dumps({{"grew_mb": (peak - before) / 2**20, "done": len(report.done)}}))
     """)

@@ -35,3 +35,83 @@ def test_docked_window_with_a_prediction(widgets, qtbot, isbi_folder, tiny_em, t
     path = tmp_path / "docked.png"
     viewer.screenshot(str(path), canvas_only=False)
     assert np.asarray(Image.open(path)).shape[1] > 600
+
+
+TEXT_ROWS = ("help", "device_info", "eta", "status")  # the word-wrapped rows made by text_row
+
+
+def _hidden_part(row) -> str:
+    """'' when the whole wrapped text of ``row`` (a QLabel) can be seen; else what hides it.
+
+    The text must fit the label (by the label's own heightForWidth and, independently, by the
+    font metrics of the wrapped text), and the label must lie inside every parent up to the
+    window, except that inside a scroll area it need only lie where the scroll bar reaches.
+    """
+    from qtpy.QtCore import QPoint, QRect, Qt
+    from qtpy.QtWidgets import QAbstractScrollArea
+
+    if not row.isVisible():
+        return "not visible"
+    box = row.contentsRect()
+    flags = int(Qt.TextFlag.TextWordWrap.value) | int(Qt.AlignmentFlag.AlignLeft.value) | int(
+        Qt.AlignmentFlag.AlignTop.value)
+    text_height = row.fontMetrics().boundingRect(QRect(0, 0, box.width(), 100000), flags, row.text()).height()
+    if text_height > box.height():
+        return f"wrapped text is {text_height} px tall, its box {box.height()} px"
+    if row.heightForWidth(row.width()) > row.height():
+        return f"needs {row.heightForWidth(row.width())} px at width {row.width()}, has {row.height()} px"
+    child, parent = row, row.parentWidget()
+    while parent is not None:
+        scroll = parent.parentWidget()
+        if isinstance(scroll, QAbstractScrollArea) and parent is scroll.viewport():
+            # Scrolled content: the scroll bar must reach all of it.
+            reach = scroll.verticalScrollBar().maximum() + parent.height()
+            bottom = child.geometry().bottom() + 1
+            if bottom > reach:
+                return f"{bottom} px of scrolled content, the scroll bar reaches {reach} px"
+            child, parent = scroll, scroll.parentWidget()
+            continue
+        top_left = row.mapTo(parent, QPoint(0, 0))
+        if not parent.rect().contains(QRect(top_left, row.size())):
+            return f"cut by {type(parent).__name__} ({parent.width()}x{parent.height()} px) at {top_left.y()} px"
+        child, parent = parent, parent.parentWidget()
+    return ""
+
+
+def test_five_widgets_from_the_menu_show_every_status_in_full(make_napari_viewer, qtbot, tmp_path):
+    """Plugins ▸ napari-unet stacks the five widgets in one dock column; after predicting the
+    fundus sample with the built-in model (and evaluating it) every status row shows its whole
+    text: the row is as tall as its wrapped text at the width it gets, not one clipped line."""
+    from qtpy.QtWidgets import QApplication
+
+    from .conftest import wait_for
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    names = ("Load", "Predict", "Correct", "Fine-tune", "Evaluate")
+    opened = {name: viewer.window.add_plugin_dock_widget("napari-unet", name)[1] for name in names}
+    viewer.open_sample("napari-unet", "fundus_vessels")
+    predict = opened["Predict"]
+    predict.image.value = viewer.layers["fundus_sample"]
+    predict.model.value = "fundus-vessels"
+    wait_for(qtbot, predict.predict())
+    assert "'fundus_sample prediction'" in predict.status.value
+    evaluate = opened["Evaluate"]
+    evaluate.prediction.value = viewer.layers["fundus_sample prediction"]
+    evaluate.truth.value = viewer.layers["fundus_sample ground truth"]
+    wait_for(qtbot, evaluate.run())
+    assert evaluate.status.value.startswith("Overall")
+    for _ in range(5):  # let the layouts settle
+        QApplication.processEvents()
+        qtbot.wait(20)
+
+    path = tmp_path / "five_widgets.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    assert np.asarray(Image.open(path)).shape[1] > 600
+    rows = {f"{name}.{attr}": getattr(widget, attr) for name, widget in opened.items() for attr in TEXT_ROWS
+            if hasattr(widget, attr)}
+    assert len(rows) >= 7
+    hidden = {key: why for key, row in rows.items() if row.value and (why := _hidden_part(row.native))}
+    assert not hidden, f"{hidden}; see {path}"
+    status = rows["Predict.status"].native
+    assert status.height() > 2 * status.fontMetrics().height()  # the prediction's report takes several lines

@@ -133,3 +133,29 @@ def test_ignore_unedited_parts(widgets, qtbot, isbi_folder, tiny_em):
     assert (labels.data[0] != 2).all()
     labels.undo()
     assert (labels.data[1] != 2).all()
+
+
+def test_save_and_export_fields_refuse_an_input(widgets, qtbot, isbi_folder, tiny_em):
+    """Fine-tune's "Save model to" and "Export to" never write over (or into) what is being
+    used: the model in Predict, the image's file or folder. One message, nothing written."""
+    viewer, finetune = widgets["viewer"], widgets["finetune"]
+    image, truth, labels = _predicted(widgets, qtbot, isbi_folder, tiny_em)
+    paint_square(labels, 1, 100, 100)
+    finetune.image.value, finetune.corrected_labels.value = image, labels
+    model_bytes, models = tiny_em.read_bytes(), sorted(tiny_em.parent.glob("*.pt"))
+
+    finetune.save_to.value = str(tiny_em)  # the model in use
+    assert finetune.start() is None and finetune.job is None
+    status = finetune.status.value
+    assert "is the model in use" in status and status.count("never replaces an input") == 1, status
+    finetune.export_to.value = str(isbi_folder / "train" / "image" / "model.zip")  # into the image's folder
+    assert finetune.export() is None
+    status = finetune.status.value
+    assert "is inside the image" in status and status.count("never replaces an input") == 1, status
+
+    assert tiny_em.read_bytes() == model_bytes and sorted(tiny_em.parent.glob("*.pt")) == models
+    assert not list(isbi_folder.rglob("*.zip"))
+    finetune.save_to.value = str(tiny_em.parent / "tuned.pt")  # another name is fine
+    finetune.steps.value = 5
+    wait_for(qtbot, finetune.start())
+    assert (tiny_em.parent / "tuned.pt").is_file() and tiny_em.read_bytes() == model_bytes
