@@ -25,7 +25,7 @@ from napari_unet.core.data import normalize
 from napari_unet.core.finetune import FineTune, FineTuneOptions
 from napari_unet.core.labels import STRUCTURE
 from napari_unet.core.metrics import cl_dice, dice, em_challenge_scores, fundus_scores
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import predict
 from napari_unet.core.train import TrainingData, fine_tune_recipe, train
 
 CORRECTED = [0, 1]
@@ -52,13 +52,13 @@ def foreign_data(task: str):
 
 def scores(checkpoint: Checkpoint, images, labels, fov, task: str, device: str) -> dict:
     unseen = [z for z in range(images.shape[0]) if z not in CORRECTED]
-    prob = predict_stack(checkpoint, images[unseen], device=device)
+    result = predict(checkpoint, images[unseen], device=device)  # fundus: 0 outside the FOV found
+    prob, mask = result.probabilities, result.mask.astype(bool)  # at the model's threshold
     truth = labels[unseen] == STRUCTURE
-    mask = prob > float(checkpoint.metadata.get("threshold", 0.5))
     if task == "em":
         return {"dice": dice(mask, truth), "vrand": em_challenge_scores(prob, truth)["vrand"]}
     inside = fov[unseen]
-    pixel = fundus_scores(prob, truth, inside, float(checkpoint.metadata.get("threshold", 0.5)))
+    pixel = fundus_scores(prob, truth, inside, checkpoint.info.threshold)
     return {"f1": pixel["f1"], "auc": pixel["auc"], "cldice": cl_dice(mask, truth, inside)}
 
 

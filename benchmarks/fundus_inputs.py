@@ -9,8 +9,8 @@ learning rate, seed) for the same number of steps, one per input:
 - green: the green channel alone (best vessel contrast, much of the literature);
 - green + CLAHE: the green channel after contrast-limited adaptive histogram
   equalisation (`skimage.exposure.equalize_adapthist`), the classic vessel preprocessing;
-- RGB standardised + camera augmentation: the built-in recipe (`core.predict.
-  standardise_fundus`: FOV diameter and colour matched to the training images; half the
+- RGB standardised + camera augmentation: the built-in recipe (`core.pipeline.
+  Pipeline.prepare`: FOV diameter and colour matched to the training images; half the
   crops as if from another camera, `Augmentation.camera`).
 
 The other camera is `_shift.foreign_fundus` (red-dominant, dark, no blue, 1,000 px, JPEG).
@@ -40,7 +40,7 @@ from napari_unet.core.fov import field_of_view, fov_diameter
 from napari_unet.core.labels import STRUCTURE
 from napari_unet.core.metrics import fundus_scores
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.predict import predict_stack
+from napari_unet.core.pipeline import predict
 from napari_unet.core.train import TrainConfig, TrainingData, train
 
 
@@ -65,7 +65,9 @@ def at_scale(checkpoint, images: np.ndarray, prepare, diameter: float, device: s
         small = rescale(image.astype(np.float32), zoom, order=1, channel_axis=-1, preserve_range=True,
                         anti_aliasing=zoom < 1) if abs(zoom - 1) > 0.05 else image
         ready = small if prepare is None else prepare(small[None])[0]
-        out.append(resize(predict_stack(checkpoint, ready[None], device=device)[0], image.shape[:2], order=1))
+        # fov="none": as the other inputs were scored before the pipeline (no FOV zeroing; scores are inside the FOV).
+        prob = predict(checkpoint, ready[None], device=device, fov="none").probabilities[0]
+        out.append(resize(prob, image.shape[:2], order=1))
     return np.stack(out)
 
 
@@ -110,7 +112,7 @@ def main() -> None:
             for set_name, (images, labels, fov) in sets.items():
                 start = time.perf_counter()
                 if prepare == "recipe":
-                    prob = predict_stack(checkpoint, images, device=args.device)
+                    prob = predict(checkpoint, images, device=args.device).probabilities
                 else:
                     prob = at_scale(checkpoint, images, prepare, diameter, args.device)
                 seconds = (time.perf_counter() - start) / len(prob)

@@ -21,7 +21,8 @@ from _shift import EM_SCALE, foreign_em
 
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
-from napari_unet.core.predict import INSTANCE_METHODS, cell_instances, instance_method, predict_stack, threshold_mask
+from napari_unet.core.pipeline import predict
+from napari_unet.core.predict import INSTANCE_METHODS, cell_instances
 
 
 def thinned(labels: np.ndarray) -> np.ndarray:
@@ -39,12 +40,11 @@ def main() -> None:
     sets = {"ISBI 25-29": (data.images[ISBI_VAL], data.labels[ISBI_VAL], None),
             "another lab (x1.5), pixel size given": (*foreign, 4.0 / EM_SCALE),
             "another lab (x1.5), pixel size not given": (*foreign, None)}
-    chosen = instance_method(model)
+    chosen = model.info.instance_method
     rows = []
     for name, (images, labels, pixel_size) in sets.items():
         images = images if images.ndim == 4 else images[..., None]
-        prob = predict_stack(model, images, device=args.device, pixel_size=pixel_size)
-        mask = threshold_mask(prob, model.metadata["threshold"])
+        mask = predict(model, images, device=args.device, pixel_size=pixel_size).mask  # at the model's threshold
         truth = thinned(np.stack([cell_labels(s == 1) for s in labels]))
         for method in INSTANCE_METHODS:
             tick = time.perf_counter()

@@ -9,7 +9,7 @@
    side of the model cards' width trade-off.
 3. Throughput in slices/s on ``--slices`` 512x512 ISBI slices, against the classic
    per-slice loop of U-Net tutorials timed in the same run (64 wide, float32, batch 1,
-   autograd left on, one whole slice per forward): the pipeline (`predict_stack`: tiles
+   autograd left on, one whole slice per forward): the pipeline (`core.pipeline.Pipeline`: tiles
    of several slices per batch, blended on the device, weights cast once, bfloat16 or
    float16 on GPUs) with the same 64-wide U-Net and with the built-in EM model; with
    ``--compile`` also under `torch.compile`.
@@ -37,7 +37,8 @@ from _common import CLI_RUN, ROOT, drive, isbi, table
 
 from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.predict import TilePredictor, describe_device, inference_dtype, predict_stack, resolve_device
+from napari_unet.core.pipeline import Pipeline, predict
+from napari_unet.core.predict import TilePredictor, describe_device, inference_dtype, resolve_device
 
 
 def median_seconds(run, device, repeats: int) -> float:
@@ -83,14 +84,16 @@ def classic_loop(model: torch.nn.Module, slices: np.ndarray, device) -> float:
 
 
 def pipeline_seconds(checkpoint: Checkpoint, slices: np.ndarray, device, compile_model: bool = False) -> float:
-    """Seconds for `predict_stack` on the slices (after one warm-up slice)."""
-    predictor = TilePredictor(checkpoint.model, device, compile=compile_model)
+    """Seconds for `Pipeline.run` on the slices (after one warm-up slice)."""
+    pipeline = Pipeline(checkpoint, device=device)
+    if compile_model:
+        pipeline.predictor = TilePredictor(checkpoint.model, device, compile=True)
     images = slices[..., None]
-    predict_stack(checkpoint, images[:1], predictor=predictor)  # warm-up: kernels, cudnn.benchmark, compile
+    pipeline.run(images[:1])  # warm-up: kernels, cudnn.benchmark, compile
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    predict_stack(checkpoint, images, predictor=predictor)
+    pipeline.run(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -178,8 +181,8 @@ def main() -> None:
     rows = []
     for name, image, task, target in cases:
         base_model, our_model = baseline(image.shape[-1], task), load_checkpoint(name)
-        base = median_seconds(lambda: predict_stack(base_model, image, device=device), device, args.repeats)
-        ours = median_seconds(lambda: predict_stack(our_model, image, device=device), device, args.repeats)
+        base = median_seconds(lambda: predict(base_model, image, device=device), device, args.repeats)
+        ours = median_seconds(lambda: predict(our_model, image, device=device), device, args.repeats)
         rows.append({"model": name, "image": "x".join(map(str, image.shape[1:3])), "seconds": ours,
                      "baseline_seconds": base, "ratio": ours / base, "target_s": target,
                      "meets": "yes" if ours <= target or device.type != "cpu" else "NO"})

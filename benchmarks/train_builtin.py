@@ -83,7 +83,8 @@ def standardised_photographs(metadata: dict, name: str, raw: np.ndarray, labels:
     from skimage.transform import resize
 
     # Preparation reads only the description: any 3-channel model stands in for the one to train.
-    pipeline = Pipeline(Checkpoint(UNet(UNetConfig(in_channels=3, base_width=4, depth=2)), metadata, name), device="cpu")
+    stand_in = UNet(UNetConfig(in_channels=3, base_width=4, depth=2))
+    pipeline = Pipeline(Checkpoint(stand_in, metadata, name), device="cpu")
     fovs = [pipeline.found_fov(image) for image in raw]
     zoom = float(np.median([pipeline.fundus_zoom(fov) for fov in fovs]))
     images = np.stack([pipeline.prepare(image, fov, zoom=zoom).image for image, fov in zip(raw, fovs)])
@@ -137,7 +138,8 @@ def package(name: str, run: Path, recipe: dict, seconds: float | None, device: s
         # First the labels' offset (`core.calibration`), then the threshold on the moved output.
         stack = isbi(data)
         labelled = list(range(25))
-        raw = Pipeline(Checkpoint(checkpoint.model, {**meta, SHIFT_KEY: None}, name)).probabilities(stack.images[labelled])
+        unshifted = Checkpoint(checkpoint.model, {**meta, SHIFT_KEY: None}, name)
+        raw = Pipeline(unshifted).probabilities(stack.images[labelled])
         meta[SHIFT_KEY] = list(annotation_offset(raw, stack.labels[labelled]))
         meta["output_shift_measured_on"] = "ISBI slices 0-24 (training and validation), phase correlation"
         meta["threshold"] = em_threshold(checkpoint, data)

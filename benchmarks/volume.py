@@ -1,6 +1,6 @@
 """A volume larger than its float copies, predicted by the CLI slice by slice: memory and time.
 
-    python benchmarks/volume.py [--slices 48] [--size 4096] [--model em-membranes] [--compare 4]
+    python benchmarks/volume.py [--slices 48] [--size 4096] [--model em-membranes] [--compare 4] [--levels slice]
 
 Builds a (slices, size, size) uint8 EM volume from real ISBI slices (each tiled with
 mirror images to size², every third slice shifted behind black registration padding),
@@ -8,7 +8,10 @@ writes it as a chunked zarr store and as a tif, and runs ``napari-unet predict``
 a fresh process: the whole zarr into a zarr store, then the first ``--compare`` slices of
 the tif (``--slices``). Prints each process's peak memory (RSS), its time, what float32
 copies of the volume and of its probabilities alone would need, and whether the two masks
-agree slice for slice.
+agree slice for slice. ``--levels`` is passed to the CLI: "slice" (its default: each
+slice normalised on its own, as in memory) or "volume" (levels sampled over the whole
+volume first, the streamed default before the one prediction pipeline; the black
+registration padding must then not shift them).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def main() -> None:
     parser.add_argument("--model", default="em-membranes")
     parser.add_argument("--compare", type=int, default=4, help="slices predicted from the tif too (0 = none)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--levels", choices=("slice", "volume"), default="slice",
+                        help="intensity levels per slice (the CLI's default) or sampled over the volume")
     parser.add_argument("--work", help="folder for the volumes (default: a temporary one, removed)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="napari-unet-volume-"))
@@ -68,10 +73,10 @@ def main() -> None:
             tif.write(plane, photometric="minisblack", contiguous=True)
     print(f"built a {'x'.join(map(str, shape))} uint8 volume ({np.prod(shape) / 2**30:.2f} GB) in "
           f"{time.perf_counter() - start:.0f} s in {work}")
-    common = ["--model", args.model, "--device", args.device]
+    common = ["--model", args.model, "--device", args.device, "--levels", args.levels]
     rows = []
     whole = cli(["predict", str(work / "volume.zarr"), "--out", str(work / "mask.zarr"), *common])
-    rows.append({"input": "zarr", "slices": args.slices, **whole})
+    rows.append({"input": "zarr", "slices": args.slices, "levels": args.levels, **whole})
     if args.compare:
         last = min(args.compare, args.slices) - 1
         part = cli(["predict", str(work / "volume.tif"), "--out", str(work / "mask_tif.zarr"), "--slices",
@@ -79,13 +84,14 @@ def main() -> None:
         streamed = zarr.open_array(str(work / "mask.zarr"), mode="r")
         from_tif = zarr.open_array(str(work / "mask_tif.zarr"), mode="r")
         same = all(np.array_equal(streamed[z], from_tif[z]) for z in range(last + 1))
-        rows.append({"input": "tif", "slices": last + 1, **part, "same_masks_as_zarr": "yes" if same else "NO"})
+        rows.append({"input": "tif", "slices": last + 1, "levels": args.levels, **part,
+                     "same_masks_as_zarr": "yes" if same else "NO"})
     float_copies = 2 * np.prod(shape) * 4 / 2**20  # normalised input + probabilities, float32
     for row in rows:
         row["s_per_slice"] = row["seconds"] / row["slices"]
         row["float32_copies_mb"] = float_copies
         row["peak_under_1.5GB"] = "yes" if row["peak_mb"] < 1536 else "NO"
-    print(table(rows, ["input", "slices", "seconds", "s_per_slice", "peak_mb", "float32_copies_mb",
+    print(table(rows, ["input", "slices", "levels", "seconds", "s_per_slice", "peak_mb", "float32_copies_mb",
                        "peak_under_1.5GB", "same_masks_as_zarr"]))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -83,6 +83,7 @@ class FineTuneResult:
     """The fine-tuned model, its checkpoint metadata and what happened.
 
     ``report`` keys: held_out (slice or None), start_score / best_score (held-out score),
+    held_out_dice (the kept model's Dice on the whole held-out slice, as Evaluate scores it),
     best_step (0 = the starting model was kept), start_guard / guard (V_Rand or clDice of
     the kept model; refit_guard of a refused refit), threshold (chosen with the score),
     guard_name, refit ("done", "refused", "stopped", "skipped"), stopped, seconds,
@@ -335,7 +336,17 @@ class FineTune:
             report["validations"] = [[round(c["score"], 4), round(c["guard"], 4)] for c in checks]
             self.result = self._result(model, record, report)
 
+    def slice_dice(self, model: UNet, index: int, threshold: float) -> float:
+        """Dice of the mask Predict shows with ``model`` at ``threshold`` on the whole of
+        corrected slice ``index`` (labelled pixels inside the FOV): what Evaluate reports."""
+        mask = self.checked_masks(model, [threshold], [index])[threshold]
+        labels = self.raw_labels[[index]]
+        scored = (labels != IGNORE) if self.fov is None else (labels != IGNORE) & self.fov[[index]]
+        return dice(mask, labels == STRUCTURE, mask=scored)
+
     def _result(self, model: UNet, record: dict, report: dict) -> FineTuneResult:
+        if self.held_out is not None and "threshold" in report:
+            report["held_out_dice"] = round(self.slice_dice(model, self.held_out, report["threshold"]), 4)
         metadata = copy.deepcopy(self.start.metadata)
         in_stack = [self.corrected[i] for i in record.get("train_slices", [])]  # indices into the stack
         held_out = [report["held_out"]] if report["held_out"] is not None else []
@@ -385,6 +396,8 @@ def describe_outcome(report: dict) -> str:
     text = (f"On your edits of {where}: Dice {report['start_score']:.3f} → {report['best_score']:.3f} "
             f"(step {report['best_step']}, {guard} {report['start_guard']:.3f} → {report['guard']:.3f}, "
             f"threshold {report['threshold']:.2f}).")
+    if "held_out_dice" in report:
+        text += f" Dice on the whole of {where}: {report['held_out_dice']:.3f}."
     if report["refit"] == "done":
         text += " Then trained on all corrected slices for those steps."
     elif report["refit"] == "refused":

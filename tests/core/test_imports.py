@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 import napari_unet.core
 
@@ -48,10 +50,25 @@ def test_core_never_imports_qt_or_napari():
     assert _pulled_in(modules + ["napari_unet.cli"], GUI_PACKAGES) == {}
 
 
-@pytest.mark.parametrize("module", ["napari_unet._reader", "napari_unet._sample_data", "napari_unet._writer"])
-def test_napari_hooks_never_import_a_widget(module):
-    # napari imports a reader or sample to open a file; the widgets load Qt and torch's compiler.
-    assert _pulled_in([module], ("napari_unet._widgets",)) == {}
+def test_napari_hooks_never_import_a_widget(tmp_path):
+    """The reader, writer and samples, imported and run, leave the widgets unloaded: napari
+    calls them to open a file, and the widgets load Qt and torch's compiler."""
+    labels = tmp_path / "stack_labels.tif"  # a labels file: the reader gives it its colours
+    stack = (np.arange(3 * 16 * 16).reshape(3, 16, 16) % 3).astype(np.uint8)
+    tifffile.imwrite(labels, stack, photometric="minisblack")
+    code = (
+        "import sys\n"
+        "from napari_unet._reader import get_reader\n"
+        "from napari_unet._sample_data import em_sample, fundus_sample\n"
+        "import napari_unet._writer\n"
+        f"layers = get_reader({str(labels)!r})({str(labels)!r})\n"
+        "layers += em_sample() + fundus_sample()\n"
+        "assert all('colormap' in meta for _, meta, kind in layers if kind == 'labels')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('napari_unet._widgets')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def _core_imports(name: str) -> set[str]:

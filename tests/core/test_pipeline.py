@@ -111,3 +111,25 @@ def test_the_users_fov_wins_over_the_one_found(darkened_rim):
     assert recall(found) < 0.1  # measured 0.0
     assert recall(given) > 0.15 and recall(none) > 0.15, (recall(given), recall(none))  # measured 0.26
     assert not given.mask[0][~fov].any()  # and nothing outside the user's FOV
+
+
+def test_fine_tune_reports_the_held_out_score_evaluate_shows(isbi_stack):
+    """The fine-tune's held-out figure is Evaluate's Dice of the mask Predict then shows."""
+    from napari_unet.core.finetune import FineTune, FineTuneOptions
+    from napari_unet.core.labels import IGNORE, STRUCTURE
+    from napari_unet.core.metrics import evaluate, scoring_inputs
+
+    images = np.ascontiguousarray(isbi_stack.images[20:23, :192, :192])
+    labels = np.ascontiguousarray(isbi_stack.labels[20:23, :192, :192])
+    labels[1, :40] = IGNORE  # a band the user left unlabelled is not scored either
+    run = FineTune(load_checkpoint("em-membranes"), images, labels, [0, 1],
+                   options=FineTuneOptions(steps=4, device="cpu", recipe={"batch_size": 2, "crop_size": 128}))
+    for _event in run.run():
+        pass
+    report = run.result.report
+    assert report["held_out"] == 1 and "held_out_dice" in report
+    tuned = Checkpoint(run.result.model, run.result.metadata, "tuned")
+    shown = predict(tuned, images[1:2], device="cpu").mask  # Predict, with the kept model
+    pred, truth, scored = scoring_inputs(shown, (labels[1:2] == STRUCTURE).astype(np.uint8)
+                                         + 2 * (labels[1:2] == IGNORE))
+    assert evaluate(pred, truth, "em", fov=scored)["dice"] == pytest.approx(report["held_out_dice"], abs=1e-4)
