@@ -238,7 +238,7 @@ def _predict(args) -> int:
     start = time.perf_counter()
     progress, bar = _tile_progress()
     try:
-        result = pipeline.run(images, fov, progress)
+        result = pipeline.run(images, fov, progress, name=Path(args.input).name)
     finally:
         bar.close()
     outputs = {out: result.mask}

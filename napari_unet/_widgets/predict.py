@@ -242,7 +242,7 @@ class PredictWidget(Container):
             part = stack[chosen] if slices is not None else stack
             fov = given_fov[chosen] if given_fov is not None else None
             try:
-                result = pipeline.run(part, fov, state.report, state.cancelled)
+                result = pipeline.run(part, fov, state.report, state.cancelled, name=f"'{layer.name}'")
             except PredictionCancelled:
                 return None
             probabilities, mask, cells = result.probabilities, result.mask, result.cells

@@ -351,20 +351,21 @@ class Pipeline:
             raise DataError(channel_message(images.shape[-1], self.checkpoint.config.in_channels))
 
     def run(self, images: np.ndarray, fov: np.ndarray | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelCheck | None = None) -> PipelineResult:
+            cancel: CancelCheck | None = None, name: str = "The image") -> PipelineResult:
         """Predict a stack: probabilities, mask and cells on its own grid.
 
         Args:
             images: (Z, Y, X, C) raw, C matching the model's input channels.
             fov: (Z, Y, X) or (Y, X) bool FOV the user gave (fundus), or None.
             progress: called with (tiles done, tiles total); cancel: see `sliding_window`.
+            name: how messages call the images (e.g. "'stack.tif'").
 
         Raises:
             DataError: images that cannot give a meaningful result (`check_images`).
             PredictionCancelled: ``cancel`` returned True.
         """
         self.check_shape(images)
-        note = check_images(images)
+        note = check_images(images, name)
         in_use, found = self.fov_for(images, fov)
         probabilities = self.probabilities(images, in_use, progress, cancel)
         mask, cells = self.finish(probabilities, in_use)
