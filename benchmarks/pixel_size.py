@@ -25,17 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from _common import ISBI_VAL, ROOT, isbi, table
-from skimage.transform import rescale, resize
+from skimage.transform import rescale
 
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.metrics import dice, em_challenge_scores
 
-try:  # the one prediction path
-    from napari_unet.core.pipeline import RESAMPLE_SKIP, Pipeline
-except ImportError:  # before it: predict_stack, which skipped resampling within 5 %
-    from napari_unet.core.predict import predict_stack
-
-    Pipeline, RESAMPLE_SKIP = None, (0.95, 1.05)
+from napari_unet.core.pipeline import RESAMPLE_SKIP, Pipeline
 
 SPLITS = {"validation 22-24": [22, 23, 24], "held-out 25-29": ISBI_VAL}
 CHOOSE_ON = "validation 22-24"
@@ -44,29 +39,13 @@ COLUMNS = ["r", "pixel (nm)", "side", "dice as-is", "dice resampled", "gain", "v
 
 def predict_as_is(checkpoint, images: np.ndarray, device: str = "auto") -> np.ndarray:
     """The slices as they are (no pixel size given)."""
-    if Pipeline is not None:
-        return Pipeline(checkpoint, device=device).probabilities(images)
-    return predict_stack(checkpoint, images, device=device)
+    return Pipeline(checkpoint, device=device).probabilities(images)
 
 
 def predict_resampled(checkpoint, images: np.ndarray, pixel_size: float, device: str = "auto") -> np.ndarray:
-    """Resample to the model's pixel size, predict, resample back: always, whatever the ratio.
-
-    With `core.pipeline`: `Pipeline(..., pixel_size=..., resample_skip=(1.0, 1.0))`. Before
-    it: `predict_stack(..., pixel_size=...)` outside 5 % of the model's pixel size, and
-    within 5 % (where `predict_stack` does not resample) its own `rescale` / `resize` steps.
-    """
-    if Pipeline is not None:
-        return Pipeline(checkpoint, device=device, pixel_size=pixel_size, resample_skip=(1.0, 1.0)).probabilities(images)
-    trained_at = checkpoint.metadata["pixel_size_nm"]
-    scale = (pixel_size / float(trained_at[0]), pixel_size / float(trained_at[1]))
-    if any(abs(s - 1) >= 0.05 for s in scale):
-        return predict_stack(checkpoint, images, device=device, pixel_size=pixel_size)
-    shrink = scale[0] < 1 or scale[1] < 1
-    resampled = np.stack([rescale(np.asarray(img, np.float32), scale, order=1, channel_axis=-1,
-                                  preserve_range=True, anti_aliasing=shrink) for img in images])
-    small = predict_stack(checkpoint, resampled, device=device)
-    return np.stack([resize(p, images.shape[1:3], order=1) for p in small]).astype(np.float32)
+    """Resample to the model's pixel size, predict, resample back: always, whatever the
+    ratio (the pipeline's skip band switched off)."""
+    return Pipeline(checkpoint, device=device, pixel_size=pixel_size, resample_skip=(1.0, 1.0)).probabilities(images)
 
 
 def simulate(data, slices: list[int], ratio: float) -> tuple[np.ndarray, np.ndarray]:

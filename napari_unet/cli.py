@@ -484,6 +484,7 @@ def _join_process_group(device):
 
 def _train(args) -> int:
     from .core.checkpoint import default_metadata
+    from .core.description import ModelDescription
     from .core.data import apply_fov, check_images, data_hash, load_pairs, normalize
     from .core.model import UNet, UNetConfig
     from .core.predict import describe_device, resolve_device
@@ -523,7 +524,7 @@ def _train(args) -> int:
         raise UsageError("Every slice is held out for validation: leave at least one to train on.")
     config = TrainConfig(steps=1500 if args.steps is None else args.steps, seed=args.seed, device=str(device),
                          **_recipe_overrides(args))
-    data = TrainingData(normalize(stack.images, metadata.get("normalization")), labels, train_slices, val)
+    data = TrainingData(normalize(stack.images, ModelDescription.from_metadata(metadata).normalization), labels, train_slices, val)
     metadata["data_hash"] = data_hash(stack.images, labels)
     metadata["tile_size"] = max(256, config.crop_size)
 

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from .data import normalize
+from .description import ModelDescription
 from .files import BUILTIN_DIR, BUILTIN_MODELS
 from .model import UNet, UNetConfig
 
@@ -137,7 +138,8 @@ def export_package(
     with torch.no_grad():
         probability = torch.sigmoid(model(torch.from_numpy(normalized))).numpy().astype(np.float32)
     task = checkpoint.task
-    name = name or meta.get("name") or Path(checkpoint.source).stem
+    info = ModelDescription.from_metadata(meta)
+    name = name or info.name or Path(checkpoint.source).stem
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         np.save(folder / "test_input.npy", raw)
@@ -157,7 +159,7 @@ def export_package(
         channels = ["raw"] if config.in_channels == 1 else ["red", "green", "blue"][: config.in_channels]
         y, x = v.AxisId("y"), v.AxisId("x")
         # The pixel size the model was trained at, where the metadata knows it (nm, (y, x)).
-        pixel = meta.get("pixel_size_nm")
+        pixel = info.pixel_size_nm
         scale = [{} if pixel is None else {"unit": "nanometer", "scale": float(p)} for p in (pixel or (1, 1))]
         inputs = v.InputTensorDescr(
             id=v.TensorId("raw"),
@@ -198,7 +200,7 @@ def export_package(
         tags += ["electron-microscopy", "membranes"] if task == "em" else ["fundus", "retina", "vessels"]
         descr = v.ModelDescr(
             name=name,
-            description=description or meta.get("description") or _default_description(task),
+            description=description or info.description or _default_description(task),
             covers=[v.FileDescr(source=folder / "cover.png")],
             documentation=v.FileDescr(source=folder / "README.md"),
             authors=[v.Author(name=a) for a in (authors or ["napari-unet user"])],
@@ -267,20 +269,20 @@ def _default_description(task: str) -> str:
 
 
 def _documentation(checkpoint: Exportable, name: str) -> str:
-    meta = checkpoint.metadata
+    info = ModelDescription.from_metadata(checkpoint.metadata)
     card = next((BUILTIN_DIR / f.replace(".pt", ".md") for n, f in BUILTIN_MODELS.items()
                  if checkpoint.source == n), None)
     history = "\n".join(f"- {h.get('date', '')}: {h.get('steps', '?')} steps on slices {h.get('train_slices')}"
-                        for h in meta.get("history", []))
+                        for h in info.history)
     text = (
         f"# {name}\n\n{_default_description(checkpoint.task)}\n\n"
         f"## Input and output\nInput (batch, channel, y, x) float32, y and x multiples of "
-        f"{checkpoint.config.size_multiple}; per image and channel, the {meta.get('normalization', {}).get('low')}th-"
-        f"{meta.get('normalization', {}).get('high')}th percentiles are scaled to 0-1 and clipped. Output: the "
-        f"probability of the structure; napari-unet draws the mask at > {meta.get('threshold', 0.5)}.\n"
+        f"{checkpoint.config.size_multiple}; per image and channel, the {info.normalization.get('low')}th-"
+        f"{info.normalization.get('high')}th percentiles are scaled to 0-1 and clipped. Output: the "
+        f"probability of the structure; napari-unet draws the mask at > {info.threshold}.\n"
         + ("napari-unet also averages the prediction with its mirror image (test-time flips), which this "
            "package does not describe, so other tools give very slightly different masks.\n"
-           if meta.get("test_time_flips") else "")
+           if info.test_time_flips else "")
         + f"\n## Training history\n{history or '- (none recorded)'}\n\n"
         "# Validation\nSee the scores of the model card below, and napari-unet's benchmarks.\n\n"
     )

@@ -38,7 +38,7 @@ from .predict import (
 
 #: Ratios of the data's pixel size to the model's inside which the slices are predicted
 #: as they are: resampling them costs more than the mismatch (benchmarks/pixel_size.py).
-RESAMPLE_SKIP = (0.95, 1.05)
+RESAMPLE_SKIP = (0.95, 1.15)
 #: Ratios outside which a pixel size is refused as a mistake (e.g. µm typed as nm).
 PIXEL_RATIO_LIMITS = (0.1, 10.0)
 #: A fundus photograph within this much of the training FOV diameter is not resampled.
