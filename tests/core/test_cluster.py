@@ -88,7 +88,8 @@ def test_the_cluster_gives_the_single_process_probabilities_and_cells(client, vo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zarr", "mask.zarr", "mask.zarr.blocks", "prob.zarr"]
 
 
-def test_a_killed_worker_changes_nothing(client, volume, single_process, tmp_path):
+def test_a_killed_worker_changes_nothing(client, volume, single_process_outputs, tmp_path):
+    """Mask, probabilities and cells, as one process predicts them, after a worker died mid-run."""
     killed = []
 
     def kill_one(done, total):
@@ -97,9 +98,14 @@ def test_a_killed_worker_changes_nothing(client, volume, single_process, tmp_pat
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    report = _run(client, volume, tmp_path / "mask.zarr", block=1, progress=kill_one)
+    probabilities, instances = tmp_path / "prob.zarr", tmp_path / "cells.zarr"
+    report = _run(client, volume, tmp_path / "mask.zarr", block=1, progress=kill_one, probabilities=probabilities,
+                  instances=instances)
     assert killed and report.done == list(range(8))
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")[:], single_process)
+    expected = single_process_outputs
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"), mode="r")[:], expected.mask)
+    np.testing.assert_allclose(zarr.open_array(str(probabilities), mode="r")[:], expected.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(zarr.open_array(str(instances), mode="r")[:], expected.instances)
 
 
 def test_a_rerun_skips_the_blocks_done_and_refuses_another_job(client, volume, single_process, tmp_path):
