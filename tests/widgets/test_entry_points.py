@@ -60,3 +60,35 @@ def test_every_entry_point_gives_the_same_mask(make_napari_viewer, qtbot, em_sta
                                tifffile.imread(tmp_path / "p.tif"), atol=1e-5)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "cc.zarr"), mode="r")[:],
                                   tifffile.imread(tmp_path / "c.tif"))
+
+
+def test_painting_the_fov_larger_in_predict_is_used(make_napari_viewer, qtbot, drive_dir, tmp_path):
+    """A photograph with a dark rim (vignetting): the FOV found leaves the rim out and no
+    vessel is found there; the user paints the FOV layer larger and predicts again, and
+    vessels appear in the added ring."""
+    from scipy import ndimage
+
+    from napari_unet.core.data import read_mask, read_stack
+
+    image = np.asarray(read_stack(drive_dir / "training" / "images" / "22_training.tif")).astype(np.float32)
+    vessels = read_mask(drive_dir / "training" / "1st_manual" / "22_manual1.gif")[0]
+    fov = read_mask(drive_dir / "training" / "mask" / "22_training_mask.gif")[0]
+    ring = fov & (ndimage.distance_transform_edt(fov) <= 60)
+    image[ring] *= 0.25
+    path = tmp_path / "dark_rim.tif"
+    tifffile.imwrite(path, image.astype(np.uint8), photometric="rgb")
+
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin="napari-unet")[0]
+    predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")[1]
+    predict.image.value, predict.model.value, predict.device.value = layer, "fundus-vessels", "cpu"
+    wait_for(qtbot, predict.predict())
+    prediction = next(lay for lay in viewer.layers if lay.name == f"{layer.name} prediction")
+    found = next(lay for lay in viewer.layers if lay.name == f"{layer.name} field of view")
+    in_ring = vessels & ring
+    assert np.asarray(prediction.data)[in_ring].mean() < 0.1  # measured 0.0
+    found.data = fov.astype(np.uint8)  # the user paints the FOV out to the retina's edge
+    wait_for(qtbot, predict.predict())
+    assert np.asarray(prediction.data)[in_ring].mean() > 0.15
+    assert not np.asarray(prediction.data)[~fov].any()
+    assert "your field of view" in predict.status.value
