@@ -162,6 +162,37 @@ class _TrackerSignals:
                 self._callbacks.remove(ref)
 
 
+OUR_WIDGET = "napari_unet_widget"  # a Qt property that marks our dock widgets' contents (its opening order)
+_opened = iter(range(1, 1 << 30))
+
+
+def dock_beside_ours(native) -> None:
+    """Put a newly docked widget in a tab beside the other napari-unet docks of its area,
+    and show it. Plugins ▸ napari-unet would otherwise stack the five widgets in one column
+    over 2,000 px tall, and Qt makes the window at least that tall: off most screens."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+
+    try:
+        dock = native.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+    except RuntimeError:  # closed before it was docked
+        return
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return
+    area = window.dockWidgetArea(dock)
+    def opened(other) -> int:  # when its widget was made; 0 for others' docks
+        return max([child.property(OUR_WIDGET) or 0 for child in other.findChildren(QWidget)], default=0)
+
+    ours = [other for other in window.findChildren(QDockWidget)
+            if other is not dock and opened(other) and not other.isFloating()
+            and other.toggleViewAction().isChecked() and window.dockWidgetArea(other) == area]
+    if ours:  # beside the first one opened, so all of them end up in one group of tabs
+        window.tabifyDockWidget(min(ours, key=opened), dock)
+        dock.raise_()
+
+
 class Session:
     """Per-viewer state: the model in use, the fine-tuned model, correction trackers."""
 
@@ -190,6 +221,8 @@ class Session:
         every dock widget removed), the autosave timer stops."""
         self._widgets += 1
         widget.native.destroyed.connect(self._detach)
+        widget.native.setProperty(OUR_WIDGET, next(_opened))
+        QTimer.singleShot(0, lambda: dock_beside_ours(widget.native))
 
     def _detach(self, *_args) -> None:
         self._widgets -= 1

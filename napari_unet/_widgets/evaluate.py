@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 from ..core.metrics import evaluate, evaluate_per_slice, scoring_inputs
 from ._jobs import BackgroundJob
 from ._layers import follow_new_layers, layer_choices, plugin_meta
-from ._session import real_viewer
+from ._session import get_session, real_viewer
 from ._text import text_row
 
 NO_FOV = None
@@ -22,6 +22,7 @@ class EvaluateWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer = real_viewer(napari_viewer)
+        get_session(self.viewer).attach(self)  # docked in a tab beside the other widgets
         self.prediction = ComboBox(label="Prediction", choices=self._prediction_choices)
         self.truth = ComboBox(label="Ground truth", choices=self._truth_choices)
         self.fov = ComboBox(label="FOV mask", choices=self._fov_choices)

@@ -28,6 +28,7 @@ class LoadWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=False)
         self.viewer = real_viewer(napari_viewer)
+        get_session(self.viewer).attach(self)  # docked in a tab beside the other widgets
         self.path = FileEdit(label="File or folder", mode="r", tooltip="A tif stack, an image, or a folder")
         self.choose_folder = PushButton(text="Choose a folder…")
         self.load_button = PushButton(text="Load")

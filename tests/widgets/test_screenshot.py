@@ -40,6 +40,14 @@ def test_docked_window_with_a_prediction(widgets, qtbot, isbi_folder, tiny_em, t
 TEXT_ROWS = ("help", "device_info", "eta", "status")  # the word-wrapped rows made by text_row
 
 
+def _dock_of(native):
+    from qtpy.QtWidgets import QDockWidget
+
+    while native is not None and not isinstance(native, QDockWidget):
+        native = native.parentWidget()
+    return native
+
+
 def _hidden_part(row) -> str:
     """'' when the whole wrapped text of ``row`` (a QLabel) can be seen; else what hides it.
 
@@ -108,10 +116,29 @@ def test_five_widgets_from_the_menu_show_every_status_in_full(make_napari_viewer
     path = tmp_path / "five_widgets.png"
     viewer.screenshot(str(path), canvas_only=False)
     assert np.asarray(Image.open(path)).shape[1] > 600
-    rows = {f"{name}.{attr}": getattr(widget, attr) for name, widget in opened.items() for attr in TEXT_ROWS
-            if hasattr(widget, attr)}
+    # The five docks share one group of tabs (a column of five would be taller than a
+    # screen): each is brought to the front as a user clicks its tab, then its rows checked.
+    docks = {name: _dock_of(widget.native) for name, widget in opened.items()}
+    assert all(docks.values())
+    window = viewer.window._qt_window
+    others = {dock for name, dock in docks.items() if name != "Load"}
+    assert set(window.tabifiedDockWidgets(docks["Load"])) == others, "the five widgets are not in one group of tabs"
+    assert window.minimumSizeHint().height() < 1100  # the window fits a 1080 px screen
+    hidden, rows = {}, {}
+    for name, widget in opened.items():
+        docks[name].raise_()
+        for _ in range(3):
+            QApplication.processEvents()
+            qtbot.wait(20)
+        for attr in TEXT_ROWS:
+            row = getattr(widget, attr, None)
+            if row is not None:
+                rows[f"{name}.{attr}"] = row
+                if row.value and (why := _hidden_part(row.native)):
+                    hidden[f"{name}.{attr}"] = why
     assert len(rows) >= 7
-    hidden = {key: why for key, row in rows.items() if row.value and (why := _hidden_part(row.native))}
     assert not hidden, f"{hidden}; see {path}"
+    docks["Predict"].raise_()
+    QApplication.processEvents()
     status = rows["Predict.status"].native
     assert status.height() > 2 * status.fontMetrics().height()  # the prediction's report takes several lines
