@@ -57,6 +57,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see 'napari-unet {self.prog.split()[-1]} --help')")
 
 
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """The options of the prediction pipeline, the same for `predict` and `suggest`."""
+    p.add_argument("--pixel-size", type=PIXEL_SIZE, help="the images' pixel size in nm: they are resampled to the "
+                   "model's (em-membranes: 4 nm) and the result back (default: the file's, from its tif or "
+                   "OME-Zarr metadata, else as they are)")
+    p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
+                   "default), 'none' (predict everywhere), or a mask file, which wins: colour is measured and the "
+                   "mask kept inside it")
+    p.add_argument("--levels", choices=("slice", "volume"), default="slice", help="intensity normalisation: each "
+                   "slice between its own percentiles (default, as the model was trained), or the same levels for "
+                   "the whole volume, sampled over it; the same on every path (in memory, streamed, cluster)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--threshold", type=PROBABILITY, help="probability threshold for the mask (default: the model's, 0.5)")
+    p.add_argument("--batch-size", type=BATCH, help="tiles per batch (default: 4 on CPU; on a GPU, from its free memory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="napari-unet", description="U-Net segmentation of EM membranes and fundus vessels.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -69,27 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "chunked zarr store when it ends in .zarr (written slice by slice)")
     p.add_argument("--probabilities", help="also write the float32 probability map here (.tif or .zarr)")
     p.add_argument("--instances", help="also write one id per cell (EM; the model's instance method, else a seeded watershed) here (uint32, .tif or .zarr)")
-    p.add_argument("--pixel-size", type=PIXEL_SIZE, help="the images' pixel size in nm: they are resampled to the "
-                   "model's (em-membranes: 4 nm) and the result back (default: the file's, from its tif or "
-                   "OME-Zarr metadata, else as they are)")
-    p.add_argument("--fov", default="auto", help="RGB (fundus): the field of view, 'auto' (found from the image; "
-                   "default), 'none' (predict everywhere), or a mask file, which wins: colour is measured and the "
-                   "mask kept inside it")
-    p.add_argument("--levels", choices=("slice", "volume"), default="slice", help="intensity normalisation: each "
-                   "slice between its own percentiles (default, as the model was trained), or the same levels for "
-                   "the whole volume, sampled over it; the same on every path (in memory, streamed, cluster)")
     p.add_argument("--slices", nargs="+", help="predict only these slices, e.g. 3 7 or 0-99 (streamed; the others "
                    "stay 0 in the outputs)")
     p.add_argument("--workers", type=WORKERS, help="predict a volume on a local dask cluster of N worker processes "
                    "(--out must be a .zarr store; a rerun resumes it)")
     p.add_argument("--scheduler", help="predict a volume on an existing dask cluster, e.g. tcp://10.0.0.5:8786 (its "
                    "workers must see the input and --out at the same paths)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    p.add_argument("--tile", type=TILE, help="tile size in pixels (default: the model's)")
-    p.add_argument("--overlap", type=OVERLAP, default=0.25, help="tile overlap fraction (default 0.25)")
-    p.add_argument("--threshold", type=PROBABILITY, help="probability threshold for the mask (default: the model's, 0.5)")
-    p.add_argument("--batch-size", type=BATCH, help="tiles per batch (default: 4 on CPU; on a GPU, from its free memory)")
+    _add_pipeline_options(p)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+    s = commands.add_parser("suggest", help="rank the slices of a stack (or a folder of photographs) by how much "
+                            "correcting them is worth")
+    s.add_argument("input", help="image stack, folder of images or zarr / OME-Zarr volume (streamed slice by slice)")
+    s.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
+    s.add_argument("--top", type=WORKERS, default=10, help="how many slices to list (default 10)")
+    s.add_argument("--corrected", nargs="+", help="slices already corrected, e.g. 3 7 or 0-4: left out of the order")
+    s.add_argument("--method", choices=("margin", "flips", "objects"), help="the uncertainty (default: the one "
+                   "that tracked the real error best, see README)")
+    s.add_argument("--json", action="store_true", help="print one JSON object on the last line: 'uncertainty' "
+                   "(one number per slice, in slice order) and 'order' (slices, most worth correcting first)")
+    _add_pipeline_options(s)
 
     t = commands.add_parser("train", help="train from scratch, or fine-tune with --from")
     t.add_argument("--images", required=True, help="image file, stack or folder")
@@ -148,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"predict": _predict, "train": _train, "evaluate": _evaluate, "export": _export, "gui": _gui}
+        commands = {"predict": _predict, "suggest": _suggest, "train": _train, "evaluate": _evaluate,
+                    "export": _export, "gui": _gui}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("napari-unet: interrupted; no output was written.", file=sys.stderr)
@@ -622,6 +640,34 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
     if main_process:
         save_checkpoint(out, result.model, result.metadata)
         print(f"{describe_outcome(result.report)} -> {out}")
+    return 0
+
+
+def _suggest(args) -> int:
+    """`suggest`: which slices to correct next (`core.uncertainty`), streamed slice by slice."""
+    import json
+
+    from .core.checkpoint import load_checkpoint
+    from .core.uncertainty import DEFAULT_METHOD, suggest
+    from .core.volume import open_volume
+
+    volume = open_volume(args.input).data
+    shape = tuple(volume.shape[:3])
+    corrected = _parse_slices(args.corrected, shape[0], "--corrected") if args.corrected else []
+    fov = _fov_mask(args.fov, shape)
+    pipeline = _pipeline(args, load_checkpoint(args.model), volume)
+    method = args.method or DEFAULT_METHOD
+    progress, bar = _tile_progress()
+    try:
+        result = suggest(pipeline, volume, corrected, method, fov, progress)
+    finally:
+        bar.close()
+    print(f"{len(result.order)} slice(s) ranked by uncertainty ({method}); correct these next:")
+    for z in result.order[: args.top]:
+        print(f"  slice {z}: {result.uncertainty[z]:.4f}")
+    if args.json:
+        print(json.dumps({"uncertainty": [None if u != u else round(u, 6) for u in result.uncertainty],
+                          "order": result.order, "method": method}))
     return 0
 
 

@@ -1,0 +1,144 @@
+"""Which slice to correct next: one uncertainty number per slice, higher = more likely wrong.
+
+Computed from the prediction the user already has (`core.pipeline`, so with the model's
+own pixel size, FOV and standardisation), with at most one extra pass:
+
+* ``margin``: pixels whose probability lies within `MARGIN` of the threshold, per pixel
+  of predicted structure (a slice whose membranes or vessels the model half-sees);
+* ``flips``: how much the probability changes when the slice is predicted upside down
+  (one extra pass), per pixel of predicted structure;
+* ``objects``: the share of cells (EM) or vessel segments (fundus) that appear, vanish
+  or merge when the threshold moves by `MARGIN` either way.
+
+`DEFAULT_METHOD` is the one that tracked the real per-slice error best on stacks built
+from training slices (benchmarks/suggest.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import DataError
+from .pipeline import Pipeline
+from .predict import CancelCheck, ProgressCallback
+
+METHODS = ("margin", "flips", "objects")
+DEFAULT_METHOD = "margin"
+MARGIN = 0.2
+
+
+def _per_structure(amount: float, mask: np.ndarray) -> float:
+    """``amount`` per pixel of predicted structure (one pixel at least, so an empty
+    prediction of an empty slice is not infinitely uncertain)."""
+    return float(amount) / max(1.0, float(np.count_nonzero(mask)), 0.001 * mask.size)
+
+
+def _objects(mask: np.ndarray, cells: bool) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(~mask if cells else mask)[1])
+
+
+def slice_uncertainty(probability: np.ndarray, threshold: float, method: str = DEFAULT_METHOD,
+                      fov: np.ndarray | None = None, flipped: np.ndarray | None = None,
+                      cells: bool = True) -> float:
+    """The uncertainty of one slice's prediction.
+
+    Args:
+        probability: (Y, X) float32 in [0, 1], as `Pipeline.run` gives it.
+        threshold: the mask's threshold.
+        method: one of `METHODS`.
+        fov: (Y, X) bool: only pixels inside count (fundus), or None.
+        flipped: (Y, X) the same slice predicted flipped and flipped back ("flips").
+        cells: "objects" counts cells between structure (EM) rather than structure segments.
+
+    Returns:
+        A number >= 0; higher = the prediction is more likely wrong.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}.")
+    inside = np.ones(probability.shape, bool) if fov is None else fov
+    values = probability[inside]
+    mask = values > threshold
+    if method == "margin":
+        return _per_structure(np.count_nonzero(np.abs(values - threshold) < MARGIN), mask)
+    if method == "flips":
+        if flipped is None:
+            raise ValueError("method 'flips' needs the slice predicted flipped (one more pass).")
+        return _per_structure(np.abs(values - flipped[inside]).sum(), mask)
+    low, mid, high = (np.where(inside, probability > t, False) for t in (threshold - MARGIN, threshold,
+                                                                         threshold + MARGIN))
+    counts = [_objects(m, cells) for m in (low, mid, high)]
+    return abs(counts[0] - counts[2]) / max(1, counts[1])
+
+
+@dataclass
+class Suggestion:
+    """Slices ranked by how much correcting them is worth.
+
+    Attributes:
+        uncertainty: one number per slice of the input, in slice order (NaN for a slice
+            left out: no image in it).
+        order: slice indices, most worth correcting first, without the corrected ones
+            (and without slices holding no image).
+    """
+
+    uncertainty: list[float]
+    order: list[int]
+
+
+def rank(uncertainty: list[float], corrected=()) -> list[int]:
+    """Slice indices by decreasing uncertainty, leaving out ``corrected`` and NaN."""
+    done = set(int(z) for z in corrected)
+    keep = [z for z, u in enumerate(uncertainty) if z not in done and np.isfinite(u)]
+    return sorted(keep, key=lambda z: (-uncertainty[z], z))
+
+
+def suggest(pipeline: Pipeline, volume, corrected=(), method: str = DEFAULT_METHOD, fov=None,
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+            on_slice: Callable[[int, float], None] | None = None) -> Suggestion:
+    """Predict each slice (one at a time: a lazy volume streams) and rank them.
+
+    Args:
+        pipeline: how the user predicts (model, pixel size, FOV, threshold).
+        volume: (Z, Y, X, C) array-like.
+        corrected: slices already corrected: scored, but left out of ``order``.
+        fov: (Z, Y, X) FOV the user gave (fundus), or None.
+        on_slice: called with (z, uncertainty) after each slice.
+
+    Raises:
+        PredictionCancelled: ``cancel`` returned True.
+    """
+    count = volume.shape[0]
+    passes = 2 if method == "flips" else 1
+    scores: list[float] = []
+    for z in range(count):
+
+        def slice_progress(done: int, total: int, z: int = z, p: int = 0) -> None:
+            if progress is not None:
+                progress((z * passes + p) * total + done, count * passes * total)
+
+        image = np.asarray(volume[z])[None]
+        given = None if fov is None else np.asarray(fov[z])[None]
+        try:
+            result = pipeline.run(image, given, slice_progress, cancel)
+        except DataError:
+            if np.ptp(image) > 0:
+                raise
+            scores.append(float("nan"))  # no image: nothing to correct
+            continue
+        flipped = None
+        if method == "flips":
+            again = pipeline.run(np.ascontiguousarray(image[:, ::-1]), None if given is None else given[:, ::-1],
+                                 lambda d, t, z=z: slice_progress(d, t, z, 1), cancel)
+            flipped = again.probabilities[0, ::-1]
+        in_use = None if result.fov is None else result.fov[0]
+        score = slice_uncertainty(result.probabilities[0], pipeline.threshold, method, in_use, flipped,
+                                  cells=not pipeline.uses_fov)
+        scores.append(score)
+        if on_slice is not None:
+            on_slice(z, score)
+    return Suggestion(scores, rank(scores, corrected))
