@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
     s.add_argument("--top", type=WORKERS, default=10, help="how many slices to list (default 10)")
     s.add_argument("--corrected", nargs="+", help="slices already corrected, e.g. 3 7 or 0-4: left out of the order")
-    s.add_argument("--method", choices=("margin", "flips", "objects"), help="the uncertainty (default: the one "
-                   "that tracked the real error best, see README)")
+    s.add_argument("--method", choices=("margin", "flips", "both", "objects"), help="the uncertainty (default: "
+                   "the one that tracked the real error best for this kind of image, see README)")
     s.add_argument("--json", action="store_true", help="print one JSON object on the last line: 'uncertainty' "
                    "(one number per slice, in slice order) and 'order' (slices, most worth correcting first)")
     _add_pipeline_options(s)
@@ -648,7 +648,7 @@ def _suggest(args) -> int:
     import json
 
     from .core.checkpoint import load_checkpoint
-    from .core.uncertainty import DEFAULT_METHOD, suggest
+    from .core.uncertainty import default_method, suggest
     from .core.volume import open_volume
 
     volume = open_volume(args.input).data
@@ -656,7 +656,7 @@ def _suggest(args) -> int:
     corrected = _parse_slices(args.corrected, shape[0], "--corrected") if args.corrected else []
     fov = _fov_mask(args.fov, shape)
     pipeline = _pipeline(args, load_checkpoint(args.model), volume)
-    method = args.method or DEFAULT_METHOD
+    method = args.method or default_method(pipeline)
     progress, bar = _tile_progress()
     try:
         result = suggest(pipeline, volume, corrected, method, fov, progress)

@@ -196,12 +196,17 @@ def dock_beside_ours(native) -> None:
 class Session:
     """Per-viewer state: the model in use, the fine-tuned model, correction trackers."""
 
-    model_changed = Signal()
+    model_changed = Signal()  # a fine-tune made a new model (`fine_tuned`, now also `current`)
+    prediction_done = Signal()  # a Predict job ended (its model, when it predicted, is `current`)
 
     def __init__(self) -> None:
         self.current: Checkpoint | None = None  # the model of the last prediction or fine-tune
         self.current_label = ""
         self.predict_options: dict = {}  # Predict's tile and overlap: the fine-tune re-predicts with them
+        # Predict's pixel size, threshold and device, and the model ("model") they were chosen
+        # with: the Correct widget ranks slices by predicting as Predict did. Apart from
+        # `predict_options`: a fine-tune keeps its own threshold.
+        self.predict_settings: dict = {}
         self.fine_tuned: Checkpoint | None = None
         self.fine_tuned_path: Path | None = None
         self.corrections_dir: Path | None = None  # None = beside the image

@@ -180,6 +180,8 @@ class PredictWidget(Container):
         """
         options = {"tile": self.tile.value or None, "overlap": self.overlap.value}
         self.session.predict_options = options
+        self.session.predict_settings = {"pixel_size": self.pixel_size.value or None, "threshold": self.threshold.value,
+                                         "device": str(device), "model": checkpoint}
         return Pipeline(checkpoint, device=device, pixel_size=self.pixel_size.value or None,
                         threshold=self.threshold.value, instances=instances, **options)
 
@@ -361,6 +363,7 @@ class PredictWidget(Container):
     def _ended(self, watch: ImageWatch) -> None:
         watch.stop()
         self.run_button.text = "Predict"
+        self.session.prediction_done.emit()
 
     # ------------------------------------------------------------------ results
 

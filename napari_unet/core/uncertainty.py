@@ -7,11 +7,13 @@ own pixel size, FOV and standardisation), with at most one extra pass:
   of predicted structure (a slice whose membranes or vessels the model half-sees);
 * ``flips``: how much the probability changes when the slice is predicted upside down
   (one extra pass), per pixel of predicted structure;
+* ``both``: margin + flips;
 * ``objects``: the share of cells (EM) or vessel segments (fundus) that appear, vanish
   or merge when the threshold moves by `MARGIN` either way.
 
-`DEFAULT_METHOD` is the one that tracked the real per-slice error best on stacks built
-from training slices (benchmarks/suggest.py).
+`DEFAULT_METHODS` are, per kind of image, the ones that tracked the real per-slice error
+best on stacks built from slices the choice may see (benchmarks/suggest.py: Spearman
+0.54 for margin on EM, 0.91 for flips on fundus photographs).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import DataError
-from .pipeline import Pipeline
+from .pipeline import Pipeline, PipelineResult
 from .predict import CancelCheck, ProgressCallback
 
-METHODS = ("margin", "flips", "objects")
-DEFAULT_METHOD = "margin"
+METHODS = ("margin", "flips", "both", "objects")
+DEFAULT_METHODS = {"em": "margin", "fundus": "flips"}
 MARGIN = 0.2
 
 
@@ -42,7 +44,12 @@ def _objects(mask: np.ndarray, cells: bool) -> int:
     return int(ndimage.label(~mask if cells else mask)[1])
 
 
-def slice_uncertainty(probability: np.ndarray, threshold: float, method: str = DEFAULT_METHOD,
+def default_method(pipeline: Pipeline) -> str:
+    """The measured best method for the pipeline's kind of image (`DEFAULT_METHODS`)."""
+    return DEFAULT_METHODS["fundus" if pipeline.uses_fov else "em"]
+
+
+def slice_uncertainty(probability: np.ndarray, threshold: float, method: str = "margin",
                       fov: np.ndarray | None = None, flipped: np.ndarray | None = None,
                       cells: bool = True) -> float:
     """The uncertainty of one slice's prediction.
@@ -65,14 +72,33 @@ def slice_uncertainty(probability: np.ndarray, threshold: float, method: str = D
     mask = values > threshold
     if method == "margin":
         return _per_structure(np.count_nonzero(np.abs(values - threshold) < MARGIN), mask)
-    if method == "flips":
+    if method in ("flips", "both"):
         if flipped is None:
-            raise ValueError("method 'flips' needs the slice predicted flipped (one more pass).")
-        return _per_structure(np.abs(values - flipped[inside]).sum(), mask)
+            raise ValueError(f"method '{method}' needs the slice predicted flipped (one more pass).")
+        flips = _per_structure(np.abs(values - flipped[inside]).sum(), mask)
+        return flips if method == "flips" else flips + slice_uncertainty(probability, threshold, "margin", fov)
     low, mid, high = (np.where(inside, probability > t, False) for t in (threshold - MARGIN, threshold,
                                                                          threshold + MARGIN))
     counts = [_objects(m, cells) for m in (low, mid, high)]
     return abs(counts[0] - counts[2]) / max(1, counts[1])
+
+
+def pixel_uncertainty(probability: np.ndarray, threshold: float, fov: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel uncertainty, to show as an image: 1 at the threshold, 0 where the
+    probability is as far from it as it can be.
+
+    Args:
+        probability: (Y, X) float32 in [0, 1]; threshold: the mask's threshold.
+        fov: (Y, X) bool: 0 outside (fundus), or None.
+
+    Returns:
+        (Y, X) float32 in [0, 1].
+    """
+    span = max(threshold, 1.0 - threshold, 1e-6)
+    out = np.clip(1.0 - np.abs(probability - threshold) / span, 0.0, 1.0).astype(np.float32)
+    if fov is not None:
+        out[~fov] = 0
+    return out
 
 
 @dataclass
@@ -97,23 +123,26 @@ def rank(uncertainty: list[float], corrected=()) -> list[int]:
     return sorted(keep, key=lambda z: (-uncertainty[z], z))
 
 
-def suggest(pipeline: Pipeline, volume, corrected=(), method: str = DEFAULT_METHOD, fov=None,
+def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None, fov=None,
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-            on_slice: Callable[[int, float], None] | None = None) -> Suggestion:
+            on_slice: Callable[[int, float, PipelineResult | None], None] | None = None) -> Suggestion:
     """Predict each slice (one at a time: a lazy volume streams) and rank them.
 
     Args:
         pipeline: how the user predicts (model, pixel size, FOV, threshold).
         volume: (Z, Y, X, C) array-like.
         corrected: slices already corrected: scored, but left out of ``order``.
+        method: one of `METHODS`; default `default_method`.
         fov: (Z, Y, X) FOV the user gave (fundus), or None.
-        on_slice: called with (z, uncertainty) after each slice.
+        on_slice: called with (z, uncertainty, the slice's `PipelineResult`, None for a
+            slice without image) after each slice.
 
     Raises:
         PredictionCancelled: ``cancel`` returned True.
     """
+    method = method or default_method(pipeline)
     count = volume.shape[0]
-    passes = 2 if method == "flips" else 1
+    passes = 2 if method in ("flips", "both") else 1
     scores: list[float] = []
     for z in range(count):
 
@@ -129,9 +158,11 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str = DEFAULT_METH
             if np.ptp(image) > 0:
                 raise
             scores.append(float("nan"))  # no image: nothing to correct
+            if on_slice is not None:
+                on_slice(z, scores[-1], None)
             continue
         flipped = None
-        if method == "flips":
+        if passes == 2:
             again = pipeline.run(np.ascontiguousarray(image[:, ::-1]), None if given is None else given[:, ::-1],
                                  lambda d, t, z=z: slice_progress(d, t, z, 1), cancel)
             flipped = again.probabilities[0, ::-1]
@@ -140,5 +171,5 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str = DEFAULT_METH
                                   cells=not pipeline.uses_fov)
         scores.append(score)
         if on_slice is not None:
-            on_slice(z, score)
+            on_slice(z, score, result)
     return Suggestion(scores, rank(scores, corrected))

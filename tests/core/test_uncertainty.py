@@ -46,7 +46,7 @@ def test_the_blurred_slice_comes_first(blurred_stack, method):
     pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
     seen = []
     result = suggest(pipeline, blurred_stack[..., None], corrected=[0], method=method,
-                     on_slice=lambda z, u: seen.append(z))
+                     on_slice=lambda z, u, result: seen.append(z))
     assert seen == [0, 1, 2, 3] and len(result.uncertainty) == 4
     assert result.order[0] == 2 and 0 not in result.order and sorted(result.order) == [1, 2, 3]
 
