@@ -120,6 +120,16 @@ def predict_image(data, **kwargs):
     return run
 
 
+def predict_at_pixel_size(size):
+    def run(env):
+        predict = env.w["predict"]
+        predict.image.value = env.stack()
+        predict.model.value = "em-membranes"  # trained at 4 nm
+        predict.pixel_size.value = size
+        return predict.predict
+    return run
+
+
 def predict_no_image(env):
     return env.w["predict"].predict
 
@@ -328,6 +338,8 @@ CASES = [
     ("predict truncated checkpoint", "predict", predict_checkpoint(truncated_checkpoint), "not a readable napari-unet"),
     ("predict text file as checkpoint", "predict", predict_checkpoint(text_as_checkpoint), "not a readable napari-unet"),
     ("predict missing checkpoint", "predict", predict_checkpoint(lambda env: env.tmp / "gone.pt"), "Choose a checkpoint"),
+    ("predict at 0.01 nm", "predict", predict_at_pixel_size(0.01), "Pixel size 0.01 nm is 0.0025 times the model's"),
+    ("predict at 90,000 nm", "predict", predict_at_pixel_size(90_000.0), "Pixel size 90000 nm"),
     ("image removed while predicting", "predict", predict_then(remove_image), "was removed while the job ran: nothing"),
     ("image data replaced while predicting", "predict", predict_then(replace_image_data), "changed while the job ran"),
     ("cancel pressed", "predict", predict_then(press_cancel), "Prediction cancelled; nothing was changed"),

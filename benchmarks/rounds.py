@@ -1,0 +1,126 @@
+"""Rounds of correct -> fine-tune -> re-predict: the slices `suggest` ranks first vs random ones.
+
+    python benchmarks/rounds.py [--rounds 3] [--seeds 0 1 2] [--device auto]
+
+Another lab's EM (`_shift.foreign_em` of ISBI slices: rescaled x1.5, softer, noisier,
+labels 2 px wide). The built-in model starts. Each round takes 2 slices of the pool
+(ISBI 8-24), "corrects" them by copying their ground truth into the labels, fine-tunes
+with the default recipe from the previous round's model on every slice corrected so
+far, and re-predicts. Suggested: the 2 slices `core.uncertainty.suggest` ranks first;
+random: 2 random uncorrected slices (one run per seed). Scored after every round on
+slices no arm may pick (ISBI 25-29): membrane Dice at the model's own threshold.
+Prints the table and writes docs/rounds.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _common import ROOT, isbi, table
+from _shift import foreign_em
+
+from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
+from napari_unet.core.finetune import FineTune, FineTuneOptions
+from napari_unet.core.labels import STRUCTURE
+from napari_unet.core.metrics import dice
+from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.uncertainty import suggest
+
+POOL = list(range(8, 25))
+SCORED = list(range(25, 30))
+PER_ROUND = 2
+
+
+def score(checkpoint: Checkpoint, images, labels, device: str) -> float:
+    mask = Pipeline(checkpoint, device=device).run(images).mask.astype(bool)
+    return dice(mask, labels == STRUCTURE)
+
+
+def run_arm(name: str, start: Checkpoint, pool, scored, rounds: int, device: str, seed: int | None) -> list[dict]:
+    """One sequence of rounds; ``seed`` None = the suggested slices."""
+    images, labels = pool
+    rng = np.random.default_rng(seed)
+    model, corrected, rows = start, [], []
+    rows.append({"arm": name, "round": 0, "corrected": 0, "dice": score(model, *scored, device), "seconds": 0.0})
+    for r in range(1, rounds + 1):
+        tick = time.perf_counter()
+        if seed is None:
+            chosen = suggest(Pipeline(model, device=device), images, corrected).order[:PER_ROUND]
+        else:
+            left = [z for z in range(len(images)) if z not in corrected]
+            chosen = [int(z) for z in rng.choice(left, PER_ROUND, replace=False)]
+        corrected += chosen
+        run = FineTune(model, images, labels, corrected, options=FineTuneOptions(device=device),
+                       start_name=f"round {r - 1}")
+        for _event in run.run():
+            pass
+        model = Checkpoint(run.result.model, run.result.metadata, f"{name} round {r}")
+        rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [POOL[z] for z in chosen],
+                     "dice": score(model, *scored, device), "seconds": time.perf_counter() - tick,
+                     "kept step": run.result.report.get("best_step")})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path) -> None:
+    """Dice on the scored slices after each round, one line per arm (Pillow)."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 640, 400, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    values = [r["dice"] for r in rows]
+    low, high = min(values) - 0.01, max(values) + 0.01
+    rounds = max(r["round"] for r in rows)
+
+    def at(round_: int, value: float) -> tuple[float, float]:
+        return (pad + round_ / max(1, rounds) * (width - 2 * pad),
+                height - pad - (value - low) / (high - low) * (height - 2 * pad))
+
+    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
+    for k in range(rounds + 1):
+        x, _ = at(k, low)
+        draw.text((x - 4, height - pad + 8), str(k), fill="black")
+    for v in np.linspace(low, high, 5):
+        _, y = at(0, v)
+        draw.text((5, y - 6), f"{v:.3f}", fill="black")
+    draw.text((width // 2 - 60, height - 22), "round (2 slices each)", fill="black")
+    draw.text((pad, 15), "membrane Dice on ISBI 25-29 (another lab's EM)", fill="black")
+    colours = {"suggested": "crimson"}
+    for n, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
+        points = [at(r["round"], r["dice"]) for r in rows if r["arm"] == arm]
+        colour = colours.get(arm, ("grey", "steelblue", "darkgreen")[n % 3])
+        draw.line(points, fill=colour, width=3 if arm == "suggested" else 1)
+        draw.text((width - pad - 120, pad + 10 + 14 * n), arm, fill=colour)
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    data = isbi()
+    pool = foreign_em(data.images[POOL], data.labels[POOL])
+    scored = foreign_em(data.images[SCORED], data.labels[SCORED], seed=1)
+    start = load_checkpoint("em-membranes")
+    rows = run_arm("suggested", start, pool, scored, args.rounds, args.device, None)
+    for seed in args.seeds:
+        rows += run_arm(f"random {seed}", start, pool, scored, args.rounds, args.device, seed)
+    print(table(rows, ["arm", "round", "corrected", "picked", "dice", "seconds", "kept step"]))
+    random_mean = {k: np.mean([r["dice"] for r in rows if r["arm"] != "suggested" and r["round"] == k])
+                   for k in range(args.rounds + 1)}
+    suggested = {r["round"]: r["dice"] for r in rows if r["arm"] == "suggested"}
+    print("\nround  suggested  random (mean)  difference")
+    for k in range(args.rounds + 1):
+        print(f"{k:5d}  {suggested[k]:.4f}     {random_mean[k]:.4f}         {suggested[k] - random_mean[k]:+.4f}")
+    path = ROOT / "docs" / "rounds.png"
+    plot(rows, path)
+    print(f"plot -> {path}")
+
+
+if __name__ == "__main__":
+    main()
