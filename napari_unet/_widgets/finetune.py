@@ -11,6 +11,7 @@ from napari.layers import Image, Labels
 
 from ..core.bmz import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from ..core.corrections import record_fine_tuned
 from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
 from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, held_out_index
 from ..core.labels import labels_from_array, labels_note
@@ -157,6 +158,10 @@ class FineTuneWidget(Container):
                 return None
             result = run.result
             saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
+            try:  # offered again by Predict for this image, also after a restart
+                record_fine_tuned(tracker.store(corrections_dir).folder, saved_to, corrected)
+            except OSError as exc:  # the model is saved; only Predict's offer of it next time is lost
+                note = f"{note} It could not be listed for this image ({exc}): choose it as a checkpoint file.".strip()
             tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
             updates = changed = None

@@ -20,8 +20,9 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from ..core.corrections import corrections_folder
+from ..core.corrections import corrections_folder, fine_tuned_models
 from ..core.data import data_hash, parse_slices
+from ..core.finetune import describe_history
 from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.pipeline import Pipeline
 from ..core.predict import PredictionCancelled, describe_device, resolve_device
@@ -55,6 +56,7 @@ BUILTIN_EM = "em-membranes"
 BUILTIN_FUNDUS = "fundus-vessels"
 FROM_FILE = "file"
 FINE_TUNED = "fine-tuned"
+FINE_TUNED_BEFORE = "fine-tuned for this image"
 KEEP_EDITS = "keep my edited slices"
 NEW_LAYER = "make a new layer"
 ALL_SLICES, CURRENT_SLICE, SLICE_RANGE = "all", "current slice", "these slices:"
@@ -122,7 +124,20 @@ class PredictWidget(Container):
                    ("Checkpoint file…", FROM_FILE)]
         if self.session.fine_tuned is not None:
             choices.append((f"Fine-tuned in this session ({self.session.fine_tuned_path.name})", FINE_TUNED))
+        earlier = self.fine_tuned_before()
+        if earlier is not None:
+            choices.append((earlier.describe(self.image.value.name), FINE_TUNED_BEFORE))
         return choices
+
+    def fine_tuned_before(self):
+        """The last model fine-tuned on the chosen image's corrections, in this session or an
+        earlier one (`core.corrections.fine_tuned_models`), or None."""
+        image = self.image.value if hasattr(self, "image") else None
+        source = plugin_meta(image).get("source") if image is not None else None
+        if not source:
+            return None
+        models = fine_tuned_models(corrections_folder(source, root=self.session.corrections_dir))
+        return models[-1] if models else None
 
     def _fine_tuned_available(self) -> None:
         self.reset_choices()
@@ -133,17 +148,24 @@ class PredictWidget(Container):
         self._use_model_threshold()
 
     def _use_model_threshold(self) -> None:
-        """Show the threshold the model was tuned with (e.g. 0.55 for em-membranes)."""
+        """Show the threshold the model was tuned with (e.g. 0.55 for em-membranes), and the
+        rounds of a fine-tuned model (slices, date, scores, kept or refused)."""
         try:
-            checkpoint, _name = self.selected_checkpoint()
+            checkpoint, name = self.selected_checkpoint()
         except (ValueError, CheckpointError):
             return  # no file chosen yet, or a bad one: predicting will say so
         self.threshold.value = checkpoint.info.threshold
+        rounds = describe_history(checkpoint.info.history)
+        if rounds:
+            self.status.value = f"{name}; its fine-tune rounds: " + "; ".join(rounds) + "."
 
     def _image_changed(self) -> None:
         layer = self.image.value
+        self.model.reset_choices()
         if layer is not None and self.model.value in (BUILTIN_EM, BUILTIN_FUNDUS):
-            self.model.value = BUILTIN_FUNDUS if layer.rgb else BUILTIN_EM
+            earlier = self.fine_tuned_before()
+            self.model.value = (FINE_TUNED_BEFORE if earlier is not None
+                                else BUILTIN_FUNDUS if layer.rgb else BUILTIN_EM)
         self.show_instances.enabled = layer is None or not layer.rgb
         recorded = plugin_meta(layer).get("pixel_size_nm") if layer is not None else None
         if recorded:  # from the file's metadata (tif, OME-Zarr): the user can still change it
@@ -164,6 +186,11 @@ class PredictWidget(Container):
             if self.session.fine_tuned is None:
                 raise ValueError("No model was fine-tuned in this session yet: fine-tune first, or choose another model.")
             return self.session.fine_tuned, f"fine-tuned ({self.session.fine_tuned_path.name})"
+        if choice == FINE_TUNED_BEFORE:
+            earlier = self.fine_tuned_before()
+            if earlier is None:
+                raise ValueError("The model fine-tuned for this image is gone: choose another model.")
+            return load_checkpoint(earlier.path), earlier.describe(self.image.value.name)
         if choice == FROM_FILE:
             path = Path(str(self.checkpoint.value))
             if not path.is_file():

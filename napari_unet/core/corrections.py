@@ -10,6 +10,10 @@ written as the user paints); its corrections folder then holds only the state
 (``state.json``: the store's path, the slice lists, the time) and the edited slices'
 pixels (``edited-<z>.npy``), see `VolumeState`.
 
+The models fine-tuned on the image's corrections are listed in ``models.json`` (their
+paths, dates and corrected slices, `record_fine_tuned`), so the next day's session offers
+the last one again.
+
 Where: beside the image (``<image file name>.napari-unet/``), or in a chosen folder
 (one sub-folder per image, keyed by its full path), or, for an image without a file,
 under ``$NAPARI_UNET_HOME/corrections`` (default ``~/napari-unet``) keyed by a hash of
@@ -33,6 +37,7 @@ from .labels import IGNORE
 
 FILE_NAME = "corrections.tif"
 VOLUME_STATE_FILE = "state.json"
+MODELS_FILE = "models.json"
 
 
 def corrections_folder(image_source: str | Path | None, pixels_hash: str = "", root: str | Path | None = None) -> Path:
@@ -202,6 +207,47 @@ def load_volume_edits(folder: str | Path) -> dict[int, np.ndarray]:
         OSError, ValueError: a file cannot be read.
     """
     return {int(p.stem.split("-")[1]): np.load(p) for p in Path(folder).glob("edited-*.npy")}
+
+
+@dataclass
+class FineTunedModel:
+    """A model fine-tuned on one image's corrections.
+
+    Attributes:
+        path: the checkpoint file; date: when it was saved (ISO, local time);
+        slices: the corrected slices it learnt from.
+    """
+
+    path: str
+    date: str
+    slices: list[int]
+
+    def describe(self, image_name: str) -> str:
+        return f"fine-tuned on {image_name}, {len(self.slices)} slice(s), {self.date[:16].replace('T', ' ')}"
+
+
+def record_fine_tuned(folder: str | Path, model: str | Path, slices: list[int]) -> Path:
+    """Add a fine-tuned model to the image's list (``models.json``, written atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [vars(m) for m in _read_models(folder)]
+    records.append({"path": str(Path(model).resolve()), "date": datetime.now().astimezone().isoformat(
+        timespec="seconds"), "slices": sorted(int(z) for z in slices)})
+    path = folder / MODELS_FILE
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1), encoding="utf-8"))
+
+
+def fine_tuned_models(folder: str | Path) -> list[FineTunedModel]:
+    """The image's fine-tuned models whose files still exist, oldest first."""
+    return [m for m in _read_models(Path(folder)) if Path(m.path).is_file()]
+
+
+def _read_models(folder: Path) -> list[FineTunedModel]:
+    try:
+        records = json.loads((folder / MODELS_FILE).read_text(encoding="utf-8"))
+        return [FineTunedModel(str(r["path"]), str(r["date"]), [int(z) for z in r["slices"]]) for r in records]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: offer nothing
+        return []
 
 
 def ignore_unedited(labels: np.ndarray, edited: np.ndarray, margin: int = 8) -> np.ndarray:

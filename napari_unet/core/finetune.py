@@ -403,3 +403,21 @@ def describe_outcome(report: dict) -> str:
     elif report["refit"] == "refused":
         text += f" Training again on all corrected slices lowered the {guard}, so the checked model is kept."
     return text
+
+
+def describe_history(history: list[dict]) -> list[str]:
+    """One line per fine-tune round of a model's history (`ModelDescription.history`):
+    date, the slices learnt, the held-out score before and after, kept or refused."""
+    lines = []
+    for record in history:
+        report = record.get("fine_tune")
+        if not report:
+            continue
+        slices = record.get("corrected_slices", record.get("train_slices", []))
+        if "start_score" in report:
+            scores = f"Dice on the held-out edits {report['start_score']:.3f} → {report['best_score']:.3f}"
+        else:
+            scores = "stopped before the first check"
+        outcome = "kept" if report.get("best_step", 0) > 0 else "refused (the starting model was kept)"
+        lines.append(f"{str(record.get('date', ''))[:10]}: slices {slices}, {scores}, {outcome}")
+    return lines
