@@ -34,9 +34,14 @@ def _pulled_in(modules: list[str], watched: tuple[str, ...]) -> dict[str, list[s
         "        found[name] = new\n"
         "print(json.dumps(found))\n"
     )
+    return json.loads(_last_line_of(code))
+
+
+def _last_line_of(code: str) -> str:
+    """Run ``code`` in a fresh interpreter; its last printed line."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout.strip().splitlines()[-1]
 
 
 def test_every_core_module_is_found():
@@ -66,9 +71,7 @@ def test_napari_hooks_never_import_a_widget(tmp_path):
         "assert all('colormap' in meta for _, meta, kind in layers if kind == 'labels')\n"
         "print(sorted(m for m in sys.modules if m.startswith('napari_unet._widgets')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert _last_line_of(code) == "[]"
 
 
 def _core_imports(name: str) -> set[str]:
