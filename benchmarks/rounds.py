@@ -1,15 +1,16 @@
 """Rounds of correct -> fine-tune -> re-predict: the slices `suggest` ranks first vs random ones.
 
-    python benchmarks/rounds.py [--rounds 3] [--seeds 0 1 2] [--device auto]
+    python benchmarks/rounds.py [--task em|fundus] [--rounds 3] [--seeds 0 1 2] [--device auto]
 
-Another lab's EM (`_shift.foreign_em` of ISBI slices: rescaled x1.5, softer, noisier,
-labels 2 px wide). The built-in model starts. Each round takes 2 slices of the pool
-(ISBI 8-24), "corrects" them by copying their ground truth into the labels, fine-tunes
+EM: another lab's EM (`_shift.foreign_em` of ISBI slices: rescaled x1.5, softer, noisier,
+labels 2 px wide); pool ISBI 8-24, scored on ISBI 25-29. Fundus: another camera's
+photographs (`_shift.foreign_fundus` of DRIVE test images); pool 01-14, scored on 15-20
+(F1 inside the FOV). The built-in model starts. Each round takes 2 slices of the pool, "corrects" them by copying their ground truth into the labels, fine-tunes
 with the default recipe from the previous round's model on every slice corrected so
 far, and re-predicts. Suggested: the 2 slices `core.uncertainty.suggest` ranks first;
 random: 2 random uncorrected slices (one run per seed). Scored after every round on
-slices no arm may pick (ISBI 25-29): membrane Dice at the model's own threshold.
-Prints the table and writes docs/rounds.png.
+slices no arm may pick, at the model's own threshold. Prints the table and writes
+docs/rounds_<task>.png.
 """
 
 from __future__ import annotations
@@ -18,27 +19,40 @@ import argparse
 import time
 
 import numpy as np
-from _common import ROOT, isbi, table
-from _shift import foreign_em
+from _common import ROOT, drive, isbi, table
+from _shift import foreign_em, foreign_fundus
 
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import FineTune, FineTuneOptions
-from napari_unet.core.labels import STRUCTURE
+from napari_unet.core.labels import IGNORE, STRUCTURE
 from napari_unet.core.metrics import dice
 from napari_unet.core.pipeline import Pipeline
 from napari_unet.core.uncertainty import suggest
 
-POOL = list(range(8, 25))
-SCORED = list(range(25, 30))
+POOLS = {"em": list(range(8, 25)), "fundus": list(range(0, 14))}
+SCORED = {"em": list(range(25, 30)), "fundus": list(range(14, 20))}
 PER_ROUND = 2
 
 
 def score(checkpoint: Checkpoint, images, labels, device: str) -> float:
+    """Dice (F1) of the mask at the model's threshold, over labelled pixels (fundus: the FOV)."""
     mask = Pipeline(checkpoint, device=device).run(images).mask.astype(bool)
-    return dice(mask, labels == STRUCTURE)
+    return dice(mask, labels == STRUCTURE, mask=labels != IGNORE)
 
 
-def run_arm(name: str, start: Checkpoint, pool, scored, rounds: int, device: str, seed: int | None) -> list[dict]:
+def data(task: str):
+    """(pool images, labels), (scored images, labels) of another lab's EM or camera's fundus."""
+    if task == "em":
+        em = isbi()
+        return (foreign_em(em.images[POOLS[task]], em.labels[POOLS[task]]),
+                foreign_em(em.images[SCORED[task]], em.labels[SCORED[task]], seed=1))
+    test = drive("test")
+    images, labels, _fov = foreign_fundus(test.images, test.labels, test.fov)
+    return (images[POOLS[task]], labels[POOLS[task]]), (images[SCORED[task]], labels[SCORED[task]])
+
+
+def run_arm(name: str, start: Checkpoint, pool, scored, rounds: int, device: str, seed: int | None,
+            names: list[int]) -> list[dict]:
     """One sequence of rounds; ``seed`` None = the suggested slices."""
     images, labels = pool
     rng = np.random.default_rng(seed)
@@ -57,14 +71,14 @@ def run_arm(name: str, start: Checkpoint, pool, scored, rounds: int, device: str
         for _event in run.run():
             pass
         model = Checkpoint(run.result.model, run.result.metadata, f"{name} round {r}")
-        rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [POOL[z] for z in chosen],
+        rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [names[z] for z in chosen],
                      "dice": score(model, *scored, device), "seconds": time.perf_counter() - tick,
                      "kept step": run.result.report.get("best_step")})
         print(rows[-1], flush=True)
     return rows
 
 
-def plot(rows: list[dict], path) -> None:
+def plot(rows: list[dict], path, title: str) -> None:
     """Dice on the scored slices after each round, one line per arm (Pillow)."""
     from PIL import Image, ImageDraw
 
@@ -87,7 +101,7 @@ def plot(rows: list[dict], path) -> None:
         _, y = at(0, v)
         draw.text((5, y - 6), f"{v:.3f}", fill="black")
     draw.text((width // 2 - 60, height - 22), "round (2 slices each)", fill="black")
-    draw.text((pad, 15), "membrane Dice on ISBI 25-29 (another lab's EM)", fill="black")
+    draw.text((pad, 15), title, fill="black")
     colours = {"suggested": "crimson"}
     for n, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
         points = [at(r["round"], r["dice"]) for r in rows if r["arm"] == arm]
@@ -99,17 +113,17 @@ def plot(rows: list[dict], path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("em", "fundus"), default="em")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    data = isbi()
-    pool = foreign_em(data.images[POOL], data.labels[POOL])
-    scored = foreign_em(data.images[SCORED], data.labels[SCORED], seed=1)
-    start = load_checkpoint("em-membranes")
-    rows = run_arm("suggested", start, pool, scored, args.rounds, args.device, None)
+    pool, scored = data(args.task)
+    start = load_checkpoint("em-membranes" if args.task == "em" else "fundus-vessels")
+    names = POOLS[args.task]
+    rows = run_arm("suggested", start, pool, scored, args.rounds, args.device, None, names)
     for seed in args.seeds:
-        rows += run_arm(f"random {seed}", start, pool, scored, args.rounds, args.device, seed)
+        rows += run_arm(f"random {seed}", start, pool, scored, args.rounds, args.device, seed, names)
     print(table(rows, ["arm", "round", "corrected", "picked", "dice", "seconds", "kept step"]))
     random_mean = {k: np.mean([r["dice"] for r in rows if r["arm"] != "suggested" and r["round"] == k])
                    for k in range(args.rounds + 1)}
@@ -117,8 +131,10 @@ def main() -> None:
     print("\nround  suggested  random (mean)  difference")
     for k in range(args.rounds + 1):
         print(f"{k:5d}  {suggested[k]:.4f}     {random_mean[k]:.4f}         {suggested[k] - random_mean[k]:+.4f}")
-    path = ROOT / "docs" / "rounds.png"
-    plot(rows, path)
+    path = ROOT / "docs" / f"rounds_{args.task}.png"
+    title = ("membrane Dice on ISBI 25-29 (another lab's EM)" if args.task == "em"
+             else "vessel F1 on DRIVE test 15-20 (another camera)")
+    plot(rows, path, title)
     print(f"plot -> {path}")
 
 
