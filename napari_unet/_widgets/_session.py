@@ -185,11 +185,11 @@ def dock_beside_ours(native) -> None:
     def opened(other) -> int:  # when its widget was made; 0 for others' docks
         return max([child.property(OUR_WIDGET) or 0 for child in other.findChildren(QWidget)], default=0)
 
-    ours = [other for other in window.findChildren(QDockWidget)
-            if other is not dock and opened(other) and not other.isFloating()
-            and other.toggleViewAction().isChecked() and window.dockWidgetArea(other) == area]
-    if ours:  # beside the first one opened, so all of them end up in one group of tabs
-        window.tabifyDockWidget(min(ours, key=opened), dock)
+    earlier = [other for other in window.findChildren(QDockWidget)
+               if other is not dock and 0 < opened(other) < opened(dock) and not other.isFloating()
+               and other.toggleViewAction().isChecked() and window.dockWidgetArea(other) == area]
+    if earlier and not set(window.tabifiedDockWidgets(dock)) & set(earlier):  # (`napari-unet gui` tabs them itself)
+        window.tabifyDockWidget(min(earlier, key=opened), dock)  # beside the first opened: one group of tabs
         dock.raise_()
 
 
