@@ -202,10 +202,9 @@ class Session:
     def __init__(self) -> None:
         self.current: Checkpoint | None = None  # the model of the last prediction or fine-tune
         self.current_label = ""
-        self.predict_options: dict = {}  # Predict's tile and overlap: the fine-tune re-predicts with them
-        # Predict's pixel size, threshold and device, and the model ("model") they were chosen
-        # with: the Correct widget ranks slices by predicting as Predict did. Apart from
-        # `predict_options`: a fine-tune keeps its own threshold.
+        # Predict's last choices: tile, overlap, pixel_size, threshold, device, and the model
+        # they were made with. The fine-tune re-predicts with its tile and overlap (keeping its
+        # own threshold); Correct ranks slices by predicting as Predict did.
         self.predict_settings: dict = {}
         self.fine_tuned: Checkpoint | None = None
         self.fine_tuned_path: Path | None = None

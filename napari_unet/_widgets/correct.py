@@ -290,8 +290,8 @@ class CorrectWidget(Container):
         when it predicted with this model (a fine-tuned model brings its own)."""
         settings = self.session.predict_settings
         threshold = settings.get("threshold") if settings.get("model") is checkpoint else None
-        return Pipeline(checkpoint, device=settings.get("device", "auto"), pixel_size=settings.get("pixel_size"),
-                        threshold=threshold, **self.session.predict_options)
+        return Pipeline(checkpoint, device=settings.get("device", "auto"), tile=settings.get("tile"),
+                        overlap=settings.get("overlap", 0.25), pixel_size=settings.get("pixel_size"), threshold=threshold)
 
     def rank_slices(self) -> BackgroundJob | None:
         """Rank the slices of the chosen Labels layer's image by the uncertainty of the

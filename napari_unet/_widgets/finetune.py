@@ -120,7 +120,8 @@ class FineTuneWidget(Container):
             if checkpoint.config.in_channels != stack.shape[-1]:
                 raise ValueError("The current model does not take this kind of image (grey vs RGB).")
             device = resolve_device(self.device.value)
-            predicting = dict(self.session.predict_options)  # as Predict predicts: tile, overlap
+            settings = self.session.predict_settings  # as Predict predicts: its tile and overlap
+            predicting = {key: settings[key] for key in ("tile", "overlap") if key in settings}
             options = FineTuneOptions(steps=self.steps.value, hold_out=self.hold_out.value, device=str(device),
                                       **predicting)
             out = self._output_path(image)

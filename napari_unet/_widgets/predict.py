@@ -205,12 +205,10 @@ class PredictWidget(Container):
         Raises:
             ValueError: a choice that cannot work (e.g. an absurd pixel size), said for the user.
         """
-        options = {"tile": self.tile.value or None, "overlap": self.overlap.value}
-        self.session.predict_options = options
-        self.session.predict_settings = {"pixel_size": self.pixel_size.value or None, "threshold": self.threshold.value,
-                                         "device": str(device), "model": checkpoint}
-        return Pipeline(checkpoint, device=device, pixel_size=self.pixel_size.value or None,
-                        threshold=self.threshold.value, instances=instances, **options)
+        settings = {"tile": self.tile.value or None, "overlap": self.overlap.value,
+                    "pixel_size": self.pixel_size.value or None, "threshold": self.threshold.value}
+        self.session.predict_settings = {**settings, "device": str(device), "model": checkpoint}
+        return Pipeline(checkpoint, device=device, instances=instances, **settings)
 
     def _run_clicked(self) -> None:
         if self.job is not None and self.job.running:
