@@ -159,12 +159,12 @@ class FineTune:
         self.hash = data_hash(self.raw, self.raw_labels)
         self.pipeline = self.predicting(self.start.model)  # checks the inputs as Predict does
         self.fov, _found = self.pipeline.fov_for(self.raw, None if fov is None else np.asarray(fov[self.corrected]))
-        self.images, self.labels, painted = self._as_the_model_sees(
-            None if edited is None else np.array(edited[self.corrected], dtype=bool))
+        self.images, self.labels = self._as_the_model_sees()
         self.held_out = held_out_index(len(self.corrected), options.hold_out)
         self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
-        self.painted = painted
-        self.edited: np.ndarray | None = None  # see `_edits`
+        # The pixels the user painted, on the slices' own grid (see `_edits`).
+        self.painted = None if edited is None else np.array(edited[self.corrected], dtype=bool)
+        self.edited: np.ndarray | None = None
         self.result: FineTuneResult | None = None
         for z, label in zip(self.corrected, self.labels):
             if not np.any(label != IGNORE):
@@ -179,10 +179,10 @@ class FineTune:
         return Pipeline(self.start, device=self.device, tile=self.options.tile, overlap=self.options.overlap,
                         fov=self.options.fov, model=model)
 
-    def _as_the_model_sees(self, painted: np.ndarray | None):
+    def _as_the_model_sees(self):
         """The corrected slices prepared as Predict prepares them (`Pipeline.prepare`;
-        fundus: one zoom for them all, so they stack), labels and painted pixels
-        resampled alongside, so the model learns what it will be shown."""
+        fundus: one zoom for them all, so they stack), labels resampled alongside, so the
+        model learns what it will be shown."""
         pipeline = self.pipeline
         zoom = None
         if pipeline.is_fundus:
@@ -192,7 +192,7 @@ class FineTune:
                     for i, image in enumerate(self.raw)]
         images = np.stack([p.image for p in prepared])
         self.images_shape = images.shape[1:3]
-        return images, self.to_model_grid(self.raw_labels), self.to_model_grid(painted)
+        return images, self.to_model_grid(self.raw_labels)
 
     def to_model_grid(self, stack: np.ndarray | None) -> np.ndarray | None:
         """(N, Y, X) labels or masks of the corrected slices on the prepared images' grid
@@ -205,12 +205,11 @@ class FineTune:
                          for m in stack]).astype(stack.dtype)
 
     def _edits(self) -> np.ndarray:
-        """(N, Y', X') bool edited pixels of the corrected slices: painted, or where the
-        starting model's mask, as Predict shows it, disagrees with the labels."""
+        """(N, Y, X) bool edited pixels of the corrected slices, on their own grid: painted,
+        or where the starting model's mask, as Predict shows it, disagrees with the labels."""
         if self.edited is None:
             before = self.checked_masks(self.start.model, [self.threshold])[self.threshold]
-            edited = (before != (self.raw_labels == STRUCTURE)) & (self.raw_labels != IGNORE)
-            self.edited = self.to_model_grid(edited)
+            self.edited = (before != (self.raw_labels == STRUCTURE)) & (self.raw_labels != IGNORE)
             if self.painted is not None:
                 self.edited |= self.painted
         return self.edited
@@ -225,7 +224,7 @@ class FineTune:
         return {t: pipeline.finish(probability, fov, threshold=t)[0].astype(bool) for t in thresholds}
 
     def _training_data(self, slices: list[int]) -> TrainingData:
-        edited = self._edits()
+        edited = self.to_model_grid(self._edits())
         weights = np.where(edited, self.options.edit_weight, 1.0).astype(np.float32)
         return TrainingData(self.images, self.labels, slices, weights=weights, focus=edited)
 
@@ -245,12 +244,7 @@ class FineTune:
         labelled = labels != IGNORE
         if self.fov is not None:  # scored where the user sees a prediction
             labelled &= self.fov[slices]
-        edits = self._edits()[slices]
-        if edits.shape != labels.shape:  # painted on the model's grid: back to the slices'
-            from skimage.transform import resize
-
-            edits = np.stack([resize(e, labels.shape[1:], order=0, anti_aliasing=False) for e in edits]).astype(bool)
-        grown = ndimage.binary_dilation(edits, iterations=self.options.margin, axes=(1, 2))
+        grown = ndimage.binary_dilation(self._edits()[slices], iterations=self.options.margin, axes=(1, 2))
         region = grown & labelled
         if not region.any():  # a slice checked without a change: score all of it
             region = labelled
