@@ -1,15 +1,19 @@
-"""Does the one-click fine-tune help on another lab's data, for the segmentation a biologist uses?
+"""Does the one-click fine-tune help on another lab's data, and never hurt?
 
-    python benchmarks/finetune_gain.py [--task em fundus] [--recipes default ...] [--device auto]
+    python benchmarks/finetune_gain.py [--task em fundus] [--proxies NAME ...] [--device auto]
 
-Data (see `_shift.py`): EM = ISBI slices 25-29 (never used to train the built-in model) at
-x1.5 pixel size, another contrast and noise, membranes drawn 2 px wide; fundus = DRIVE
-test images recoloured (red-dominant, dark, no blue), resampled to 1,000 px and
-JPEG-compressed. As a user would: the first 2 slices / images are corrected (their
-labels are the correction; the edited pixels are where the built-in model disagreed),
-the rest are never seen and are scored. EM: membrane Dice and V_Rand of the cells
-(thinned, best threshold, as the challenge scores); fundus: F1 and AUC inside the FOV,
-and clDice (are vessels whole?). Seconds = the fine-tune's wall time.
+Proxies for data we do not have, built from ../shared/data (see `PROXIES`). In each, as
+a user would, 2 slices or photographs are corrected (their labels are the correction;
+the edited pixels are where the built-in model disagreed) and the default fine-tune runs
+(`core.finetune`: cross-validated, kept only when it shows a gain). The rest are never
+seen and are scored, at the threshold each model ships with, on the proxy's own labels
+(the other lab's annotator): EM membrane Dice and V_Rand of the cells (after border
+thinning); fundus F1 and clDice inside the FOV. Seconds = the fine-tune's wall time.
+
+Nothing in the fine-tune was chosen on these scores: the steps come from the 60 s budget
+(the "2 x 1024^2" timing row), the decision margins from the "never worse by 0.005" bound.
+EM corrected slices are ISBI 22-26 (the built-in model's validation slices, never trained
+on), scored slices 25-29; fundus: DRIVE test images 0-1 corrected, 2-9 scored.
 """
 
 from __future__ import annotations
@@ -17,93 +21,177 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import ISBI_VAL, drive, isbi, table
+import numpy as np
+from _common import drive, isbi, table
 from _shift import foreign_em, foreign_fundus
+from scipy import ndimage
+from skimage.transform import rescale
 
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
-from napari_unet.core.data import normalize
 from napari_unet.core.finetune import FineTune, FineTuneOptions
-from napari_unet.core.labels import STRUCTURE
-from napari_unet.core.metrics import cl_dice, dice, em_challenge_scores, fundus_scores
+from napari_unet.core.labels import IGNORE, STRUCTURE
+from napari_unet.core.metrics import cl_dice, dice, em_challenge_scores
 from napari_unet.core.pipeline import predict
-from napari_unet.core.train import TrainingData, fine_tune_recipe, train
 
-CORRECTED = [0, 1]
 
-RECIPES = {
-    "default": {},
-    "no refit": {"refit": False},
-    "edits weigh 1, uniform crops": {"edit_weight": 1.0, "focus_fraction": 0.0},
-    "border weights on": {"recipe": {"border_weights": True}},
-    "border weights off": {"recipe": {"border_weights": False}},
-    "border term, classes unbalanced": {"recipe": {"border_weights": True, "balance_classes": False}},
-    "90 steps": {"steps": 90},
+def _mild(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(Z, Y, X) uint8 -> (Z, Y, X, 1): a little darker, lower contrast, some noise."""
+    rng = np.random.default_rng(seed)
+    x = (images.astype(np.float32) / 255) ** 1.15 * 0.85 + 0.05
+    x = x + rng.normal(0, 0.02, x.shape)
+    return np.clip(x * 255, 0, 255).astype(np.uint8)[..., None]
+
+
+def _isbi(slices: list[int]):
+    data = isbi()
+    images = data.images[slices]
+    return (images[..., 0] if images.ndim == 4 else images), data.labels[slices]
+
+
+def em_mild(corrected, scored):
+    """The model is already good there: ISBI slices, mildly darker and noisier."""
+    images, labels = _isbi(corrected + scored)
+    return _mild(images), labels, None
+
+
+def em_thick(corrected, scored):
+    """Another annotator's style: membranes drawn 2 px thicker (dilated by 1 px)."""
+    images, labels, _ = em_mild(corrected, scored)
+    thick = np.stack([ndimage.binary_dilation(m == STRUCTURE) for m in labels]).astype(np.uint8)
+    return images, thick, None
+
+
+def em_offset(corrected, scored):
+    """Labels drawn one pixel off (down and right), the edge left unlabelled."""
+    images, labels, _ = em_mild(corrected, scored)
+    shifted = np.full_like(labels, IGNORE)
+    shifted[:, 1:, 1:] = labels[:, :-1, :-1]
+    return images, shifted, None
+
+
+def em_scale(corrected, scored):
+    """Another microscope: x1.5 pixel size (not given), contrast, blur, noise, 2 px labels."""
+    images, labels = _isbi(corrected + scored)
+    images, labels = foreign_em(images, labels)
+    return images, labels, None
+
+
+def fundus_colour(corrected, scored):
+    """Another camera: red-dominant, dark, JPEG, 1,000 px wide."""
+    data = drive("test")
+    chosen = corrected + scored
+    return foreign_fundus(data.images[chosen], data.labels[chosen], data.fov[chosen])
+
+
+def fundus_small_fov(corrected, scored):
+    """Another resolution: the photograph at 0.6x, padded back (a smaller FOV in the frame)."""
+    data = drive("test")
+    chosen = corrected + scored
+    images, labels, fovs = [], [], []
+    for image, label, fov in zip(data.images[chosen], data.labels[chosen], data.fov[chosen]):
+        small = rescale(image.astype(np.float32) / 255, 0.6, channel_axis=-1, anti_aliasing=True)
+        y, x = (np.array(image.shape[:2]) - small.shape[:2]) // 2
+        canvas = np.zeros(image.shape, np.float32)
+        canvas[y:y + small.shape[0], x:x + small.shape[1]] = small
+        images.append((canvas * 255).astype(np.uint8))
+        for out, array in ((labels, label == STRUCTURE), (fovs, fov)):
+            placed = np.zeros(image.shape[:2], bool)
+            placed[y:y + small.shape[0], x:x + small.shape[1]] = rescale(array.astype(np.float32), 0.6) > 0.5
+            out.append(placed)
+    fovs = np.stack(fovs)
+    labels = np.where(fovs, np.stack(labels).astype(np.uint8), IGNORE).astype(np.uint8)
+    return np.stack(images), labels, fovs
+
+
+# name: (task, build, corrected, scored)
+PROXIES = {
+    "em mild shift": ("em", em_mild, [22, 23], [25, 26, 27, 28, 29]),
+    "em thick labels": ("em", em_thick, [22, 23], [25, 26, 27, 28, 29]),
+    "em labels 1 px off": ("em", em_offset, [22, 23], [25, 26, 27, 28, 29]),
+    "em x1.5 pixel, contrast, noise": ("em", em_scale, [22, 23], [25, 26, 27, 28, 29]),
+    "em other end of the stack": ("em", em_mild, [25, 26], [28, 29]),
+    "fundus colour + JPEG": ("fundus", fundus_colour, [0, 1], list(range(2, 10))),
+    "fundus 0.6x, smaller FOV": ("fundus", fundus_small_fov, [0, 1], list(range(2, 10))),
 }
 
 
-def foreign_data(task: str):
-    if task == "em":
-        data = isbi()
-        images, labels = foreign_em(data.images[ISBI_VAL], data.labels[ISBI_VAL])
-        return images, labels, None
-    data = drive("test")
-    return foreign_fundus(data.images, data.labels, data.fov)
+def scores(checkpoint: Checkpoint, images, labels, fov, device: str) -> tuple[float, float]:
+    """(Dice or F1, V_Rand or clDice) of the mask Predict shows, at the model's threshold."""
+    result = predict(checkpoint, images, device=device)  # fundus: FOV found, as for a user
+    mask, truth = result.mask.astype(bool), labels == STRUCTURE
+    scored = labels != IGNORE if fov is None else fov & (labels != IGNORE)
+    if checkpoint.task == "em":
+        return dice(mask, truth, mask=scored), em_challenge_scores(mask, truth, thresholds=[0.5], mask=scored)["vrand"]
+    return dice(mask, truth, mask=scored), cl_dice(mask, truth, scored)
 
 
-def scores(checkpoint: Checkpoint, images, labels, fov, task: str, device: str) -> dict:
-    unseen = [z for z in range(images.shape[0]) if z not in CORRECTED]
-    result = predict(checkpoint, images[unseen], device=device)  # fundus: 0 outside the FOV found
-    prob, mask = result.probabilities, result.mask.astype(bool)  # at the model's threshold
-    truth = labels[unseen] == STRUCTURE
-    if task == "em":
-        return {"dice": dice(mask, truth), "vrand": em_challenge_scores(prob, truth)["vrand"]}
-    inside = fov[unseen]
-    pixel = fundus_scores(prob, truth, inside, checkpoint.info.threshold)
-    return {"f1": pixel["f1"], "auc": pixel["auc"], "cldice": cl_dice(mask, truth, inside)}
-
-
-def old_recipe(start: Checkpoint, images, labels, steps: int, device: str) -> Checkpoint:
-    """What the widget did before: uniform crops, whole-slice Dice on the held-out slice, no refit."""
-    model = start.model.__class__(start.config)
-    model.load_state_dict(start.model.state_dict())
-    data = TrainingData(normalize(images[CORRECTED], start.normalization), labels[CORRECTED], [0], [1])
-    for _ in train(model, data, fine_tune_recipe(steps, device=device)):
+def run_proxy(name: str, device: str, steps: int) -> dict:
+    task, build, corrected, scored = PROXIES[name]
+    images, labels, fov = build(corrected, scored)
+    start = load_checkpoint("em-membranes" if task == "em" else "fundus-vessels")
+    n = len(corrected)
+    unseen = slice(n, None)
+    before = scores(start, images[unseen], labels[unseen], None if fov is None else fov[unseen], device)
+    tick = time.perf_counter()
+    run = FineTune(start, images[:n], labels[:n], list(range(n)), None, FineTuneOptions(steps=steps, device=device))
+    for _ in run.run():
         pass
-    return Checkpoint(model, start.metadata, "old recipe")
+    seconds = time.perf_counter() - tick
+    tuned = Checkpoint(run.result.model, run.result.metadata, "fine-tuned")
+    after = scores(tuned, images[unseen], labels[unseen], None if fov is None else fov[unseen], device) \
+        if run.result.report["kept"] else before
+    first, second = ("dice", "vrand") if task == "em" else ("f1", "cldice")
+    return {"proxy": name, "size": f"{images.shape[1]}x{images.shape[2]}", first: f"{before[0]:.4f} → {after[0]:.4f}",
+            "Δ1": after[0] - before[0], second: f"{before[1]:.4f} → {after[1]:.4f}", "Δ2": after[1] - before[1],
+            "start": before[0], "outcome": run.result.report["outcome"], "threshold": run.result.report["threshold"],
+            "seconds": seconds}
+
+
+def timing(device: str, steps: int) -> dict:
+    """The budget case: 2 corrected 1024^2 EM slices (ISBI 22-23 at x2, another contrast)."""
+    import _shift
+
+    images, labels = _isbi([22, 23])
+    _shift.EM_SCALE, scale = 2.0, _shift.EM_SCALE
+    try:
+        images, labels = foreign_em(images, labels)
+    finally:
+        _shift.EM_SCALE = scale
+    tick = time.perf_counter()
+    run = FineTune(load_checkpoint("em-membranes"), images, labels, [0, 1], None,
+                   FineTuneOptions(steps=steps, device=device))
+    for _ in run.run():
+        pass
+    return {"case": "2 corrected 1024x1024 EM slices", "outcome": run.result.report["outcome"],
+            "seconds": time.perf_counter() - tick}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", nargs="+", default=["em", "fundus"], choices=["em", "fundus"])
-    parser.add_argument("--recipes", nargs="+", default=["default"], choices=[*RECIPES, "old"])
+    parser.add_argument("--proxies", nargs="+", choices=list(PROXIES))
     parser.add_argument("--steps", type=int, default=FineTuneOptions.steps)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-timing", action="store_true")
     args = parser.parse_args()
-    for task in args.task:
-        start = load_checkpoint("em-membranes" if task == "em" else "fundus-vessels")
-        images, labels, fov = foreign_data(task)
-        columns = ["recipe", "dice", "vrand"] if task == "em" else ["recipe", "f1", "auc", "cldice"]
-        rows = [{"recipe": "built-in (start)", **scores(start, images, labels, fov, task, args.device)}]
+    names = args.proxies or [n for n, p in PROXIES.items() if p[0] in args.task]
+    rows = []
+    for name in names:
+        rows.append(run_proxy(name, args.device, args.steps))
         print(rows[-1], flush=True)
-        for name in args.recipes:
-            tick = time.perf_counter()
-            if name == "old":
-                tuned, report = old_recipe(start, images, labels, args.steps, args.device), {}
-            else:
-                options = dict(RECIPES[name])
-                options.setdefault("steps", args.steps)
-                run = FineTune(start, images, labels, CORRECTED, None, FineTuneOptions(device=args.device, **options))
-                for _ in run.run():
-                    pass
-                tuned = Checkpoint(run.result.model, run.result.metadata, name)
-                report = run.result.report
-            seconds = time.perf_counter() - tick
-            rows.append({"recipe": name, **scores(tuned, images, labels, fov, task, args.device),
-                         "seconds": seconds, "kept step": report.get("best_step"), "refit": report.get("refit")})
-            print(rows[-1], flush=True)
-        where = "ISBI 25-29 as another lab's EM" if task == "em" else "DRIVE test as another camera's fundus"
-        print(f"\n{where}: fine-tuned on {CORRECTED}, scored on the rest, {args.steps} steps\n")
-        print(table(rows, columns + ["seconds", "kept step", "refit"]) + "\n", flush=True)
+    print(f"\nfine-tune ({args.steps} steps per model) on 2 corrected slices; scored on the unseen ones at the "
+          f"threshold the model ships with\n")
+    print(table(rows, ["proxy", "size", "dice", "Δ1", "vrand", "f1", "cldice", "Δ2", "outcome", "threshold",
+                       "seconds"]) + "\n")
+    worst = min(min(r["Δ1"], r["Δ2"]) for r in rows)
+    print(f"worst change on any proxy and score: {worst:+.4f} (target: not below -0.005)")
+    for task, bar, target in (("em", 0.77, 0.02), ("fundus", 0.775, 0.03)):
+        wrong = [r["Δ1"] for r in rows if r["proxy"].startswith(task) and r["start"] < bar]
+        if wrong:
+            print(f"{task}: mean gain where the start is clearly wrong (below {bar}): {np.mean(wrong):+.4f} "
+                  f"over {len(wrong)} proxies (target: +{target})")
+    if not args.no_timing and "em" in args.task:
+        print("\n" + table([timing(args.device, args.steps)], ["case", "outcome", "seconds"]))
 
 
 if __name__ == "__main__":

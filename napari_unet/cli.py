@@ -115,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert-labels", action="store_true", help="structure is 0 in the label files (ISBI 2012)")
     t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
     t.add_argument("--out", required=True, help="checkpoint file to write (the best model)")
-    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch, 90 to fine-tune)")
+    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch; to fine-tune, 40 per model)")
     t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 "
-                   "slices; with --from: one corrected slice, default the last)")
-    t.add_argument("--no-val", action="store_true", help="train on every slice, without validation")
+                   "slices; not with --from, which holds out each corrected slice in turn)")
+    t.add_argument("--no-val", action="store_true", help="train on every slice, without validation (with --from: keep the model unchecked)")
     t.add_argument("--slices", nargs="+", help="with --from: the corrected slices to learn from, e.g. 3 7 or 0-4 "
                    "(default: every slice with a labelled pixel)")
     t.add_argument("--edited", help="with --from: mask of the pixels you painted, nonzero = edited (added to "
@@ -595,7 +595,7 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
     """``train --from``: the fine-tune of the widget (`core.finetune`), from files."""
     from .core.checkpoint import load_checkpoint, save_checkpoint
     from .core.data import DataError, check_same_shape, read_stack
-    from .core.finetune import FineTune, FineTuneOptions, describe_outcome
+    from .core.finetune import FineTune, FineTuneOptions, describe_outcome, describe_plan
     from .core.labels import IGNORE
     from .core.predict import describe_device
 
@@ -604,18 +604,16 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         corrected = _parse_slices(args.slices, count, "--slices")
     else:
         corrected = [z for z in range(count) if np.any(labels[z] != IGNORE)]
-    if args.val_slices and not args.no_val:
-        held = _parse_slices(args.val_slices, count)
-        if len(held) != 1 or held[0] not in corrected:
-            raise UsageError(f"--val-slices {held}: a fine-tune holds out one of the corrected slices {corrected}.")
-        corrected = [z for z in corrected if z != held[0]] + held  # the held-out slice is the last
+    if args.val_slices:
+        raise UsageError("--val-slices: a fine-tune holds out each corrected slice in turn (cross-validation); "
+                         "leave it out (or use --no-val to train on all of them without a check).")
     edited = None
     if args.edited:
         edited = read_stack(args.edited)
         edited = (edited[..., 0] if edited.ndim == 4 else edited) != 0
         check_same_shape(labels, edited, "--edited mask")
     checkpoint = load_checkpoint(args.from_model)
-    options = FineTuneOptions(steps=FineTuneOptions.steps if args.steps is None else args.steps, hold_out=not args.no_val,
+    options = FineTuneOptions(steps=FineTuneOptions.steps if args.steps is None else args.steps, verify=not args.no_val,
                               device=str(device), seed=args.seed, recipe=_recipe_overrides(args))
     try:
         run = FineTune(checkpoint, images, labels, corrected, edited, options, start_name=args.from_model)
@@ -623,17 +621,16 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         raise DataError(str(exc)) from None
     # Under torchrun every process trains (train() shares the gradients); rank 0 reports and writes.
     main_process = not args.distributed or _rank() == 0
-    plan = f"choosing the steps on slice {corrected[-1]}, then " if run.held_out is not None else ""
     if main_process:
-        print(f"fine-tuning {args.from_model}: {plan}training on corrected slice(s) {corrected}, {options.steps} "
-              f"steps on {describe_device(device)}", file=sys.stderr)
+        print(f"fine-tuning {args.from_model}{describe_plan(corrected, options)} on {describe_device(device)}",
+              file=sys.stderr)
     bar = _progress_bar(options.steps, "step", disable=not main_process)
     for event in run.run():
         bar.total = event.total
         bar.update(event.step - bar.n)
-        postfix = {"loss": f"{event.loss:.3f}" if event.loss is not None else "-"}
-        if event.best_dice is not None and event.stage == "select":
-            postfix["best on edits"] = f"{event.best_dice:.3f}"
+        postfix = {"stage": event.stage, "loss": f"{event.loss:.3f}" if event.loss is not None else "-"}
+        if event.val_dice is not None:  # a fold was scored on its held-out part
+            postfix["held-out Dice"] = f"{event.best_dice:.3f} -> {event.val_dice:.3f}"
         bar.set_postfix(postfix, refresh=False)
     bar.close()
     result = run.result

@@ -9,11 +9,13 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 LOSS_COLOUR = QColor("#4fc3f7")
 DICE_COLOUR = QColor("#ffb74d")
 REFUSED_COLOUR = QColor("#e57373")
+BASELINE_COLOUR = QColor("#9e9e9e")
 
 
 class LossPlot(QWidget):
-    """Loss per step (blue, left scale) and the held-out Dice (orange, 0-1 on the right;
-    red dots: checks refused because the segmentation got worse)."""
+    """Loss per step (blue, left scale) and, after each check, the held-out Dice (0-1 on
+    the right) of the new model (orange; red: no gain there) beside the starting model's
+    (grey). Dashed lines: a new stage (fold, then all slices) starts from the starting model."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -26,21 +28,25 @@ class LossPlot(QWidget):
         self.losses: list[tuple[int, float]] = []
         self.dices: list[tuple[int, float]] = []
         self.refused: set[int] = set()  # indices into `dices`
-        self.refit_from: int | None = None  # first step of the fine-tune's refit on all slices
+        self.baselines: list[tuple[int, float]] = []  # the starting model's score beside each of `dices`
+        self.stages: list[tuple[int, str]] = []  # (first step, name) of each stage of a fine-tune
         self.update()
 
     def add(self, step: int, loss: float | None, dice: float | None, refused: bool = False,
-            stage: str = "", total: int | None = None) -> None:
-        """One event: the plan (``total``) may change, e.g. when the refit's length is known."""
+            stage: str = "", total: int | None = None, baseline: float | None = None) -> None:
+        """One event: the plan (``total``) may change; ``baseline``: the starting model's
+        score on the same held-out part as ``dice`` (drawn grey beside it)."""
         self.total = max(1, total or self.total)
-        if stage == "refit" and self.refit_from is None:
-            self.refit_from = step
+        if stage and (not self.stages or self.stages[-1][1] != stage):
+            self.stages.append((step, stage))
         if loss is not None:
             self.losses.append((step, loss))
         if dice is not None:
             if refused:
                 self.refused.add(len(self.dices))
             self.dices.append((step, dice))
+            if baseline is not None:
+                self.baselines.append((step, baseline))
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
@@ -66,6 +72,8 @@ class LossPlot(QWidget):
         painter.drawText(middle, rect.bottom() + 16, "loss")
         painter.setPen(DICE_COLOUR)
         painter.drawText(middle + 36, rect.bottom() + 16, "held-out Dice")
+        painter.setPen(BASELINE_COLOUR)
+        painter.drawText(middle + 130, rect.bottom() + 16, "before")
 
         def points(series, scale):
             return QPolygonF([
@@ -73,16 +81,18 @@ class LossPlot(QWidget):
                 for s, v in series
             ])
 
-        if self.refit_from is not None:  # the loss starts again from the starting model here
-            x = rect.left() + rect.width() * (self.refit_from - 1) / self.total
+        for first, stage in self.stages[1:]:  # each stage starts again from the starting model
+            x = rect.left() + rect.width() * (first - 1) / self.total
             painter.setPen(QPen(QColor("#8a8f9a"), 1, Qt.PenStyle.DashLine))
             painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
-            painter.drawText(QPointF(x + 4, rect.top() + 12), "all slices")
+            painter.drawText(QPointF(x + 4, rect.top() + 12), stage)
         painter.setPen(QPen(LOSS_COLOUR, 1.5))
         painter.drawPolyline(points(self.losses, top or 1.0))
-        painter.setPen(QPen(DICE_COLOUR, 2))
+        for point in points(self.baselines, 1.0):  # the model it must beat, on the same part
+            painter.setPen(BASELINE_COLOUR)
+            painter.setBrush(BASELINE_COLOUR)
+            painter.drawEllipse(point, 3, 3)
         dice_points = points(self.dices, 1.0)
-        painter.drawPolyline(dice_points)
         for index, point in enumerate(dice_points):
             colour = REFUSED_COLOUR if index in self.refused else DICE_COLOUR
             painter.setPen(colour)

@@ -13,7 +13,7 @@ from ..core.bmz import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..core.corrections import record_fine_tuned
 from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
-from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, held_out_index
+from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, describe_plan, make_folds
 from ..core.labels import labels_from_array, labels_note
 from ..core.pipeline import Pipeline
 from ..core.predict import describe_device, resolve_device
@@ -55,8 +55,9 @@ class FineTuneWidget(Container):
         self.corrected_labels = ComboBox(label="Corrected labels",
                                          choices=lambda _w=None: layer_choices(viewer, Labels, "prediction"))
         self.steps = SpinBox(label="Steps", min=5, max=5000, value=FineTuneOptions.steps)
-        self.hold_out = CheckBox(text="Choose the steps on a held-out corrected slice", value=True,
-                                 tooltip="Then train again on all corrected slices for that many steps")
+        self.verify = CheckBox(text="Keep it only if it does better where it did not learn", value=True,
+                               tooltip="Each corrected slice (one slice: each half) is held out in turn and "
+                                       "scored as Predict shows it; unchecked: train on all and keep it unchecked")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.save_to = FileEdit(label="Save model to", mode="w", filter="*.pt",
                                 tooltip="Empty: next to the image, never overwriting")
@@ -71,7 +72,7 @@ class FineTuneWidget(Container):
                                   tooltip="A bioimage.io package of the model in Predict. Empty: next to it")
         self.export_authors = LineEdit(label="Authors", tooltip="Names for the package, separated by commas")
         self.export_button = PushButton(text="Export for bioimage.io…")
-        self.extend([self.image, self.corrected_labels, self.steps, self.hold_out, self.device, self.save_to,
+        self.extend([self.image, self.corrected_labels, self.steps, self.verify, self.device, self.save_to,
                      self.run_button, self.progress_bar, self.eta, self.status, self.export_to, self.export_authors,
                      self.export_button])
         self.plot = LossPlot()
@@ -86,7 +87,7 @@ class FineTuneWidget(Container):
         if self.job is not None and self.job.running:
             self.job.cancel()
             self.run_button.text = "Stopping…"
-            self.status.value = "Stopping after this step; the best model so far is kept."
+            self.status.value = "Stopping after this step; the starting model is kept (nothing verified yet)."
             return
         self.start()
 
@@ -122,7 +123,7 @@ class FineTuneWidget(Container):
             device = resolve_device(self.device.value)
             settings = self.session.predict_settings  # as Predict predicts: its tile and overlap
             predicting = {key: settings[key] for key in ("tile", "overlap") if key in settings}
-            options = FineTuneOptions(steps=self.steps.value, hold_out=self.hold_out.value, device=str(device),
+            options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
                                       **predicting)
             out = self._output_path(image)
         except (ValueError, CheckpointError) as exc:
@@ -166,7 +167,7 @@ class FineTuneWidget(Container):
             tuned = load_checkpoint(saved_to, device="cpu")
             state.total = 0
             updates = changed = None
-            if uncorrected:  # as Predict would predict them
+            if uncorrected and result.report["kept"]:  # as Predict would predict them
                 fov = None if given_fov is None else given_fov[uncorrected]
                 mask = Pipeline(tuned, device=device, **predicting).run(stack[uncorrected], fov,
                                                                           cancel=lambda: state.abandoned).mask
@@ -179,18 +180,13 @@ class FineTuneWidget(Container):
         def done(result):
             return self._finished(image, labels_layer, uncorrected, *result)
 
-        held = held_out_index(len(corrected), options.hold_out)
-        self.plot.reset(2 * options.steps if held is not None and options.refit else options.steps)
+        folds = len(make_folds(len(corrected))) if options.verify else 0
+        self.plot.reset((folds + 1) * options.steps)
         self.history = []
         self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
                                  description=f"Fine-tuning on {len(corrected)} slice(s)", activity=False)
         self.run_button.text = "Stop"
-        if held is not None:
-            plan = (f"choosing the steps on slice {corrected[held]} (scored where you edited it), then training "
-                    f"on all {len(corrected)} corrected slices")
-        else:
-            plan = f"on slice(s) {corrected}"
-        self.status.value = f"Fine-tuning {start_name} {plan}, {options.steps} steps on {describe_device(device)}…"
+        self.status.value = f"Fine-tuning {start_name}{describe_plan(corrected, options)} on {describe_device(device)}…"
         self.job.start()
         return self.job
 
@@ -270,7 +266,8 @@ class FineTuneWidget(Container):
         new = state.events[len(self.history):]
         self.history.extend(new)
         for event in new:
-            self.plot.add(event.step, event.loss, event.val_dice, event.refused, event.stage, event.total)
+            self.plot.add(event.step, event.loss, event.val_dice, event.refused, event.stage, event.total,
+                          event.best_dice if event.val_dice is not None else None)
         if not self.history:
             return
         last = self.history[-1]
@@ -279,13 +276,16 @@ class FineTuneWidget(Container):
         if state.total == 0 and self.job and self.job.running:
             self.eta.value = "Re-predicting the uncorrected slices…"
             return
-        if last.stage == "refit":
-            what = "training on all corrected slices"
+        if last.stage.startswith("fold"):
+            what = f"check {last.stage}: a model trained without one held-out part"
         else:
-            what = f"best score on the held-out edits {last.best_dice:.3f}" if last.best_dice is not None else ""
-            what += " (last check refused: it broke the segmentation)" if _last_check(self.history).refused else ""
-        loss = f"loss {last.loss:.3f}" if last.loss is not None else "scoring the starting model"
-        self.eta.value = f"step {last.step}/{last.total}, {loss}, {what}, about {last.eta_s:.0f} s left"
+            what = "verified: training on all corrected slices"
+        checks = [e for e in self.history if e.val_dice is not None]
+        if checks:  # the last fold scored: the starting model's held-out Dice, then the new one's
+            what += (f"; last held-out Dice {checks[-1].best_dice:.3f} → {checks[-1].val_dice:.3f}"
+                     + (" (no gain there)" if checks[-1].refused else ""))
+        loss = f"loss {last.loss:.3f}, " if last.loss is not None else ""
+        self.eta.value = f"step {last.step}/{last.total}, {loss}{what}, about {last.eta_s:.0f} s left"
 
     def _failed(self, message: str) -> None:
         self.status.value = f"Fine-tuning failed: {message} Your corrections are saved."
@@ -299,11 +299,12 @@ class FineTuneWidget(Container):
         what changed (see `BackgroundJob`)."""
         self.session.set_fine_tuned(tuned, out)
         self.progress_bar.value = self.progress_bar.max  # also when no refit was needed
-        how = "Stopped; kept the best model so far." if report["stopped"] else "Done."
+        how = "Stopped." if report["stopped"] else "Done."
         score = " " + describe_outcome(report)
-        saved = fallback or f"Saved to {out}"
+        saved = fallback or (f"Saved to {out}" if report["kept"]
+                             else f"This round is recorded in {out} (the starting model's weights)")
         changed_text, steps = "", []
-        if not uncorrected and is_lazy(image):
+        if not uncorrected and is_lazy(image) and report["kept"]:
             changed_text = " Predict again to apply it to the volume (slice by slice; your corrected slices are kept)."
         elif updates is not None and labels_layer not in self.viewer.layers:
             changed_text = f" '{labels_layer.name}' was removed during training, so nothing was re-predicted."
@@ -336,11 +337,6 @@ class SlicesOf:
 
     def __getitem__(self, slices: list[int]) -> np.ndarray:
         return self.part[[self.position[z] for z in slices]]
-
-
-def _last_check(history: list) -> object:
-    """The last event that carried a validation (or the last event)."""
-    return next((e for e in reversed(history) if e.val_dice is not None), history[-1])
 
 
 def save_with_fallback(path: Path, model, metadata: dict) -> tuple[Path, str]:

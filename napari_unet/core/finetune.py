@@ -1,28 +1,28 @@
-"""The one-click fine-tune: learn from a few corrected slices without breaking what worked.
+"""The one-click fine-tune: learn from a few corrected slices, keep the result only when
+slices it never learnt from show the gain.
 
 One recipe for the Fine-tune widget and ``napari-unet train --from``:
 
 1. **Edits.** The pixels the user painted (the widget tracks them) and the pixels where
-   the starting model disagrees with the labels: what a user correcting its prediction
-   changed, also when the correction was pasted or filled rather than painted.
+   the starting model's mask, as Predict shows it, disagrees with the labels. Without
+   any, there is nothing to learn: the starting model is kept at once.
 2. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
    others on labelled ones (never an unlabelled crop), and edited pixels weigh more.
-3. **Select honestly.** With two or more corrected slices, the last one is held out.
-   It is scored on its edited pixels grown by a margin, where the starting model was
-   wrong, so keeping the old model scores nothing there; and a **guard** refuses any
-   model whose segmentation got worse on the whole held-out slice than the starting
-   model's: V_Rand of the cells after border thinning (EM: broken membranes merge
-   cells) or clDice (vessels: broken vessels). The best accepted step wins; the
-   starting model is kept when none beats it.
-4. **Then use everything.** The model is trained again from the start on all corrected
-   slices for the chosen number of steps (same schedule and seed), and kept if it passes
-   the same guard; so no correction is wasted.
+3. **Cross-validate.** Each corrected slice is held out in turn (at most `MAX_FOLDS`
+   folds; with one corrected slice, each half of it): a model trained on the rest is
+   scored on the whole held-out part, as Predict shows it, at the model's threshold:
+   Dice, and V_Rand of the cells (EM) or clDice (vessels). No score is ever taken on a
+   pixel the scored model learnt from.
+4. **Decide** (`decide`): the recipe is kept only if the fine-tuned models beat the
+   starting model on every held-out part (Dice up, the cells or vessels not worse by
+   more than `TOLERANCE`) and by at least `MIN_GAIN` on average. A new threshold is
+   taken only when it is better in every fold by `MIN_GAIN` too. Otherwise the
+   starting model is kept, and the report says why.
+5. **Then use everything.** When kept, the model is trained from the start on all
+   corrected slices with the same recipe (the one the folds verified).
 
-With one corrected slice there is nothing to hold out: the score and the guard are
-measured on that slice itself (the guard still refuses broken membranes). The slices are
-prepared as Predict prepares them (`core.pipeline`: FOV diameter and colour of
-photographs), so the model learns from what it will be shown, and every check scores
-the mask Predict would show (flips, tiles, output shift, FOV, threshold).
+The slices are prepared as Predict prepares them (`core.pipeline`: pixel size, FOV
+diameter and colour of photographs), so the model learns from what it will be shown.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 import numpy as np
-import torch
-from scipy import ndimage
 
 from .checkpoint import Checkpoint
 from .data import data_hash
@@ -45,18 +44,30 @@ from .pipeline import Pipeline
 from .predict import resolve_device
 from .train import TrainEvent, TrainingData, fine_tune_recipe, train
 
+#: Thresholds a fine-tuned model may be given (only when every fold agrees, see `better_threshold`).
+THRESHOLDS = [round(float(t), 2) for t in np.arange(0.2, 0.81, 0.05)]
+
+#: The least gain, averaged over the folds, that counts: the benchmark's "never worse by
+#: more than 0.005" bound, so a smaller change is one the folds cannot tell from noise.
+MIN_GAIN = 0.005
+
+#: How much the cells (V_Rand) or the vessels (clDice) may fall on any one held-out part.
+TOLERANCE = 0.005
+
+#: At most this many folds (each trains a model): corrected slices are grouped beyond it.
+MAX_FOLDS = 3
+
 
 @dataclass
 class FineTuneOptions:
     """Choices of one fine-tune (the rest is the recipe of :func:`fine_tune_recipe`).
 
     Attributes:
-        steps: training steps of the selection run (the refit runs at most as many).
-        hold_out: choose the steps on a held-out corrected slice.
-        refit: then train again on all corrected slices for the chosen steps.
+        steps: training steps of each model (every fold's and the final one).
+        verify: cross-validate and keep the result only when it shows a gain; False
+            trains on all corrected slices and keeps the model unchecked.
         edit_weight: loss weight of edited pixels (others weigh 1).
         focus_fraction: share of crops centred on edited pixels.
-        margin: pixels around the edits that the held-out score also counts.
         device, seed: where and how reproducibly to train.
         tile, overlap, fov: how Predict predicts (`core.pipeline.Pipeline`): every check
             scores the mask the user will see, made the same way.
@@ -64,12 +75,10 @@ class FineTuneOptions:
             border_weights: default on for EM, off for vessels, ...), see `TrainConfig`.
     """
 
-    steps: int = 90
-    hold_out: bool = True
-    refit: bool = True
+    steps: int = 40
+    verify: bool = True
     edit_weight: float = 3.0
     focus_fraction: float = 0.5
-    margin: int = 8
     device: str = "auto"
     seed: int = 0
     recipe: dict = field(default_factory=dict)
@@ -80,14 +89,15 @@ class FineTuneOptions:
 
 @dataclass
 class FineTuneResult:
-    """The fine-tuned model, its checkpoint metadata and what happened.
+    """The model to use (the starting one when the fine-tune was refused), its checkpoint
+    metadata and what happened.
 
-    ``report`` keys: held_out (slice or None), start_score / best_score (held-out score),
-    held_out_dice (the kept model's Dice on the whole held-out slice, as Evaluate scores it),
-    best_step (0 = the starting model was kept), start_guard / guard (V_Rand or clDice of
-    the kept model; refit_guard of a refused refit), threshold (chosen with the score),
-    guard_name, refit ("done", "refused", "stopped", "skipped"), stopped, seconds,
-    validations ([score, guard] of every validation of the selection run).
+    ``report`` keys: kept (the fine-tuned model replaced the starting one), outcome
+    ("gain", "no gain", "guard", "small", "agree", "unverified", "stopped"), folds (one
+    dict per fold run: name, held_out (stack indices), start_dice, dice, start_guard,
+    guard, on the held-out part at the threshold shipped), dice_gain / guard_gain (their
+    means), threshold (shipped), start_threshold, guard_name, steps (of the kept model),
+    stopped, seconds.
     """
 
     model: UNet
@@ -95,10 +105,60 @@ class FineTuneResult:
     report: dict
 
 
-def held_out_index(corrected: int, hold_out: bool = True) -> int | None:
-    """Which of ``corrected`` slices is held out to choose the steps: the last, when there
-    are two or more and ``hold_out`` is on; else None."""
-    return corrected - 1 if hold_out and corrected >= 2 else None
+@dataclass
+class Fold:
+    """One cross-validation fold: the corrected slices (indices into ``corrected``) its
+    model learns from and is scored on. With one corrected slice, ``half`` (0 or 1) is the
+    half of it learnt (along its longer side); the other half is scored."""
+
+    learn: list[int]
+    scored: list[int]
+    half: int | None = None
+
+
+def make_folds(count: int, max_folds: int = MAX_FOLDS) -> list[Fold]:
+    """Folds over ``count`` corrected slices: each held out in turn (grouped round-robin
+    beyond ``max_folds``); one slice: its two halves."""
+    if count == 1:
+        return [Fold([0], [0], 0), Fold([0], [0], 1)]
+    folds = min(count, max_folds)
+    groups = [[i for i in range(count) if i % folds == g] for g in range(folds)]
+    return [Fold([i for i in range(count) if i not in group], group) for group in groups]
+
+
+def half_mask(shape: tuple[int, int], half: int) -> np.ndarray:
+    """(Y, X) bool: the first (0) or second (1) half of a slice, cut across its longer side."""
+    mask = np.zeros(shape, bool)
+    axis = int(shape[1] > shape[0])
+    part = [slice(None), slice(None)]
+    part[axis] = slice(None, shape[axis] // 2) if half == 0 else slice(shape[axis] // 2, None)
+    mask[tuple(part)] = True
+    return mask
+
+
+def better_threshold(dices: list[dict[float, float]], threshold: float) -> float:
+    """The threshold to ship: the one with the best mean held-out Dice over the folds
+    (``dices[k][t]``), but only if it beats ``threshold`` by `MIN_GAIN` in every fold (a
+    threshold picked on one slice is noise); else ``threshold``."""
+    best = max(dices[0], key=lambda t: (np.mean([d[t] for d in dices]), t == threshold))
+    if all(d[best] - d[threshold] >= MIN_GAIN for d in dices):
+        return best
+    return threshold
+
+
+def decide(start: list[tuple[float, float]], tuned: list[tuple[float, float]]) -> str:
+    """Whether the fine-tune is kept, from the held-out (Dice, guard) of the starting and
+    the fine-tuned model in each fold: "gain" (keep it), or why not: "no gain" (Dice not
+    up in some fold), "guard" (the cells or vessels fell by more than `TOLERANCE` in some
+    fold), "small" (the mean gain is under `MIN_GAIN`)."""
+    gains = np.asarray(tuned, float) - np.asarray(start, float)  # (folds, [Dice, guard])
+    if (gains[:, 0] <= 0).any():
+        return "no gain"
+    if (gains[:, 1] < -TOLERANCE).any():
+        return "guard"
+    if gains.mean(axis=0).max() < MIN_GAIN:
+        return "small"
+    return "gain"
 
 
 class FineTune:
@@ -160,16 +220,21 @@ class FineTune:
         self.pipeline = self.predicting(self.start.model)  # checks the inputs as Predict does
         self.fov, _found = self.pipeline.fov_for(self.raw, None if fov is None else np.asarray(fov[self.corrected]))
         self.images, self.labels = self._as_the_model_sees()
-        self.held_out = held_out_index(len(self.corrected), options.hold_out)
-        self.train_slices = [i for i in range(len(self.corrected)) if i != self.held_out]
         # The pixels the user painted, on the slices' own grid (see `_edits`).
         self.painted = None if edited is None else np.array(edited[self.corrected], dtype=bool)
-        self.edited: np.ndarray | None = None
+        self._start_probability: np.ndarray | None = None
         self.result: FineTuneResult | None = None
         for z, label in zip(self.corrected, self.labels):
             if not np.any(label != IGNORE):
                 raise ValueError(f"Corrected slice {z} has no labelled pixel: label it or leave it out.")
-        TrainingData(self.images, self.labels, self.train_slices)  # the same checks as training
+        self.folds = make_folds(len(self.corrected)) if options.verify else []
+        for fold in self.folds:  # the same checks as training, before any work
+            try:
+                TrainingData(self.images, self._learnt_labels(fold), fold.learn)
+            except ValueError as exc:
+                raise ValueError(f"To check the fine-tune, a model is trained without {self.fold_name(fold)}: "
+                                 f"{exc}") from None
+        TrainingData(self.images, self.labels, list(range(len(self.corrected))))
 
     # ------------------------------------------------------------------ inputs
 
@@ -204,64 +269,70 @@ class FineTune:
         return np.stack([resize(m, self.images_shape, order=0, preserve_range=True, anti_aliasing=False)
                          for m in stack]).astype(stack.dtype)
 
+    def start_probability(self) -> np.ndarray:
+        """(N, Y, X) float32: the starting model's probability on the corrected slices, as
+        Predict computes it; computed once (the edits and every fold's baseline use it)."""
+        if self._start_probability is None:
+            self._start_probability = self.predicting(self.start.model).probabilities(self.raw, self.fov)
+        return self._start_probability
+
+    def _shown(self, probability: np.ndarray, slices: list[int], threshold: float) -> np.ndarray:
+        """(n, Y, X) bool: the mask Predict shows for ``probability`` of ``slices``."""
+        fov = None if self.fov is None else self.fov[slices]
+        return self.pipeline.finish(probability, fov, threshold=threshold)[0].astype(bool)
+
     def _edits(self) -> np.ndarray:
         """(N, Y, X) bool edited pixels of the corrected slices, on their own grid: painted,
         or where the starting model's mask, as Predict shows it, disagrees with the labels."""
-        if self.edited is None:
-            before = self.checked_masks(self.start.model, [self.threshold])[self.threshold]
-            self.edited = (before != (self.raw_labels == STRUCTURE)) & (self.raw_labels != IGNORE)
-            if self.painted is not None:
-                self.edited |= self.painted
-        return self.edited
+        slices = list(range(len(self.corrected)))
+        before = self._shown(self.start_probability(), slices, self.threshold)
+        edited = (before != (self.raw_labels == STRUCTURE)) & (self.raw_labels != IGNORE)
+        return edited if self.painted is None else edited | self.painted
 
-    def checked_masks(self, model: UNet, thresholds: list[float], slices: list[int] | None = None) -> dict:
-        """The masks Predict would show with ``model`` at each threshold, on the corrected
-        slices' own grid: {threshold: (N, Y, X) bool}."""
-        slices = list(range(len(self.corrected))) if slices is None else slices
-        pipeline = self.predicting(model)
-        fov = None if self.fov is None else self.fov[slices]
-        probability = pipeline.probabilities(self.raw[slices], fov)
-        return {t: pipeline.finish(probability, fov, threshold=t)[0].astype(bool) for t in thresholds}
+    def _learnt_labels(self, fold: Fold | None) -> np.ndarray:
+        """(N, Y, X) labels on the model's grid that ``fold``'s model learns (the rest
+        IGNORE); all of them without a fold."""
+        if fold is None:
+            return self.labels
+        labels = np.full_like(self.labels, IGNORE)
+        labels[fold.learn] = self.labels[fold.learn]
+        if fold.half is not None:
+            labels[:, ~half_mask(labels.shape[1:], fold.half)] = IGNORE
+        return labels
 
-    def _training_data(self, slices: list[int]) -> TrainingData:
-        edited = self.to_model_grid(self._edits())
+    def _training_data(self, fold: Fold | None, edits: np.ndarray) -> TrainingData:
+        labels = self._learnt_labels(fold)
+        edited = self.to_model_grid(edits) & (labels != IGNORE)  # crops centred on what it may learn
         weights = np.where(edited, self.options.edit_weight, 1.0).astype(np.float32)
-        return TrainingData(self.images, self.labels, slices, weights=weights, focus=edited)
+        slices = fold.learn if fold is not None else list(range(len(self.corrected)))
+        return TrainingData(self.images, labels, slices, weights=weights, focus=edited)
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ scores
 
-    def _scorer(self):
-        """The validation given to `train`, and the check of a finished model.
+    def fold_name(self, fold: Fold) -> str:
+        """How the user reads a fold's held-out part: "slice 7", "slices 3, 9", "the left half of slice 2"."""
+        stack = [self.corrected[i] for i in fold.scored]
+        if fold.half is not None:
+            wide = self.raw.shape[2] > self.raw.shape[1]
+            side = ("right", "left") if wide else ("bottom", "top")
+            return f"the {side[fold.half]} half of slice {stack[0]}"
+        return f"slice {stack[0]}" if len(stack) == 1 else "slices " + ", ".join(map(str, stack))
 
-        Returns:
-            ``check(model, thresholds, baseline) -> {"score", "guard", "threshold",
-            "accepted"}`` on the held-out slice (all corrected slices without one): the
-            Dice on the edits grown by a margin, and the guard. A fine-tune changes how
-            sure the model is, so the threshold is chosen again (the best accepted one).
-        """
-        slices = [self.held_out] if self.held_out is not None else self.train_slices
-        labels = self.raw_labels[slices]
-        labelled = labels != IGNORE
+    def _scored_region(self, fold: Fold) -> np.ndarray:
+        """(n, Y, X) bool: the labelled pixels of the fold's held-out part (inside the FOV)."""
+        region = self.raw_labels[fold.scored] != IGNORE
         if self.fov is not None:  # scored where the user sees a prediction
-            labelled &= self.fov[slices]
-        grown = ndimage.binary_dilation(self._edits()[slices], iterations=self.options.margin, axes=(1, 2))
-        region = grown & labelled
-        if not region.any():  # a slice checked without a change: score all of it
-            region = labelled
-        truth = labels == STRUCTURE
+            region &= self.fov[fold.scored]
+        if fold.half is not None:
+            region &= half_mask(region.shape[1:], 1 - fold.half)
+        return region
 
-        def check(model: UNet, thresholds: list[float], baseline: float = -1.0) -> dict:
-            """The best score over ``thresholds`` whose guard is at least ``baseline``."""
-            masks = self.checked_masks(model, thresholds, slices)
-            scored = sorted(((dice(masks[t], truth, mask=region), t) for t in thresholds), reverse=True)
-            for score, threshold in scored:
-                guard = self._guard(masks[threshold], truth, labelled)
-                if guard >= baseline - GUARD_TOLERANCE:
-                    return {"score": score, "guard": guard, "threshold": threshold, "accepted": True}
-            score, threshold = scored[0]
-            return {"score": score, "guard": guard, "threshold": threshold, "accepted": False}
-
-        return check
+    def scores(self, mask: np.ndarray, fold: Fold, guard: bool = True) -> tuple[float, float | None]:
+        """(Dice, guard) of a mask of the fold's held-out slices, as Evaluate scores it
+        (guard None when not asked for: V_Rand takes a second on a large slice)."""
+        region = self._scored_region(fold)
+        truth = self.raw_labels[fold.scored] == STRUCTURE
+        return dice(mask, truth, mask=region), self._guard(mask, truth, region) if guard else None
 
     def _guard(self, mask: np.ndarray, truth: np.ndarray, labelled: np.ndarray) -> float:
         """The segmentation a biologist uses: V_Rand of the cells (EM) or clDice (vessels)."""
@@ -273,130 +344,153 @@ class FineTune:
     # ------------------------------------------------------------------ run
 
     def run(self) -> Iterator[TrainEvent]:
-        """Train, yielding `TrainEvent`s (``stage`` "select", then "refit"); closing the
-        generator stops and keeps the best model so far. `result` is set at the end."""
+        """Cross-validate, then (when kept) train on every corrected slice, yielding
+        `TrainEvent`s (``stage`` "fold k/K", then "all slices"; the event that ends a fold
+        carries its held-out Dice). Closing the generator stops; the starting model is
+        then kept. `result` is set at the end."""
         tick = time.perf_counter()
-        steps = self.config.steps
-        check = self._scorer()
-        checks: list[dict] = []  # every validation of the selection run, in order
-        kept: dict = {}
-
-        def validate(model: UNet, device: torch.device) -> tuple[float, bool]:
-            if checks:
-                result = check(model, THRESHOLDS, checks[0]["guard"])
-            else:  # the starting model, as it predicts today: the one to beat
-                result = check(model, [self.threshold])
-            if result["accepted"] and (not kept or result["score"] > kept["score"] + 1e-4):
-                kept.update(result)  # the same rule as `train` keeps the model by
-            checks.append(result)
-            return result["score"], result["accepted"]
-
-        model = copy.deepcopy(self.start.model)
-        select_meta: dict = {}
-        record: dict | None = None  # the history record of the kept model
-        report = {"held_out": self.corrected[self.held_out] if self.held_out is not None else None,
-                  "guard_name": "V_Rand" if self.task == "em" else "clDice", "best_step": 0,
-                  "refit": "skipped", "stopped": True}
+        steps, threshold = self.config.steps, self.threshold
+        total = steps * (len(self.folds) + 1)
+        report = {"kept": False, "outcome": "stopped", "folds": [], "threshold": threshold,
+                  "start_threshold": threshold, "guard_name": "V_Rand" if self.task == "em" else "clDice",
+                  "steps": 0, "stopped": True}
+        model, record = self.start.model, None
         try:
-            refit_planned = self.held_out is not None and self.options.refit
-            planned = 2 * steps if refit_planned else steps
-            select = train(model, self._training_data(self.train_slices), self.config, None, select_meta, validate)
-            yield from _relay(select, "select", 0, planned, planned - steps)
-            record = select_meta["history"][-1]
-            report["best_step"] = record["steps"]
-            if refit_planned and report["best_step"] > 0:
-                report["refit"] = "stopped"
-                refit, refit_meta = copy.deepcopy(self.start.model), {}
-                every_slice = list(range(len(self.corrected)))
-                events = train(refit, self._training_data(every_slice), self.config, None, refit_meta)
-                yield from _relay(events, "refit", steps, steps + report["best_step"], stop_at=report["best_step"])
-                # Scored on a slice it learnt from: this only checks that nothing broke.
-                refit_check = check(refit, [kept["threshold"]], checks[0]["guard"])
-                if refit_check["accepted"]:
-                    model, record = refit, refit_meta["history"][-1]
-                    report.update(refit="done", guard=refit_check["guard"])
-                else:
-                    report.update(refit="refused", refit_guard=refit_check["guard"])
+            edits = self._edits()
+            if not edits.any():
+                report.update(outcome="agree", stopped=False)
+                return
+            if self.folds:
+                outcome = yield from self._cross_validate(edits, report, total)
+            else:
+                outcome = "unverified"
+            report["outcome"] = outcome
+            if outcome in ("gain", "unverified"):
+                final, meta = copy.deepcopy(self.start.model), {}
+                events = train(final, self._training_data(None, edits), self.config, None, meta)
+                yield from _relay(events, "all slices", total - steps, total)
+                model, record = final, meta["history"][-1]
+                report.update(kept=True, steps=record["steps"])
             report["stopped"] = False
         finally:
-            if record is None:  # stopped while selecting: the best step so far is kept
-                record = (select_meta.get("history") or [{}])[-1]
-                report["best_step"] = record.get("steps", 0)
-            if checks:
-                report.update(start_score=checks[0]["score"], best_score=kept["score"], start_guard=checks[0]["guard"],
-                              threshold=kept["threshold"])
-                report.setdefault("guard", kept["guard"])
+            if report["stopped"]:  # nothing verified and finished: the starting model stays
+                model, record = self.start.model, None
+                report.update(kept=False, steps=0, threshold=threshold, outcome="stopped")
             report["seconds"] = round(time.perf_counter() - tick, 1)
-            report["validations"] = [[round(c["score"], 4), round(c["guard"], 4)] for c in checks]
             self.result = self._result(model, record, report)
 
-    def slice_dice(self, model: UNet, index: int, threshold: float) -> float:
-        """Dice of the mask Predict shows with ``model`` at ``threshold`` on the whole of
-        corrected slice ``index`` (labelled pixels inside the FOV): what Evaluate reports."""
-        mask = self.checked_masks(model, [threshold], [index])[threshold]
-        labels = self.raw_labels[[index]]
-        scored = (labels != IGNORE) if self.fov is None else (labels != IGNORE) & self.fov[[index]]
-        return dice(mask, labels == STRUCTURE, mask=scored)
+    def _cross_validate(self, edits: np.ndarray, report: dict, total: int):
+        """Train and score one model per fold (a generator of events); fills the report's
+        folds and threshold; returns `decide`'s outcome."""
+        steps, threshold = self.config.steps, self.threshold
+        start, tuned, dices = [], [], []  # per fold: the starting model's scores; the tuned one's probability, Dice
+        for k, fold in enumerate(self.folds):
+            stage = f"fold {k + 1}/{len(self.folds)}"
+            model = copy.deepcopy(self.start.model)
+            yield from _relay(train(model, self._training_data(fold, edits), self.config), stage, k * steps, total)
+            fov = None if self.fov is None else self.fov[fold.scored]
+            tuned.append(self.predicting(model).probabilities(self.raw[fold.scored], fov))
+            start.append(self.scores(self._shown(self.start_probability()[fold.scored], fold.scored, threshold), fold))
+            dices.append({t: self.scores(self._shown(tuned[-1], fold.scored, t), fold, guard=False)[0]
+                          for t in {*THRESHOLDS, threshold}})
+            hopeless = max(dices[-1].values()) <= start[-1][0]  # no threshold makes it better here
+            yield TrainEvent((k + 1) * steps, total, None, val_dice=dices[-1][threshold], best_dice=start[-1][0],
+                             refused=hopeless, stage=stage)
+            if hopeless:  # the rule needs every fold better: no need to train the others
+                break
+        # A threshold the folds agree on is tried first; if the cells or vessels do not
+        # hold at it, the model's own threshold is tried.
+        candidates = dict.fromkeys([better_threshold(dices, threshold) if len(tuned) == len(self.folds)
+                                    else threshold, threshold])
+        for shipped in candidates:
+            after = [self.scores(self._shown(p, f.scored, shipped), f) for p, f in zip(tuned, self.folds)]
+            outcome = decide(start, after)
+            if outcome == "gain":
+                break
+        report["folds"] = [
+            {"name": self.fold_name(f), "held_out": [self.corrected[i] for i in f.scored],
+             "start_dice": round(s[0], 4), "start_guard": round(s[1], 4), "dice": round(a[0], 4),
+             "guard": round(a[1], 4)} for f, s, a in zip(self.folds, start, after)]
+        gains = np.mean(np.asarray(after) - np.asarray(start), axis=0)
+        report.update(dice_gain=round(float(gains[0]), 4), guard_gain=round(float(gains[1]), 4))
+        if outcome == "gain":
+            report["threshold"] = shipped
+        return outcome
 
-    def _result(self, model: UNet, record: dict, report: dict) -> FineTuneResult:
-        if self.held_out is not None and "threshold" in report:
-            report["held_out_dice"] = round(self.slice_dice(model, self.held_out, report["threshold"]), 4)
+    def _result(self, model: UNet, record: dict | None, report: dict) -> FineTuneResult:
         metadata = copy.deepcopy(self.start.metadata)
+        if record is None:  # refused or stopped: the round is still recorded, with why
+            record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train_slices": [], "steps": 0}
         in_stack = [self.corrected[i] for i in record.get("train_slices", [])]  # indices into the stack
-        held_out = [report["held_out"]] if report["held_out"] is not None else []
-        record = dict(record, train_slices=in_stack, val_slices=held_out, data_hash=self.hash,
+        record = dict(record, train_slices=in_stack, val_slices=[], data_hash=self.hash,
                       corrected_slices=self.corrected, fine_tune=dict(report))
         metadata.setdefault("history", []).append(record)
-        metadata["fine_tuned_from"] = self.start_name
-        metadata["threshold"] = float(report.get("threshold", self.threshold))
-        # It learnt from the user's slices, whose pixel size is not known here: predicting
-        # with it must not resample them to the starting model's.
-        metadata.pop("pixel_size_nm", None)
+        if report["kept"]:
+            metadata["fine_tuned_from"] = self.start_name
+            metadata["threshold"] = float(report["threshold"])
+            # It learnt from the user's slices, whose pixel size is not known here: predicting
+            # with it must not resample them to the starting model's.
+            metadata.pop("pixel_size_nm", None)
+        model = model if report["kept"] else copy.deepcopy(self.start.model)
         return FineTuneResult(model.eval(), metadata, report)
 
 
-#: Thresholds a fine-tuned model may be given (chosen on the held-out corrections).
-THRESHOLDS = [round(float(t), 2) for t in np.arange(0.2, 0.81, 0.05)]
-
-#: How much the guard (V_Rand / clDice on the held-out slice) may fall before a model is refused.
-GUARD_TOLERANCE = 1e-3
-
-
-def _relay(events: Iterator[TrainEvent], stage: str, offset: int, total: int, later: int = 0,
-           stop_at: int | None = None) -> Iterator[TrainEvent]:
+def _relay(events: Iterator[TrainEvent], stage: str, offset: int, total: int) -> Iterator[TrainEvent]:
     """Pass on ``train``'s events as one run's: steps shifted by ``offset`` out of ``total``,
-    the estimate including ``later`` steps still to come; stops after step ``stop_at``."""
+    the estimate including the steps of the later stages."""
     try:
         for event in events:
             per_step = event.elapsed_s / max(1, event.step)
-            end = stop_at if stop_at is not None else event.total
             yield replace(event, step=offset + event.step, total=total, stage=stage,
-                          eta_s=(end - event.step + later) * per_step)
-            if stop_at is not None and event.step >= stop_at:
-                return
+                          eta_s=(total - offset - event.step) * per_step)
     finally:
-        events.close()  # the model holds the kept weights of this run
+        events.close()
+
+
+def describe_plan(corrected: list[int], options: FineTuneOptions) -> str:
+    """What the fine-tune will do, e.g. ": 2 models trained with each corrected slice held out
+    in turn, kept only if they beat it there; then trained on slices [3, 7] (40 steps each)"."""
+    if not options.verify:
+        return f" on slice(s) {corrected}, kept unchecked ({options.steps} steps)"
+    held = "each corrected slice" if len(corrected) > 1 else "each half of the corrected slice"
+    return (f": {len(make_folds(len(corrected)))} models trained with {held} held out in turn, kept only if they "
+            f"beat it there; then trained on slice(s) {corrected} ({options.steps} steps each)")
 
 
 def describe_outcome(report: dict) -> str:
-    """One or two sentences on what the fine-tune kept, from `FineTuneResult.report`."""
-    if "start_score" not in report:
-        return "Stopped before the first check: the starting model is kept."
-    where = f"slice {report['held_out']}" if report["held_out"] is not None else "the corrected slice(s)"
-    guard = report["guard_name"]
-    if report["best_step"] == 0:
-        return (f"No step beat the starting model on your edits of {where} without lowering its {guard}, "
-                f"so it is kept (correct more slices).")
-    text = (f"On your edits of {where}: Dice {report['start_score']:.3f} → {report['best_score']:.3f} "
-            f"(step {report['best_step']}, {guard} {report['start_guard']:.3f} → {report['guard']:.3f}, "
-            f"threshold {report['threshold']:.2f}).")
-    if "held_out_dice" in report:
-        text += f" Dice on the whole of {where}: {report['held_out_dice']:.3f}."
-    if report["refit"] == "done":
-        text += " Then trained on all corrected slices for those steps."
-    elif report["refit"] == "refused":
-        text += f" Training again on all corrected slices lowered the {guard}, so the checked model is kept."
-    return text
+    """One plain line on what the fine-tune kept and why, from `FineTuneResult.report`."""
+    outcome, guard = report["outcome"], report["guard_name"]
+    if outcome == "agree":
+        return ("Your corrections agree with the model's prediction: there is nothing to learn, so the starting "
+                "model is kept. Correct a slice where it is clearly wrong.")
+    if outcome == "stopped":
+        return "Stopped before the fine-tune was checked: the starting model is kept."
+    if outcome == "unverified":
+        return "Trained on all corrected slices and kept without a check (verification was off)."
+    folds = report["folds"]
+    mean = {key: float(np.mean([f[key] for f in folds])) for key in ("start_dice", "dice", "start_guard", "guard")}
+    scores = (f"Dice {mean['start_dice']:.3f} → {mean['dice']:.3f}, {guard} {mean['start_guard']:.3f} → "
+              f"{mean['guard']:.3f}")
+    if outcome == "gain":
+        where = folds[0]["name"] if len(folds) == 1 else f"{len(folds)} held-out parts, better on each"
+        threshold = ""
+        if report["threshold"] != report["start_threshold"]:
+            threshold = f", threshold {report['start_threshold']:.2f} → {report['threshold']:.2f}"
+        return (f"Verified where it did not learn ({where}): {scores}{threshold}. Trained on all corrected slices "
+                f"and kept.")
+    if outcome == "small":
+        return (f"The starting model is kept: where the fine-tuned models did not learn, the gain is too small to "
+                f"trust ({scores}). Correct a slice where the model is clearly wrong.")
+    worst = min(folds, key=lambda f: (f["dice"] - f["start_dice"]) if outcome == "no gain"
+                else (f["guard"] - f["start_guard"]))
+    if outcome == "guard":
+        broken = "cells merged" if guard == "V_Rand" else "vessels broken"
+        return (f"The starting model is kept: trained without {worst['name']}, the model got worse there for the "
+                f"segmentation ({guard} {worst['start_guard']:.3f} → {worst['guard']:.3f}: {broken}), although "
+                f"Dice went {worst['start_dice']:.3f} → {worst['dice']:.3f}. Correct more slices.")
+    return (f"The starting model is kept: trained without {worst['name']}, the model did not beat it there (Dice "
+            f"{worst['start_dice']:.3f} → {worst['dice']:.3f}). Your corrections agree with the model where it did "
+            f"not learn from them: correct a slice where it is clearly wrong.")
 
 
 def describe_history(history: list[dict]) -> list[str]:
@@ -408,10 +502,15 @@ def describe_history(history: list[dict]) -> list[str]:
         if not report:
             continue
         slices = record.get("corrected_slices", record.get("train_slices", []))
-        if "start_score" in report:
+        if report.get("folds"):  # cross-validated
+            before = np.mean([f["start_dice"] for f in report["folds"]])
+            after = np.mean([f["dice"] for f in report["folds"]])
+            scores = f"held-out Dice {before:.3f} → {after:.3f}"
+        elif "start_score" in report:  # models fine-tuned before cross-validation
             scores = f"Dice on the held-out edits {report['start_score']:.3f} → {report['best_score']:.3f}"
         else:
-            scores = "stopped before the first check"
-        outcome = "kept" if report.get("best_step", 0) > 0 else "refused (the starting model was kept)"
+            scores = "not checked"
+        kept = report.get("kept", report.get("best_step", 0) > 0)
+        outcome = "kept" if kept else "refused (the starting model was kept)"
         lines.append(f"{str(record.get('date', ''))[:10]}: slices {slices}, {scores}, {outcome}")
     return lines
