@@ -299,7 +299,7 @@ class FineTuneWidget(Container):
         what changed (see `BackgroundJob`)."""
         self.session.set_fine_tuned(tuned, out)
         self.progress_bar.value = self.progress_bar.max  # also when no refit was needed
-        how = "Stopped." if report["stopped"] else "Done."
+        how = "" if report["stopped"] else "Done."  # the outcome itself says it was stopped
         score = " " + describe_outcome(report)
         saved = fallback or (f"Saved to {out}" if report["kept"]
                              else f"This round is recorded in {out} (the starting model's weights)")

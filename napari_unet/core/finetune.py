@@ -227,14 +227,12 @@ class FineTune:
         for z, label in zip(self.corrected, self.labels):
             if not np.any(label != IGNORE):
                 raise ValueError(f"Corrected slice {z} has no labelled pixel: label it or leave it out.")
-        self.folds = make_folds(len(self.corrected)) if options.verify else []
-        for fold in self.folds:  # the same checks as training, before any work
-            try:
-                TrainingData(self.images, self._learnt_labels(fold), fold.learn)
-            except ValueError as exc:
-                raise ValueError(f"To check the fine-tune, a model is trained without {self.fold_name(fold)}: "
-                                 f"{exc}") from None
-        TrainingData(self.images, self.labels, list(range(len(self.corrected))))
+        TrainingData(self.images, self.labels, list(range(len(self.corrected))))  # the checks of training
+        # A fold whose part to learn holds no structure (e.g. the half of a slice with no
+        # membrane) cannot train: it is left out. One always remains when the labels hold
+        # structure anywhere (it is learnt by a fold that holds out some other part).
+        folds = make_folds(len(self.corrected)) if options.verify else []
+        self.folds = [f for f in folds if np.any(self._learnt_labels(f)[f.learn] == STRUCTURE)]
 
     # ------------------------------------------------------------------ inputs
 
@@ -488,9 +486,10 @@ def describe_outcome(report: dict) -> str:
         return (f"The starting model is kept: trained without {worst['name']}, the model got worse there for the "
                 f"segmentation ({guard} {worst['start_guard']:.3f} → {worst['guard']:.3f}: {broken}), although "
                 f"Dice went {worst['start_dice']:.3f} → {worst['dice']:.3f}. Correct more slices.")
+    advice = ("your corrections agree with the model where it did not learn from them: correct a slice where it is "
+              "clearly wrong" if worst["start_dice"] >= 0.7 else "correct more slices, or train for more steps")
     return (f"The starting model is kept: trained without {worst['name']}, the model did not beat it there (Dice "
-            f"{worst['start_dice']:.3f} → {worst['dice']:.3f}). Your corrections agree with the model where it did "
-            f"not learn from them: correct a slice where it is clearly wrong.")
+            f"{worst['start_dice']:.3f} → {worst['dice']:.3f}); {advice}.")
 
 
 def describe_history(history: list[dict]) -> list[str]:

@@ -79,13 +79,13 @@ def test_fine_tune_from_two_corrected_slices_and_their_edits(isbi_files, tiny_mo
     assert main(base + ["--out", str(tuned), "--slices", "1", "3", "--edited",
                         _write(tmp_path / "edited.tif", edited)]) == 0
     out = capsys.readouterr()
-    assert "choosing the steps on slice 3" in out.err and str(tuned) in out.out
+    assert "each corrected slice held out in turn" in out.err and str(tuned) in out.out
     record = load_checkpoint(tuned).metadata["history"][-1]
-    assert record["corrected_slices"] == [1, 3] and record["val_slices"] == [3]
-    assert record["fine_tune"]["guard_name"] == "V_Rand"
-    # The held-out slice is one of the corrected ones; the edits match the labels.
+    assert record["corrected_slices"] == [1, 3] and record["fine_tune"]["guard_name"] == "V_Rand"
+    assert [f["held_out"] for f in record["fine_tune"]["folds"]] in ([[1]], [[1], [3]])  # a hopeless fold stops
+    # Each corrected slice is held out in turn: no --val-slices; the edits match the labels.
     _bad(base + ["--out", str(tmp_path / "x.pt"), "--slices", "1", "3", "--val-slices", "2"], capsys,
-         "holds out one of the corrected slices")
+         "holds out each corrected slice in turn")
     _bad(base + ["--out", str(tmp_path / "x.pt"), "--edited", _write(tmp_path / "small.tif", edited[:, :50])],
          capsys, "shape")
     _bad(["train", "--images", isbi_files["images"], "--labels", isbi_files["labels"], "--out", str(tmp_path / "x.pt"),
@@ -151,7 +151,7 @@ def test_bad_inputs_exit_2_with_one_line(isbi_files, tiny_model, tmp_path, capsy
     _bad(train + ["--labels", other_shape], capsys, "shape")
     _bad(train + ["--labels", empty], capsys, "no foreground")
     _bad(train + ["--labels", isbi_files["labels"], "--invert-labels", "--from", tiny_model, "--val-slices", "9"],
-         capsys, "slices 0-5")
+         capsys, "holds out each corrected slice")
     assert not (tmp_path / "m.pt").exists()
     _bad(["evaluate", "--pred", other_shape, "--truth", isbi_files["truth"], "--task", "em"], capsys, "shape")
     _bad(["evaluate", "--pred", isbi_files["truth"], "--truth", empty[:-4] + ".tif", "--task", "em"], capsys, "shape")

@@ -89,3 +89,6 @@ def test_fine_tune_widget_and_cli_train_the_same_model(widgets, qtbot, isbi_fold
     for key in ("train_slices", "val_slices", "corrected_slices", "data_hash", "steps"):
         assert gui_record[key] == cli_record[key], key
     assert gui.metadata["threshold"] == cli.metadata["threshold"]
+    # The same decision, from the same core rule: kept or refused, on the same held-out scores.
+    gui_report, cli_report = gui_record["fine_tune"], cli_record["fine_tune"]
+    assert gui_report["outcome"] == cli_report["outcome"] and gui_report["folds"] == cli_report["folds"]
