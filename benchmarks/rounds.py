@@ -73,7 +73,7 @@ def run_arm(name: str, start: Checkpoint, pool, scored, rounds: int, device: str
         model = Checkpoint(run.result.model, run.result.metadata, f"{name} round {r}")
         rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [names[z] for z in chosen],
                      "dice": score(model, *scored, device), "seconds": time.perf_counter() - tick,
-                     "kept step": run.result.report.get("best_step")})
+                     "outcome": run.result.report["outcome"]})
         print(rows[-1], flush=True)
     return rows
 
@@ -124,7 +124,7 @@ def main() -> None:
     rows = run_arm("suggested", start, pool, scored, args.rounds, args.device, None, names)
     for seed in args.seeds:
         rows += run_arm(f"random {seed}", start, pool, scored, args.rounds, args.device, seed, names)
-    print(table(rows, ["arm", "round", "corrected", "picked", "dice", "seconds", "kept step"]))
+    print(table(rows, ["arm", "round", "corrected", "picked", "dice", "seconds", "outcome"]))
     random_mean = {k: np.mean([r["dice"] for r in rows if r["arm"] != "suggested" and r["round"] == k])
                    for k in range(args.rounds + 1)}
     suggested = {r["round"]: r["dice"] for r in rows if r["arm"] == "suggested"}

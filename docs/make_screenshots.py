@@ -49,13 +49,12 @@ def main() -> None:
     viewer.dims.set_current_step(0, 1)
     shot(viewer, w["Predict"], "1_predict.png")
     # The corrections: slices 1 and 2 painted to their ground truth (a brush stroke each,
-    # then the rest pasted in); slice 2 is held out for validation.
+    # then the rest pasted in); each is held out in turn to check the fine-tune.
     labels.brush_size = 8
     for z in (1, 2):
         labels.paint((z, 100, 100), 1 - int(labels.data[z, 100, 100]))
         labels.data[z] = truth.data[z]
     labels.refresh()
-    w["Fine-tune"].steps.value = 60
     wait(w["Fine-tune"].start())
     shot(viewer, w["Fine-tune"], "2_finetune.png")
     w["Evaluate"].prediction.value = labels

@@ -298,7 +298,7 @@ class FineTuneWidget(Container):
         """Show the outcome; returns the GUI steps that write the re-prediction and show
         what changed (see `BackgroundJob`)."""
         self.session.set_fine_tuned(tuned, out)
-        self.progress_bar.value = self.progress_bar.max  # also when no refit was needed
+        self.progress_bar.value = self.progress_bar.max  # also when refused before the last stage
         how = "" if report["stopped"] else "Done."  # the outcome itself says it was stopped
         score = " " + describe_outcome(report)
         saved = fallback or (f"Saved to {out}" if report["kept"]

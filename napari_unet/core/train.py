@@ -105,7 +105,7 @@ class TrainEvent:
         learning_rate: current learning rate.
         done: the last event of a run that completed all its steps.
         stage: which part of a longer job this step belongs to ("" for a plain run;
-            the fine-tune's "select" and "refit").
+            the fine-tune's "fold 1/2" ... and "all slices").
     """
 
     step: int
