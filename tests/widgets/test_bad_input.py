@@ -251,12 +251,14 @@ def finetune_unknown_ids(env):
     return env.finetune(image, labels).start
 
 
-def finetune_then(interrupt, steps=30, save_to=None):
-    """Start a fine-tune on one corrected slice, then ``interrupt(env, widget, job, labels)``."""
+def finetune_then(interrupt, steps=30, save_to=None, verify=True):
+    """Start a fine-tune on one corrected slice, then ``interrupt(env, widget, job, labels)``
+    (``verify`` False: kept unchecked, so it always re-predicts)."""
     def run(env):
         image, labels = env.predicted()
         paint_square(labels, 1, 20, 20)
         ft = env.finetune(image, labels, steps=steps)
+        ft.verify.value = verify
         if save_to:
             ft.save_to.value = str(env.tmp / save_to)
 
@@ -376,10 +378,10 @@ PRODUCE = [
      "NaN or infinite pixel(s) were treated as the darkest value"),
     ("predict boolean image", "predict", predict_image(np.random.default_rng(0).random((64, 64)) > 0.5), "Added"),
     ("fine-tune with unknown label ids", "finetune", finetune_unknown_ids, "ids other than 0/1/2 and are ignored"),
-    ("fine-tune labels removed while training", "finetune", finetune_then(remove_labels),
+    ("fine-tune labels removed while training", "finetune", finetune_then(remove_labels, verify=False),
      "was removed during training, so nothing was re-predicted"),
     ("fine-tune Stop pressed", "finetune", finetune_then(press_stop, steps=400),
-     "Stopped; kept the best model so far"),
+     "Stopped before the fine-tune was checked: the starting model is kept"),
     ("fine-tune destination lost while training", "finetune",
      finetune_then(lose_destination, steps=10, save_to="models/tuned.pt"),
      "so the model was saved to"),
