@@ -683,7 +683,7 @@ def _evaluate(args) -> int:
 
 
 def _export(args) -> int:
-    from .core.bmz import default_sample, export_package
+    from .core.export import default_sample, export_package
     from .core.checkpoint import load_checkpoint
     from .core.data import as_stack, read_stack
 

@@ -9,7 +9,7 @@ import torch._dynamo  # noqa: F401  (see below)
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
-from ..core.bmz import export_package
+from ..core.export import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..core.corrections import record_fine_tuned
 from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
