@@ -14,8 +14,8 @@ BASELINE_COLOUR = QColor("#9e9e9e")
 
 class LossPlot(QWidget):
     """Loss per step (blue, left scale) and, after each check, the held-out Dice (0-1 on
-    the right) of the new model (orange; red: no gain there) beside the starting model's
-    (grey). Dashed lines: a new stage (fold, then all slices) starts from the starting model."""
+    the right) of the new model (orange dot; red: no gain there) beside the starting
+    model's (grey dash). Dashed lines: a new stage (fold, then all slices) starts from the starting model."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -85,13 +85,12 @@ class LossPlot(QWidget):
             x = rect.left() + rect.width() * (first - 1) / self.total
             painter.setPen(QPen(QColor("#8a8f9a"), 1, Qt.PenStyle.DashLine))
             painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
-            painter.drawText(QPointF(x + 4, rect.top() + 12), stage)
+            painter.drawText(QPointF(x + 4, rect.bottom() - 4), stage)  # below the scores, which sit high
         painter.setPen(QPen(LOSS_COLOUR, 1.5))
         painter.drawPolyline(points(self.losses, top or 1.0))
-        for point in points(self.baselines, 1.0):  # the model it must beat, on the same part
-            painter.setPen(BASELINE_COLOUR)
-            painter.setBrush(BASELINE_COLOUR)
-            painter.drawEllipse(point, 3, 3)
+        painter.setPen(QPen(BASELINE_COLOUR, 3))
+        for point in points(self.baselines, 1.0):  # the model it must beat, on the same part: a dash
+            painter.drawLine(QPointF(point.x() - 9, point.y()), QPointF(point.x() - 3, point.y()))
         dice_points = points(self.dices, 1.0)
         for index, point in enumerate(dice_points):
             colour = REFUSED_COLOUR if index in self.refused else DICE_COLOUR
