@@ -9,9 +9,9 @@ import torch._dynamo  # noqa: F401  (see below)
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
-from ..core.export import export_package
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..core.corrections import record_fine_tuned
+from ..core.export import export_package
 from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
 from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, describe_plan, make_folds
 from ..core.labels import labels_from_array, labels_note
@@ -186,7 +186,8 @@ class FineTuneWidget(Container):
         self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
                                  description=f"Fine-tuning on {len(corrected)} slice(s)", activity=False)
         self.run_button.text = "Stop"
-        self.status.value = f"Fine-tuning {start_name}{describe_plan(corrected, options)} on {describe_device(device)}…"
+        plan = describe_plan(corrected, options)
+        self.status.value = f"Fine-tuning {start_name}{plan} on {describe_device(device)}…"
         self.job.start()
         return self.job
 
