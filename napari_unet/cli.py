@@ -636,7 +636,8 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
     result = run.result
     if main_process:
         save_checkpoint(out, result.model, result.metadata)
-        print(f"{describe_outcome(result.report)} -> {out}")
+        what = "" if result.report["kept"] else " (the starting model, with this round in its history)"
+        print(f"{describe_outcome(result.report)} -> {out}{what}")
     return 0
 
 
