@@ -285,8 +285,6 @@ def cell_instances(mask: np.ndarray, method: str = "watershed", seed_depth: floa
     """
     from scipy import ndimage
     from skimage.measure import label
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
     if method not in INSTANCE_METHODS:
         raise ValueError(f"method={method!r}: choose one of {', '.join(INSTANCE_METHODS)}.")
@@ -298,10 +296,19 @@ def cell_instances(mask: np.ndarray, method: str = "watershed", seed_depth: floa
         if method == "watershed" and cells.max() > 0:
             distance = ndimage.distance_transform_edt(inside)
             radii = ndimage.maximum(distance, cells, np.arange(1, cells.max() + 1))
-            depth = max(1.0, seed_depth * float(np.median(radii)))
-            seeds = label(h_maxima(distance, depth) & inside, connectivity=2)
-            cells = watershed(-distance, seeds, mask=inside, watershed_line=True)
+            cells = watershed_cells(inside, distance, seed_depth * float(np.median(radii)))
         cells = cells.astype(np.int32)
         out[z] = np.where(cells > 0, cells + offset, 0)
         offset += int(cells.max())
     return out
+
+
+def watershed_cells(inside: np.ndarray, distance: np.ndarray, depth: float) -> np.ndarray:
+    """(Y, X) cell ids grown by a watershed from the h-maxima (h = ``depth``, at least 1)
+    of ``distance`` (to the nearest membrane) inside the (Y, X) bool ``inside``."""
+    from skimage.measure import label
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    seeds = label(h_maxima(distance, max(1.0, depth)) & inside, connectivity=2)
+    return watershed(-distance, seeds, mask=inside, watershed_line=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .blocks import SliceOf, block_grid, in_blocks, label_cells_in_blocks, predict_slice_in_blocks
 from .data import DataError
 from .pipeline import Pipeline, PipelineResult
 from .predict import CancelCheck, PredictionCancelled, ProgressCallback
@@ -92,6 +93,19 @@ def predict_volume(
             if progress is not None:
                 progress(i * total + done, len(slices) * total)
 
+        if in_blocks(pipeline, volume.shape[1:3]):
+            try:
+                count = _predict_in_blocks(pipeline, volume, z, outputs, offset if global_ids else 0,
+                                           slice_progress, cancel, report)
+            except PredictionCancelled:
+                report.cancelled = True
+                break
+            structure, pixels = structure + count, pixels + volume.shape[1] * volume.shape[2]
+            offset += report.cells.get(z, 0) if global_ids else 0
+            report.done.append(z)
+            if on_slice is not None:
+                on_slice(z)
+            continue
         image = np.asarray(volume[z])[None]
         given = None if fov is None else np.asarray(fov[z])[None]
         try:
@@ -121,3 +135,26 @@ def predict_volume(
     report.structure = structure / max(1, pixels)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _predict_in_blocks(pipeline: Pipeline, volume, z: int, outputs: VolumeOutputs, offset: int,
+                       progress: ProgressCallback, cancel: CancelCheck | None, report: StreamReport) -> int:
+    """One slice too large for memory, block by block (`core.blocks`); its cells numbered
+    from ``offset + 1``. Returns its structure pixels; a slice with nothing to segment is
+    written empty and listed in ``report.blank``."""
+    plane = SliceOf(volume, z)
+    try:
+        structure = predict_slice_in_blocks(pipeline, plane, outputs, z, progress, cancel)
+    except DataError:  # one value everywhere (or no finite one): no image, left empty
+        report.blank.append(z)
+        for y0, y1, x0, x1 in block_grid(*plane.shape[:2]):
+            for array in (outputs.mask, outputs.probabilities, outputs.instances):
+                if array is not None:
+                    array[z, y0:y1, x0:x1] = 0
+        if outputs.instances is not None and pipeline.instances:
+            report.cells[z] = 0
+        return 0
+    if outputs.instances is not None and pipeline.instances:
+        report.cells[z] = label_cells_in_blocks(outputs.mask, z, outputs.instances, pipeline.info.instance_method,
+                                                offset)
+    return structure

@@ -26,6 +26,8 @@ ZARR_SUFFIXES = (".zarr", ".n5")
 # Above this many bytes a tif or a folder is opened lazily by the napari reader and
 # predicted slice by slice by the CLI; below it, reading it whole is faster.
 LAZY_BYTES = 1 << 30
+# Edge of the regions a large slice is read in (a tif's, where its layout allows).
+REGION = 2048
 # Black registration padding: a region of exact zeros touching the border, at least this
 # share of the slice (small dark spots at the border are data).
 PADDING_SHARE = 0.01
@@ -154,11 +156,39 @@ def _open_tif(path: Path) -> Volume:
     import dask.array as da
     import zarr
 
-    # tifffile's zarr interface reads one page (slice) when it is asked for. (dask's
-    # from_array over a memory map would read the whole file into the process at once.)
-    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    data = da.from_zarr(node if hasattr(node, "shape") else node[0])
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        offset, shape, dtype = series.dataoffset, tuple(series.shape), series.dtype
+    if offset is not None:  # uncompressed and contiguous: any region is read alone
+        rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4  # as `_as_zyxc` reads it
+        planes = len(shape) - (3 if rgb else 2)
+        chunks = (1,) * planes + (REGION, REGION) + ((shape[-1],) if rgb else ())
+        data = da.from_array(TifRegions(path, offset, shape, dtype), chunks=chunks, asarray=False)
+    else:
+        # tifffile's zarr interface reads a tiled tif tile by tile and a striped one strip by strip.
+        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        data = da.from_zarr(node if hasattr(node, "shape") else node[0])
     return Volume(_as_zyxc(data, None, path.name), pixel_size_nm=_tif_pixel_size(path))
+
+
+class TifRegions:
+    """An uncompressed, contiguous tif as an array whose regions are read alone.
+
+    Each read maps the file, copies the region and unmaps it, so only the rows of the
+    region are read and none stay in the process (a tif page is one chunk in tifffile's
+    zarr interface: a region of a 40,000² slice would read all 1.6 GB of it).
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple, dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = Path(path), offset, shape, np.dtype(dtype)
+        self.ndim = len(shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        try:
+            return np.array(mapped[key])
+        finally:
+            del mapped
 
 
 def _tif_pixel_size(path: Path) -> tuple[float, float] | None:

@@ -1,0 +1,375 @@
+"""One slice larger than memory (a montage), predicted block by block.
+
+A slice of more than `BLOCK_LIMIT` pixels is read, normalised, predicted and written in
+blocks of `BLOCK` x `BLOCK` output pixels, so memory holds one block and its halo,
+never the slice. Each block gets the numbers `Pipeline.run` gives the whole slice:
+
+* its tiles are the whole slice's tile grid (`core.predict.sliding_window`), cut from
+  the same mirror-padded image, blended in the same order, so every pixel is the same
+  blend of the same tiles; mirror padding happens only at the slice's borders;
+* each test-time flip runs the flipped slice's own grid, as `Pipeline.infer` does;
+* the output shift reads a halo of a few pixels around the block;
+* the intensity levels are the slice's own percentiles, exact for 8- and 16-bit images
+  (from a histogram of every block), else from a sample of blocks; or the volume's;
+* cells are labelled per block and merged where they touch across a block border
+  (watershed cells are grown on the block and a halo, `CELL_HALO`, from seeds whose
+  depth comes from the whole slice's enclosed regions).
+
+Models that resample (another pixel size) or use a field of view (fundus photographs)
+predict whole slices: `Pipeline.fits_blocks` says which.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .calibration import shift_output
+from .data import DataError, normalize
+from .predict import FLIP_AXES, CancelCheck, PredictionCancelled, ProgressCallback, _tile_starts, blend_window
+
+#: Output block edge in pixels (a multiple of the outputs' 1,024-pixel chunks).
+BLOCK = 2048
+#: Slices with more pixels than this are predicted in blocks.
+BLOCK_LIMIT = 2 * BLOCK * BLOCK
+#: Pixels of mask read around a block to grow watershed cells: more than a cell's radius.
+CELL_HALO = 256
+#: Pixels sampled for the levels of a slice that is not 8- or 16-bit.
+LEVEL_SAMPLE = 1 << 22
+
+
+def block_grid(height: int, width: int, block: int = BLOCK) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of the blocks that tile a (height, width) slice, row by row."""
+    return [(y, min(y + block, height), x, min(x + block, width))
+            for y in range(0, height, block) for x in range(0, width, block)]
+
+
+def slice_levels(plane, normalization: dict, name: str = "The slice") -> tuple[np.ndarray, np.ndarray]:
+    """The intensities `normalize` maps to 0 and 1 for one slice, read block by block.
+
+    8- and 16-bit slices: the exact percentiles, from a histogram of every pixel. Others:
+    the percentiles of an even sample of about `LEVEL_SAMPLE` pixels.
+
+    Args:
+        plane: (Y, X, C) array-like read by region (dask, zarr, numpy).
+
+    Returns:
+        (low, high), each (C,) float32.
+
+    Raises:
+        DataError: no finite value, or the same value everywhere (as `check_images`).
+    """
+    height, width, channels = plane.shape
+    exact = plane.dtype.kind in "ui" and plane.dtype.itemsize <= 2
+    stride = 1 if exact else max(1, math.ceil(math.sqrt(height * width / LEVEL_SAMPLE)))
+    base = int(np.iinfo(plane.dtype).min) if exact else 0
+    counts = [np.zeros(1 << (8 * plane.dtype.itemsize), np.int64) for _ in range(channels)] if exact else None
+    samples = []
+    for y0, y1, x0, x1 in block_grid(height, width):
+        block = np.asarray(plane[y0:y1:stride, x0:x1:stride])
+        if exact:
+            for c in range(channels):
+                counts[c] += np.bincount((block[..., c].astype(np.int64) - base).ravel(), minlength=len(counts[c]))
+        else:
+            samples.append(block.reshape(-1, channels).astype(np.float64))
+    if exact:
+        levels = np.array([[_percentile_of_counts(count, q) + base for count in counts]
+                           for q in (normalization["low"], normalization["high"])])
+        low, high = levels
+        lowest = min(np.nonzero(count)[0][0] for count in counts) + base
+        highest = max(np.nonzero(count)[0][-1] for count in counts) + base
+    else:
+        values = np.concatenate(samples)
+        finite = np.isfinite(values)
+        if not finite.any():
+            raise DataError(f"{name} has no finite value (only NaN or infinity): nothing to segment there. "
+                            "Check how the image was exported.")
+        values = np.where(finite, values, np.nan)
+        low, high = np.nan_to_num(np.nanpercentile(values, [normalization["low"], normalization["high"]], axis=0))
+        lowest, highest = np.nanmin(values), np.nanmax(values)
+    if lowest == highest:
+        raise DataError(f"{name} has the same value ({lowest}) everywhere: there is nothing to segment. "
+                        "Check that the right image or channel was opened.")
+    return np.asarray(low, np.float32), np.asarray(high, np.float32)
+
+
+def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear) of the values 0.. whose counts are ``counts``."""
+    total = int(counts.sum())
+    rank = q / 100 * (total - 1)
+    below = math.floor(rank)
+    cumulative = np.cumsum(counts)
+    value_at = lambda r: float(np.searchsorted(cumulative, r, side="right"))  # noqa: E731
+    lower, upper = value_at(below), value_at(min(below + 1, total - 1))
+    return lower + (upper - lower) * (rank - below)
+
+
+def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: ProgressCallback | None = None,
+                            cancel: CancelCheck | None = None, name: str = "The slice") -> int:
+    """Predict one large slice block by block into ``outputs`` (a `core.stream.VolumeOutputs`).
+
+    Args:
+        pipeline: a `core.pipeline.Pipeline` that `fits_blocks`.
+        plane: (Y, X, C) array-like read by region.
+        z: the slice's index in the outputs.
+        progress: called with (tiles done, tiles total) for this slice.
+
+    Returns:
+        The number of structure pixels.
+
+    Raises:
+        DataError: a slice with nothing to segment (`slice_levels`).
+        PredictionCancelled: ``cancel`` returned True (the blocks written so far stay).
+    """
+    height, width = plane.shape[:2]
+    levels = pipeline.levels if pipeline.levels is not None else \
+        slice_levels(plane, pipeline.info.normalization, name)
+    geometry = _Geometry(pipeline, height, width)
+    blocks = block_grid(height, width)
+    total = sum(geometry.tile_count(block) for block in blocks)
+    done, structure = 0, 0
+    for y0, y1, x0, x1 in blocks:
+
+        def block_progress(count: int, first: int = done) -> None:
+            if progress is not None:
+                progress(first + count, total)
+
+        probability = geometry.predict_block(plane, (y0, y1, x0, x1), levels, block_progress, cancel)
+        done += geometry.tile_count((y0, y1, x0, x1))
+        mask = (probability > pipeline.threshold).astype(np.uint8)
+        outputs.mask[z, y0:y1, x0:x1] = mask
+        if outputs.probabilities is not None:
+            outputs.probabilities[z, y0:y1, x0:x1] = probability
+        structure += int(mask.sum())
+    return structure
+
+
+class _Geometry:
+    """The whole slice's tile grid, and the tiles and source region each block needs."""
+
+    def __init__(self, pipeline, height: int, width: int) -> None:
+        self.pipeline = pipeline
+        self.tile, self.margin = pipeline.tile, pipeline.info.tile_margin
+        if self.margin is None:
+            self.margin = self.tile // 8
+        self.height, self.width = height, width
+        self.padded = (height + 2 * self.margin, width + 2 * self.margin)
+        if min(self.padded) < self.tile:
+            raise ValueError("A slice smaller than a tile is predicted whole, not in blocks.")
+        step = max(1, int(round(self.tile * (1 - pipeline.overlap))))
+        self.starts = [_tile_starts(length, self.tile, step) for length in self.padded]
+        shift = pipeline.info.output_shift_px
+        self.halo = math.ceil(max(abs(shift[0]), abs(shift[1]))) + 1 if any(shift) else 0
+        self.flips = [()] + [(FLIP_AXES[name] - 1,) for name in pipeline.info.test_time_flips]  # 0 = y, 1 = x
+
+    def _extended(self, block: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(y, x) ranges of the block and its shift halo, inside the slice."""
+        y0, y1, x0, x1 = block
+        return ((max(0, y0 - self.halo), min(self.height, y1 + self.halo)),
+                (max(0, x0 - self.halo), min(self.width, x1 + self.halo)))
+
+    def _frame(self, span: tuple[int, int], axis: int, flips: tuple[int, ...]) -> tuple[int, int]:
+        """A padded-coordinate range in the (un)flipped slice's frame (the map is its own inverse)."""
+        if axis not in flips:
+            return span
+        return self.padded[axis] - span[1], self.padded[axis] - span[0]
+
+    def _tiles(self, block, flips) -> tuple[list[list[int]], list[tuple[int, int]]]:
+        """Per axis, the tile starts (in the pass's frame) covering the extended block, and
+        per axis the padded range those tiles read (in the unflipped frame)."""
+        starts, sources = [], []
+        for axis, (lo, hi) in enumerate(self._extended(block)):
+            target = self._frame((lo + self.margin, hi + self.margin), axis, flips)
+            chosen = [s for s in self.starts[axis] if s < target[1] and s + self.tile > target[0]]
+            starts.append(chosen)
+            sources.append(self._frame((chosen[0], chosen[-1] + self.tile), axis, flips))
+        return starts, sources
+
+    def tile_count(self, block) -> int:
+        return sum(len(ys) * len(xs) for (ys, xs), _ in (self._tiles(block, flips) for flips in self.flips))
+
+    def predict_block(self, plane, block, levels, progress, cancel) -> np.ndarray:
+        """(y1 - y0, x1 - x0) float32 probabilities of one block, as the whole slice has them."""
+        plans = [(flips, *self._tiles(block, flips)) for flips in self.flips]
+        # One source region (padded coordinates) serves every pass.
+        source = [(min(p[2][axis][0] for p in plans), max(p[2][axis][1] for p in plans)) for axis in (0, 1)]
+        image = self._read(plane, source, levels)
+        predictor = self.pipeline.predictor
+        device = self.pipeline.device
+        batch = self.pipeline.batch_size or predictor.batch_size(self.tile)
+        window = torch.from_numpy(blend_window(self.tile, self.pipeline.blend)).to(device)
+        extended = self._extended(block)
+        total, done = None, 0
+        with torch.inference_mode():
+            for flips, (ys, xs), _sources in plans:
+                frame = torch.from_numpy(image).to(device)
+                if flips:
+                    frame = torch.flip(frame, [axis + 1 for axis in flips])
+                # The source region's origin in this pass's frame.
+                origin = [self._frame(source[axis], axis, flips)[0] for axis in (0, 1)]
+                output = torch.zeros(frame.shape[1:], dtype=torch.float32, device=device)
+                weights = torch.zeros_like(output)
+                jobs = [(y - origin[0], x - origin[1]) for y in ys for x in xs]
+                for y, x in jobs:
+                    weights[y : y + self.tile, x : x + self.tile] += window
+                for first in range(0, len(jobs), batch):
+                    if cancel is not None and cancel():
+                        raise PredictionCancelled("Prediction cancelled.")
+                    part = jobs[first : first + batch]
+                    tiles = torch.stack([frame[:, y : y + self.tile, x : x + self.tile] for y, x in part])
+                    for (y, x), values in zip(part, predictor(tiles).float()):
+                        output[y : y + self.tile, x : x + self.tile] += values[0] * window
+                    done += len(part)
+                    progress(done)
+                # The extended block in this frame, relative to the source region.
+                cut = [self._frame((lo + self.margin, hi + self.margin), axis, flips)
+                       for axis, (lo, hi) in enumerate(extended)]
+                blended = (output / weights)[cut[0][0] - origin[0] : cut[0][1] - origin[0],
+                                             cut[1][0] - origin[1] : cut[1][1] - origin[1]]
+                if flips:
+                    blended = torch.flip(blended, list(flips))
+                total = blended if total is None else total + blended
+            probability = torch.clamp(total / len(self.flips), 0.0, 1.0).cpu().numpy()
+        probability = shift_output(probability[None], self.pipeline.info.output_shift_px)[0]
+        (ey0, _), (ex0, _) = extended
+        y0, y1, x0, x1 = block
+        return probability[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+
+    def _read(self, plane, source, levels) -> np.ndarray:
+        """(C, Y, X) float32: the padded-coordinate ``source`` range of the slice, normalised,
+        mirror-padded where it passes the slice's borders."""
+        (py0, py1), (px0, px1) = source
+        m = self.margin
+        y0, y1 = max(0, py0 - m), min(self.height, py1 - m)
+        x0, x1 = max(0, px0 - m), min(self.width, px1 - m)
+        region = normalize(np.asarray(plane[y0:y1, x0:x1])[None], self.pipeline.info.normalization, levels)[0]
+        pad = [(y0 - (py0 - m), (py1 - m) - y1), (x0 - (px0 - m), (px1 - m) - x1), (0, 0)]
+        region = np.pad(region, pad, mode="symmetric")
+        return np.ascontiguousarray(region.transpose(2, 0, 1))
+
+
+def in_blocks(pipeline, shape: tuple[int, int]) -> bool:
+    """Whether a (Y, X) slice is predicted block by block: more than `BLOCK_LIMIT` pixels,
+    a grey model predicting at its own pixel size (no resampling, no field of view)."""
+    return shape[0] * shape[1] > BLOCK_LIMIT and not pipeline.uses_fov and pipeline.scale is None
+
+
+class SliceOf:
+    """Slice ``z`` of a (Z, Y, X, C) array-like, read by region only when indexed (a zarr
+    array's ``volume[z]`` would read the whole slice)."""
+
+    def __init__(self, volume, z: int) -> None:
+        self.volume, self.z = volume, z
+        self.shape, self.dtype = tuple(volume.shape[1:]), volume.dtype
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.volume[(self.z, *key)])
+
+
+def label_cells_in_blocks(mask, z: int, cells, method: str, offset: int = 0, seed_depth: float = 0.7) -> int:
+    """Cells of slice ``z`` of a (Z, Y, X) membrane mask, block by block, into ``cells``.
+
+    The partition equals `core.predict.cell_instances` of the whole slice: "components"
+    exactly (regions that touch across a block border are one region); "watershed"
+    as long as cells are narrower than `CELL_HALO` (each block grows its cells with that
+    much mask around it, from seeds whose depth is the whole slice's median radius).
+
+    Args:
+        mask: (Z, Y, X) array-like read by region (the prediction's mask store).
+        cells: (Z, Y, X) uint32 array written by region.
+        offset: ids start at ``offset + 1`` (unique across slices).
+
+    Returns:
+        The number of cells in the slice.
+    """
+    blocks = block_grid(*mask.shape[1:])
+    depth = None
+    if method == "watershed":
+        parts = [_block_cells(mask, z, block, "components", with_radius=True) for block in blocks]
+        radii, _ = _merge(blocks, parts, reduce_radius=True)
+        depth = seed_depth * float(np.median(radii)) if radii.size else 0.0
+    parts = []
+    for block in blocks:
+        ids, edges, _ = _block_cells(mask, z, block, method, depth=depth)
+        start = sum(int(p[0]) for p in parts)  # ids numbered after the earlier blocks'
+        y0, y1, x0, x1 = block
+        cells[z, y0:y1, x0:x1] = np.where(ids > 0, ids + start, 0).astype(np.uint32)
+        parts.append((ids.max(), [np.where(e > 0, e + start, 0) for e in edges], None))
+    lookup, count = _merge(blocks, parts)
+    for y0, y1, x0, x1 in blocks:
+        local = np.asarray(cells[z, y0:y1, x0:x1])
+        cells[z, y0:y1, x0:x1] = np.where(local > 0, lookup[local] + offset, 0).astype(np.uint32)
+    return count
+
+
+def _block_cells(mask, z: int, block, method: str, depth: float | None = None, with_radius: bool = False):
+    """One block's cells: (ids from 1 (Y, X) or their count, [top, bottom, left, right] edge
+    ids, each id's inner radius or None). ``with_radius`` returns the count instead of ids."""
+    from scipy import ndimage
+    from skimage.measure import label
+    from skimage.segmentation import relabel_sequential
+
+    from .predict import watershed_cells
+
+    y0, y1, x0, x1 = block
+    height, width = mask.shape[1:]
+    halo = CELL_HALO if (method == "watershed" or with_radius) else 0
+    ey0, ey1, ex0, ex1 = max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
+    inside = np.asarray(mask[z, ey0:ey1, ex0:ex1]) == 0
+    core = (slice(y0 - ey0, y1 - ey0), slice(x0 - ex0, x1 - ex0))
+    distance = ndimage.distance_transform_edt(inside) if halo else None
+    if method == "watershed":
+        ids = relabel_sequential(watershed_cells(inside, distance, depth)[core])[0]
+    else:
+        ids = label(inside[core], connectivity=1)
+    edges = [ids[0], ids[-1], ids[:, 0], ids[:, -1]]
+    radius = None
+    if with_radius:
+        radius = ndimage.maximum(distance[core], ids, np.arange(1, ids.max() + 1)) if ids.max() else np.zeros(0)
+        return ids.max(), edges, np.asarray(radius, np.float64)
+    return ids, edges, radius
+
+
+def _merge(blocks, parts, reduce_radius: bool = False):
+    """Join the ids of neighbouring blocks that touch across their shared border.
+
+    Args:
+        parts: per block (id count, its [top, bottom, left, right] edge ids numbered after
+            the earlier blocks', radii or None); with ``reduce_radius`` the edges are the
+            block's own ids (from 1) and are numbered here.
+
+    Returns:
+        (lookup from ids to merged ids 1..n (index 0 -> 0), n), or with ``reduce_radius``
+        (each merged region's radius, the largest of its parts', n).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    starts = np.cumsum([0] + [int(p[0]) for p in parts])
+    edges = [[np.where(e > 0, e + starts[i], 0) for e in p[1]] if reduce_radius else p[1]
+             for i, p in enumerate(parts)]
+    where = {(b[0], b[2]): i for i, b in enumerate(blocks)}
+    pairs = []
+    for i, (y0, y1, x0, x1) in enumerate(blocks):
+        for j, mine, theirs in ((where.get((y1, x0)), 1, 0), (where.get((y0, x1)), 3, 2)):
+            if j is not None:
+                a, b = edges[i][mine], edges[j][theirs]
+                touching = (a > 0) & (b > 0)
+                pairs.append(np.stack([a[touching], b[touching]]))
+    total = int(starts[-1])
+    pairs = np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), np.int64)
+    graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(total + 1, total + 1))
+    component = connected_components(graph, directed=False)[1]
+    # Merged ids in the order their first part appears (component 0 holds id 0 alone).
+    firsts = np.unique(component[1:], return_index=True)[1]
+    rank = np.zeros(component.max() + 1, np.int64)
+    rank[component[1:][np.sort(firsts)]] = np.arange(1, len(firsts) + 1)
+    lookup = rank[component]
+    lookup[0] = 0
+    if reduce_radius:
+        radius = np.zeros(len(firsts) + 1)
+        np.maximum.at(radius, lookup[1:], np.concatenate([p[2] for p in parts]))
+        return radius[1:], len(firsts)
+    return lookup, len(firsts)
