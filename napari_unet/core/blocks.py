@@ -28,22 +28,28 @@ import torch
 
 from .calibration import shift_output
 from .data import DataError, normalize
+from .volume import LARGE_SLICE
 from .predict import FLIP_AXES, CancelCheck, PredictionCancelled, ProgressCallback, _tile_starts, blend_window
 
-#: Output block edge in pixels (a multiple of the outputs' 1,024-pixel chunks).
-BLOCK = 2048
+#: Block edge in pixels (a multiple of the outputs' 1,024-pixel chunks). Prediction blocks
+#: are the nearest whole number of tile steps (`_Geometry.blocks`).
+BLOCK = 3072
 #: Slices with more pixels than this are predicted in blocks.
-BLOCK_LIMIT = 2 * BLOCK * BLOCK
+BLOCK_LIMIT = LARGE_SLICE
 #: Pixels of mask read around a block to grow watershed cells: more than a cell's radius.
 CELL_HALO = 256
 #: Pixels sampled for the levels of a slice that is not 8- or 16-bit.
 LEVEL_SAMPLE = 1 << 22
 
 
-def block_grid(height: int, width: int, block: int = BLOCK) -> list[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) of the blocks that tile a (height, width) slice, row by row."""
-    return [(y, min(y + block, height), x, min(x + block, width))
-            for y in range(0, height, block) for x in range(0, width, block)]
+def block_grid(height: int, width: int, edge: int | None = None, first: int | None = None
+               ) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of the blocks that tile a (height, width) slice, row by row: the
+    first ``first`` pixels, then every ``edge`` (default both `BLOCK`)."""
+    edge = edge or BLOCK
+    first = first or edge
+    cuts = [[0, *range(first, length, edge), length] for length in (height, width)]
+    return [(y0, y1, x0, x1) for y0, y1 in zip(cuts[0], cuts[0][1:]) for x0, x1 in zip(cuts[1], cuts[1][1:])]
 
 
 def slice_levels(plane, normalization: dict, name: str = "The slice") -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +133,7 @@ def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: Progress
     levels = pipeline.levels if pipeline.levels is not None else \
         slice_levels(plane, pipeline.info.normalization, name)
     geometry = _Geometry(pipeline, height, width)
-    blocks = block_grid(height, width)
+    blocks = geometry.blocks()
     total = sum(geometry.tile_count(block) for block in blocks)
     done, structure = 0, 0
     for y0, y1, x0, x1 in blocks:
@@ -158,11 +164,18 @@ class _Geometry:
         self.padded = (height + 2 * self.margin, width + 2 * self.margin)
         if min(self.padded) < self.tile:
             raise ValueError("A slice smaller than a tile is predicted whole, not in blocks.")
-        step = max(1, int(round(self.tile * (1 - pipeline.overlap))))
-        self.starts = [_tile_starts(length, self.tile, step) for length in self.padded]
+        self.step = max(1, int(round(self.tile * (1 - pipeline.overlap))))
+        self.starts = [_tile_starts(length, self.tile, self.step) for length in self.padded]
         shift = pipeline.info.output_shift_px
         self.halo = math.ceil(max(abs(shift[0]), abs(shift[1]))) + 1 if any(shift) else 0
         self.flips = [()] + [(FLIP_AXES[name] - 1,) for name in pipeline.info.test_time_flips]  # 0 = y, 1 = x
+
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """The slice's prediction blocks: a whole number of tile steps, cut through the middle
+        of a tile, where no other tile overlaps it. Each border then costs one extra row of
+        tiles (a tile on it is predicted for both blocks), the least any cut can."""
+        steps = max(1, round(BLOCK / self.step))
+        return block_grid(self.height, self.width, steps * self.step, steps * self.step + self.tile // 2 - self.margin)
 
     def _extended(self, block: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """(y, x) ranges of the block and its shift halo, inside the slice."""

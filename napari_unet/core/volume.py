@@ -28,6 +28,9 @@ ZARR_SUFFIXES = (".zarr", ".n5")
 LAZY_BYTES = 1 << 30
 # Edge of the regions a large slice is read in (a tif's, where its layout allows).
 REGION = 2048
+# A slice of more pixels than this is opened lazily and predicted block by block
+# (`core.blocks`): its float copies would take over 100 MB each.
+LARGE_SLICE = 2 * REGION * REGION
 # Black registration padding: a region of exact zeros touching the border, at least this
 # share of the slice (small dark spots at the border are data).
 PADDING_SHARE = 0.01
@@ -53,15 +56,22 @@ class Volume:
 
 
 def is_volume_path(path: str | Path) -> bool:
-    """Whether ``path`` should be opened lazily: zarr / N5, or a tif or folder over LAZY_BYTES."""
+    """Whether ``path`` should be opened lazily: zarr / N5, a tif or folder over LAZY_BYTES,
+    or a tif whose slices have more than LARGE_SLICE pixels."""
     path = Path(path)
     if path.suffix.lower() in ZARR_SUFFIXES:
         return True
     try:
         if path.is_dir():
             return sum(f.stat().st_size for f in image_files(path)) > LAZY_BYTES
-        return path.suffix.lower() in (".tif", ".tiff") and path.stat().st_size > LAZY_BYTES
-    except OSError:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            return False
+        if path.stat().st_size > LAZY_BYTES:
+            return True
+        with tifffile.TiffFile(path) as tif:
+            height, width = tif.pages[0].shape[:2]
+        return height * width > LARGE_SLICE
+    except Exception:  # unreadable: reading it whole says what is wrong
         return False
 
 

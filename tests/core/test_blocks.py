@@ -1,0 +1,192 @@
+"""Montage slices predicted block by block: the same numbers as the whole slice, bounded memory."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+import napari_unet.core.blocks as blocks
+import napari_unet.core.volume as volume_module
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint, save_checkpoint
+from napari_unet.core.data import DataError
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.stream import VolumeOutputs, predict_volume
+from napari_unet.core.volume import open_volume
+
+
+@pytest.fixture()
+def small_blocks(monkeypatch):
+    """Blocks of about 256 px for every slice over 2 blocks, so test-sized slices cross many borders."""
+    monkeypatch.setattr(blocks, "BLOCK", 256)
+    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
+    monkeypatch.setattr(volume_module, "LARGE_SLICE", 2 * 256 * 256)
+
+
+@pytest.fixture(scope="module")
+def montage(isbi_stack):
+    """(1, 700, 900, 1) uint8: real ISBI slices and a mirror image side by side, cropped
+    so that neither side is a multiple of a block."""
+    a, b = isbi_stack.images[3, :, :, 0], isbi_stack.images[17, :, :, 0]
+    return np.ascontiguousarray(np.block([[a, b[:, ::-1]], [b[::-1], a]])[:700, :900])[None, ..., None]
+
+
+def _tiny(method: str) -> Checkpoint:
+    """A random width-4 U-Net with every stage that needs care at a block border: flips in
+    both axes, an output shift, a tile margin, and the given cell method."""
+    torch.manual_seed(0)
+    meta = default_metadata("em", tile_size=128, tile_margin=16, test_time_flips=["x", "y"],
+                            output_shift_px=[0.4, -0.7], instance_method=method)
+    return Checkpoint(UNet(UNetConfig(base_width=4, depth=2)).eval(), meta, "tiny")
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images split the pixels the same way (ids may differ)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+def _streamed(pipeline: Pipeline, images: np.ndarray):
+    shape = images.shape[:3]
+    outputs = VolumeOutputs(np.zeros(shape, np.uint8), np.zeros(shape, np.float32), np.zeros(shape, np.uint32))
+    report = predict_volume(pipeline, images, outputs)
+    return outputs, report
+
+
+@pytest.mark.parametrize("model", ["em-membranes", "tiny-watershed", "tiny-components"])
+def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, model):
+    """Probabilities equal to float rounding (tiles are batched differently), masks equal,
+    cells equal up to their ids across 9 blocks ("components", the built-in model's), or up to
+    where watershed lines go on ties (the flooding order follows the array's extent)."""
+    checkpoint = load_checkpoint(model) if model == "em-membranes" else _tiny(model.split("-")[1])
+    threshold = None
+    if model != "em-membranes":  # a random model's probabilities hover near 0.5: a mask of a quarter
+        threshold = float(np.quantile(Pipeline(checkpoint, device="cpu").run(montage).probabilities, 0.75))
+    pipeline = Pipeline(checkpoint, device="cpu", instances=True, threshold=threshold)
+    assert blocks.in_blocks(pipeline, montage.shape[1:3])
+    whole = pipeline.run(montage)
+    outputs, report = _streamed(pipeline, montage)
+    assert len(blocks._Geometry(pipeline, *montage.shape[1:3]).blocks()) >= 4
+    np.testing.assert_allclose(outputs.probabilities, whole.probabilities, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(outputs.mask, whole.mask)
+    assert report.cells[0] == len(np.unique(whole.cells)) - 1 > 50
+    if checkpoint.info.instance_method == "components":
+        assert _same_partition(outputs.instances[0], whole.cells[0])
+    else:
+        from skimage.metrics import adapted_rand_error
+
+        assert adapted_rand_error(whole.cells[0], outputs.instances[0].astype(np.int32))[0] < 0.01
+
+
+def test_the_cells_of_the_next_slice_follow_on(montage, small_blocks):
+    stack = np.concatenate([montage, montage[:, ::-1]])
+    outputs, report = _streamed(Pipeline(_tiny("components"), device="cpu", instances=True), stack)
+    first, second = (set(np.unique(outputs.instances[z])) - {0} for z in (0, 1))
+    assert max(first) == report.cells[0] == len(first) and min(second) == report.cells[0] + 1
+    assert len(second) == report.cells[1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+def test_levels_of_8_and_16_bit_slices_are_exact(small_blocks, dtype):
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    plane = rng.integers(info.min, info.max, (700, 900, 1), dtype=dtype, endpoint=True)
+    norm = {"method": "percentile", "low": 1.0, "high": 99.8}
+    low, high = blocks.slice_levels(plane, norm)
+    expected = np.percentile(plane.astype(np.float32), [1.0, 99.8], axis=(0, 1))
+    np.testing.assert_allclose([low, high], expected, rtol=1e-6)
+
+
+def test_levels_of_float_slices_come_from_a_sample(small_blocks, monkeypatch):
+    monkeypatch.setattr(blocks, "LEVEL_SAMPLE", 20_000)
+    plane = np.random.default_rng(2).normal(100, 10, (700, 900, 1)).astype(np.float32)
+    plane[:50, :50] = np.nan
+    low, high = blocks.slice_levels(plane, {"method": "percentile", "low": 1.0, "high": 99.8})
+    expected = np.nanpercentile(plane, [1.0, 99.8], axis=(0, 1))
+    np.testing.assert_allclose([low, high], expected, atol=1.5)  # the percentiles' sampling error
+
+
+def test_a_slice_with_one_value_is_left_empty_and_cancel_keeps_the_blocks_done(montage, small_blocks):
+    stack = np.concatenate([np.full_like(montage, 9), montage])
+    pipeline = Pipeline(_tiny("components"), device="cpu", instances=True)
+    with pytest.raises(DataError, match="same value"):
+        blocks.slice_levels(stack[0], pipeline.info.normalization)
+    outputs = VolumeOutputs(np.full(stack.shape[:3], 7, np.uint8), instances=np.full(stack.shape[:3], 7, np.uint32))
+    calls = []
+    report = predict_volume(pipeline, stack, outputs, cancel=lambda: calls.append(1) or len(calls) > 30)
+    assert report.blank == [0] and report.done == [0] and report.cancelled
+    assert (outputs.mask[0] == 0).all() and (outputs.instances[0] == 0).all()
+    written = outputs.mask[1] != 7
+    assert written[:256, :256].all() and not written[-256:, -256:].any()  # the first blocks, not the last
+
+
+def test_uncompressed_tifs_are_read_by_region(tmp_path):
+    grey = np.random.default_rng(3).integers(0, 255, (2, 300, 500), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "grey.tif", grey, photometric="minisblack", contiguous=True)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey[0]] * 3, -1), photometric="rgb")
+    grey_volume, rgb_volume = open_volume(tmp_path / "grey.tif").data, open_volume(tmp_path / "rgb.tif").data
+    assert isinstance(grey_volume.dask.values().__iter__().__next__(), volume_module.TifRegions)
+    np.testing.assert_array_equal(grey_volume[1, 17:233, 40:499, 0], grey[1, 17:233, 40:499])
+    np.testing.assert_array_equal(rgb_volume[0, 5:70, 300:, 2], grey[0, 5:70, 300:])
+    assert rgb_volume.shape == (1, 300, 500, 3)
+
+
+def test_the_cli_predicts_a_large_slice_in_blocks_into_a_tif(montage, small_blocks, tmp_path):
+    """A single slice over the limit is opened lazily and predicted in blocks, whatever the
+    output: the same mask as the whole slice through the one pipeline."""
+    tifffile.imwrite(tmp_path / "montage.tif", montage[0, ..., 0], photometric="minisblack")
+    assert volume_module.is_volume_path(tmp_path / "montage.tif")
+    assert main(["predict", str(tmp_path / "montage.tif"), "--out", str(tmp_path / "mask.tif"),
+                 "--instances", str(tmp_path / "cells.zarr"), "--model", "em-membranes"]) == 0
+    whole = Pipeline(load_checkpoint("em-membranes"), instances=True).run(montage)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tif").reshape(montage.shape[1:3]), whole.mask[0])
+    assert _same_partition(zarr.open_array(str(tmp_path / "cells.zarr"), mode="r")[0], whole.cells[0])
+
+
+def _peak_growth(tmp_path, model_path: str, size: int) -> float:
+    """Predict a random (size, size) uint8 zarr slice in 512-px blocks in a fresh process;
+    returns how much its peak memory grew while predicting (MB)."""
+    source = tmp_path / f"s{size}.zarr"
+    plane = zarr.open_array(str(source), mode="w", shape=(1, size, size), chunks=(1, 512, 512), dtype="uint8")
+    rng = np.random.default_rng(0)
+    for y in range(0, size, 512):
+        plane[0:1, y : y + 512] = rng.integers(0, 255, (1, min(512, size - y), size), dtype=np.uint8)
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        import napari_unet.core.blocks as blocks
+        from napari_unet.core.checkpoint import load_checkpoint
+        from napari_unet.core.pipeline import Pipeline
+        from napari_unet.core.stream import VolumeOutputs, predict_volume
+        from napari_unet.core.volume import create_output, open_volume
+        blocks.BLOCK, blocks.BLOCK_LIMIT = 512, 2 * 512 * 512
+        volume = open_volume({str(source)!r})
+        out = create_output({str(tmp_path / f"out{size}.zarr")!r}, volume.data.shape[:3], np.uint8, chunk=512)
+        def status(key):  # this process's own figures (ru_maxrss would count the parent's)
+            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+        before = status("VmHWM:")
+        report = predict_volume(Pipeline(load_checkpoint({model_path!r}), device="cpu", tile=256), volume.data,
+                                VolumeOutputs(out))
+        print(json.dumps({{"grew_mb": (status("VmHWM:") - before) / 2**20, "done": len(report.done)}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["done"] == 1
+    return measured["grew_mb"]
+
+
+def test_memory_does_not_grow_with_the_slice(tmp_path):
+    """Whole, a 3072² slice would hold float32 copies of it and of its output (36 MB each,
+    several of them); in blocks memory grows by one block's work whatever the slice size."""
+    torch.manual_seed(0)
+    model = str(save_checkpoint(tmp_path / "tiny.pt", UNet(UNetConfig(base_width=4, depth=2)),
+                                default_metadata("em")))
+    small, large = (_peak_growth(tmp_path, model, size) for size in (1024, 3072))
+    assert large - small < 30, (small, large)
