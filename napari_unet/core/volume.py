@@ -31,6 +31,8 @@ REGION = 2048
 # A slice of more pixels than this is opened lazily and predicted block by block
 # (`core.blocks`): its float copies would take over 100 MB each.
 LARGE_SLICE = 2 * REGION * REGION
+# The coarsest display level of a large slice is about this many pixels a side.
+SCREEN = 2048
 # Black registration padding: a region of exact zeros touching the border, at least this
 # share of the slice (small dark spots at the border are data).
 PADDING_SHARE = 0.01
@@ -173,11 +175,16 @@ def _open_tif(path: Path) -> Volume:
         rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4  # as `_as_zyxc` reads it
         planes = len(shape) - (3 if rgb else 2)
         chunks = (1,) * planes + (REGION, REGION) + ((shape[-1],) if rgb else ())
-        data = da.from_array(TifRegions(path, offset, shape, dtype), chunks=chunks, asarray=False)
-    else:
-        # tifffile's zarr interface reads a tiled tif tile by tile and a striped one strip by strip.
-        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-        data = da.from_zarr(node if hasattr(node, "shape") else node[0])
+        large = shape[planes] * shape[planes + 1] > LARGE_SLICE
+        # A large slice also gets views of every 2nd, 4th, ... pixel for display (napari shows
+        # the level that fits the screen), each read straight from the file.
+        steps = [1] + [2**k for k in range(1, 16) if large and max(shape[planes:planes + 2]) >> k > SCREEN // 2]
+        levels = [_as_zyxc(da.from_array(TifRegions(path, offset, shape, dtype, step, planes), chunks=chunks,
+                                         asarray=False), None, path.name) for step in steps]
+        return Volume(levels[0], levels if len(levels) > 1 else [], _tif_pixel_size(path))
+    # tifffile's zarr interface reads a tiled tif tile by tile and a striped one strip by strip.
+    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    data = da.from_zarr(node if hasattr(node, "shape") else node[0])
     return Volume(_as_zyxc(data, None, path.name), pixel_size_nm=_tif_pixel_size(path))
 
 
@@ -187,18 +194,34 @@ class TifRegions:
     Each read maps the file, copies the region and unmaps it, so only the rows of the
     region are read and none stay in the process (a tif page is one chunk in tifffile's
     zarr interface: a region of a 40,000² slice would read all 1.6 GB of it).
+
+    Args:
+        shape: the file's array shape; planes: how many axes come before Y and X.
+        step: > 1 for a view of every step-th pixel in Y and X (a display level).
     """
 
-    def __init__(self, path: Path, offset: int, shape: tuple, dtype) -> None:
-        self.path, self.offset, self.shape, self.dtype = Path(path), offset, shape, np.dtype(dtype)
+    def __init__(self, path: Path, offset: int, shape: tuple, dtype, step: int = 1, planes: int = 0) -> None:
+        self.path, self.offset, self.file_shape, self.dtype = Path(path), offset, tuple(shape), np.dtype(dtype)
+        self.step, self.planes = step, planes
+        self.shape = tuple(-(-n // step) if planes <= i < planes + 2 else n for i, n in enumerate(shape))
         self.ndim = len(shape)
 
     def __getitem__(self, key) -> np.ndarray:
-        mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        key = key if isinstance(key, tuple) else (key,)
+        if self.step > 1:  # the view's indices -> every step-th pixel of the file
+            key = tuple(self._scaled(k, n) if self.planes <= i < self.planes + 2 else k
+                        for i, (k, n) in enumerate(zip(key, self.shape)))
+        mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.file_shape)
         try:
             return np.array(mapped[key])
         finally:
             del mapped
+
+    def _scaled(self, key, length: int) -> slice | int:
+        if not isinstance(key, slice):
+            return range(length)[key] * self.step
+        start, stop, stride = key.indices(length)
+        return slice(start * self.step, stop * self.step, stride * self.step)
 
 
 def _tif_pixel_size(path: Path) -> tuple[float, float] | None:
@@ -326,7 +349,7 @@ def volume_levels(data, normalization: dict | None = None, samples: int = 16,
     stride = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
     values = []
     for z in np.unique(np.linspace(0, count - 1, min(count, samples)).round().astype(int)):
-        plane = np.asarray(data[int(z)])[::stride, ::stride]
+        plane = np.asarray(data[int(z), ::stride, ::stride])  # a lazy volume reads only these rows
         keep = ~padding_mask(plane)
         if plane.dtype.kind == "f":
             keep &= np.isfinite(plane).all(axis=-1)

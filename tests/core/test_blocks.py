@@ -190,3 +190,19 @@ def test_memory_does_not_grow_with_the_slice(tmp_path):
                                 default_metadata("em")))
     small, large = (_peak_growth(tmp_path, model, size) for size in (1024, 3072))
     assert large - small < 30, (small, large)
+
+
+def test_a_large_flat_tif_opens_with_display_levels_read_from_the_file(tmp_path, small_blocks, monkeypatch):
+    """napari is given every 2nd, 4th... pixel of a large slice, read straight from the tif,
+    and shows the level that fits the screen; the finest level is the data predicted."""
+    from napari_unet._reader import read_layers
+
+    monkeypatch.setattr(volume_module, "SCREEN", 256)
+    stack = np.random.default_rng(4).integers(0, 255, (2, 700, 900), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "montage.tif", stack, photometric="minisblack")
+    volume = open_volume(tmp_path / "montage.tif")
+    assert [level.shape[1:3] for level in volume.levels] == [(700, 900), (350, 450), (175, 225)]
+    np.testing.assert_array_equal(volume.levels[2][1, ..., 0], stack[1, ::4, ::4])
+    np.testing.assert_array_equal(volume.levels[1][0, 100:200, 7:, 0], stack[0, ::2, ::2][100:200, 7:])
+    data, meta, kind = read_layers(str(tmp_path / "montage.tif"))[0]
+    assert kind == "image" and meta["multiscale"] and [level.shape for level in data][0] == (2, 700, 900)
