@@ -207,3 +207,43 @@ def test_a_multiscale_ome_zarr_shows_every_level_and_predicts_the_finest(make_na
     wait_for(qtbot, predict.predict(), 120)
     assert time.perf_counter() - start < 120
     assert viewer.layers["em prediction"].data.shape == (3, 1024, 1024)
+
+
+def test_a_montage_tif_opens_with_display_levels_and_predicts_block_by_block(make_napari_viewer, qtbot, em_slices,
+                                                                             tiny_512, tmp_path, monkeypatch):
+    """A flat tif whose slice is over the size limit (limits scaled down here: 512-px blocks
+    and regions) opens as display levels read from the file; Predict reads it region by
+    region and gives the CLI's mask and cells."""
+    import tifffile
+
+    import napari_unet.core.blocks as blocks
+    import napari_unet.core.volume as volume
+
+    for module, name, value in ((blocks, "BLOCK", 512), (blocks, "BLOCK_LIMIT", 2 * 512**2),
+                                (volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512), (volume, "REGION", 512)):
+        monkeypatch.setattr(module, name, value)
+    montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
+    tifffile.imwrite(tmp_path / "montage.tif", montage, photometric="minisblack")
+    viewer = make_napari_viewer()
+    load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")[1]
+    load.path.value = str(tmp_path / "montage.tif")
+    with _LargestRead() as reads:
+        image = load.load()[0]
+        assert image.multiscale and [level.shape for level in image.data] == [(1536, 2048), (768, 1024), (384, 512)]
+        assert "1 slice(s) of 1536x2048" in load.status.value
+        predict.image.value = image
+        predict.model.value = "file"
+        predict.checkpoint.value = str(tiny_512)
+        predict.threshold.value = 0.5
+        predict.show_instances.value = True
+        wait_for(qtbot, predict.predict(), 120)
+    assert reads.largest < montage.size / 2, "a whole slice was read"
+    labels, cells = viewer.layers["montage prediction"], viewer.layers["montage cells"]
+    assert main(["predict", str(tmp_path / "montage.tif"), "--out", str(tmp_path / "cli.zarr"), "--instances",
+                 str(tmp_path / "cells.zarr"), "--model", str(tiny_512), "--threshold", "0.5"]) == 0
+    cli_mask = zarr.open_array(str(tmp_path / "cli.zarr"), mode="r")[0]
+    assert 0.2 < cli_mask.mean() < 0.8
+    np.testing.assert_array_equal(np.asarray(labels.data).reshape(cli_mask.shape), cli_mask)
+    np.testing.assert_array_equal(np.asarray(cells.data).reshape(cli_mask.shape),
+                                  zarr.open_array(str(tmp_path / "cells.zarr"), mode="r")[0])
