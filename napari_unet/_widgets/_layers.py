@@ -10,6 +10,24 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from ..core.labels import label_colours
 
+#: Slices of more pixels than this are predicted, ranked and fine-tuned by the command line
+#: only: napari reads a whole slice of a flat Labels layer to draw it (and cannot paint a
+#: multiscale one), which for a 40,000² montage is gigabytes on the GUI thread.
+GUI_SLICE_LIMIT = 16384 * 16384
+
+
+def refuse_montage(layer, shape: tuple, doing: str) -> None:
+    """Raise ValueError when ``layer``'s (Z, Y, X, ...) slices are over `GUI_SLICE_LIMIT`
+    pixels, saying which command does ``doing`` (e.g. "predict") instead."""
+    height, width = shape[1:3]
+    if height * width <= GUI_SLICE_LIMIT:
+        return
+    source = plugin_meta(layer).get("source") or "IMAGE.tif"
+    raise ValueError(f"'{layer.name}' has slices of {height:,} x {width:,} pixels, more than napari can show as labels: "
+                     f"{doing} them with the command line, which works block by block in bounded memory, e.g. "
+                     f"napari-unet predict {source} --model em-membranes --out mask.zarr")
+
+
 def label_colormap(role: str) -> DirectLabelColormap:
     """Structure in the role's colour, IGNORE in grey, background transparent (`core.labels.label_colours`)."""
     return DirectLabelColormap(color_dict=label_colours(role))

@@ -31,6 +31,7 @@ from ._layers import (
     layer_shaped,
     lazy_stack,
     plugin_meta,
+    refuse_montage,
     show_linked,
     spatial_ndim,
 )
@@ -307,6 +308,7 @@ class CorrectWidget(Container):
             image = self._image_of(layer)
             lazy = is_lazy(image)
             stack = lazy_stack(image) if lazy else image_stack(image)
+            refuse_montage(image, stack.shape, "rank (napari-unet suggest) and predict")
             if tuple(stack.shape[:3]) != labels_stack(layer).shape:
                 raise ValueError(f"'{layer.name}' and '{image.name}' differ in shape: choose the labels of this image.")
             if stack.shape[-1] != checkpoint.config.in_channels:

@@ -28,6 +28,7 @@ from ._layers import (
     layer_shaped,
     lazy_stack,
     plugin_meta,
+    refuse_montage,
     show_linked,
     slice_updates,
 )
@@ -108,6 +109,7 @@ class FineTuneWidget(Container):
                 raise ValueError("Choose the image and the corrected Labels layer (predict first).")
             lazy = is_lazy(image) or not isinstance(labels_layer.data, np.ndarray)
             stack = lazy_stack(image) if is_lazy(image) else image_stack(image)
+            refuse_montage(image, stack.shape, "fine-tune (napari-unet train --from) and predict")
             labels = labels_layer.data if labels_layer.data.ndim == 3 else np.asarray(labels_layer.data)[None]
             if labels.shape != stack.shape[:3]:
                 raise ValueError(f"'{labels_layer.name}' has shape {labels.shape} but '{image.name}' has "

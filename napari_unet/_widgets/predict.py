@@ -44,6 +44,7 @@ from ._layers import (
     linked_layers,
     linked_meta,
     plugin_meta,
+    refuse_montage,
     show_linked,
     slice_updates,
     spatial_ndim,
@@ -233,6 +234,7 @@ class PredictWidget(Container):
                 raise ValueError("No image chosen: load an image first (Load widget or File ▸ Open).")
             lazy = is_lazy(layer)
             stack = lazy_stack(layer) if lazy else image_stack(layer)
+            refuse_montage(layer, stack.shape, "predict")
             checkpoint, model_name = self.selected_checkpoint()
             device = resolve_device(self.device.value)
             if stack.shape[-1] != checkpoint.config.in_channels:

@@ -16,7 +16,7 @@ never the slice. Each block gets the numbers `Pipeline.run` gives the whole slic
   depth comes from the whole slice's enclosed regions).
 
 Models that resample (another pixel size) or use a field of view (fundus photographs)
-predict whole slices: `Pipeline.fits_blocks` says which.
+predict whole slices: `in_blocks` says which.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 
 from .calibration import shift_output
 from .data import DataError, normalize
+from .predict import FLIP_AXES, CancelCheck, PredictionCancelled, ProgressCallback, blend_window, tile_starts
 from .volume import LARGE_SLICE
-from .predict import FLIP_AXES, CancelCheck, PredictionCancelled, ProgressCallback, _tile_starts, blend_window
 
 #: Block edge in pixels (a multiple of the outputs' 1,024-pixel chunks). Prediction blocks
 #: are the nearest whole number of tile steps (`_Geometry.blocks`).
@@ -107,7 +107,10 @@ def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
     rank = q / 100 * (total - 1)
     below = math.floor(rank)
     cumulative = np.cumsum(counts)
-    value_at = lambda r: float(np.searchsorted(cumulative, r, side="right"))  # noqa: E731
+
+    def value_at(rank: int) -> float:  # the value of the rank-th smallest pixel (from 0)
+        return float(np.searchsorted(cumulative, rank, side="right"))
+
     lower, upper = value_at(below), value_at(min(below + 1, total - 1))
     return lower + (upper - lower) * (rank - below)
 
@@ -117,7 +120,7 @@ def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: Progress
     """Predict one large slice block by block into ``outputs`` (a `core.stream.VolumeOutputs`).
 
     Args:
-        pipeline: a `core.pipeline.Pipeline` that `fits_blocks`.
+        pipeline: a `core.pipeline.Pipeline` for which `in_blocks` holds.
         plane: (Y, X, C) array-like read by region.
         z: the slice's index in the outputs.
         progress: called with (tiles done, tiles total) for this slice.
@@ -130,8 +133,8 @@ def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: Progress
         PredictionCancelled: ``cancel`` returned True (the blocks written so far stay).
     """
     height, width = plane.shape[:2]
-    levels = pipeline.levels if pipeline.levels is not None else \
-        slice_levels(plane, pipeline.info.normalization, name)
+    own = slice_levels(plane, pipeline.info.normalization, name)  # also refuses a blank slice
+    levels = pipeline.levels if pipeline.levels is not None else own
     geometry = _Geometry(pipeline, height, width)
     blocks = geometry.blocks()
     total = sum(geometry.tile_count(block) for block in blocks)
@@ -165,7 +168,7 @@ class _Geometry:
         if min(self.padded) < self.tile:
             raise ValueError("A slice smaller than a tile is predicted whole, not in blocks.")
         self.step = max(1, int(round(self.tile * (1 - pipeline.overlap))))
-        self.starts = [_tile_starts(length, self.tile, self.step) for length in self.padded]
+        self.starts = [tile_starts(length, self.tile, self.step) for length in self.padded]
         shift = pipeline.info.output_shift_px
         self.halo = math.ceil(max(abs(shift[0]), abs(shift[1]))) + 1 if any(shift) else 0
         self.flips = [()] + [(FLIP_AXES[name] - 1,) for name in pipeline.info.test_time_flips]  # 0 = y, 1 = x

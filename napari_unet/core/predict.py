@@ -91,7 +91,8 @@ def blend_window(tile: int, mode: str = "gaussian") -> np.ndarray:
     return np.maximum(window, 1e-3).astype(np.float32)
 
 
-def _tile_starts(length: int, tile: int, step: int) -> list[int]:
+def tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Where the tiles of one axis start: every ``step``, the last flush with the border."""
     if length <= tile:
         return [0]
     starts = list(range(0, length - tile, step))
@@ -152,7 +153,7 @@ def sliding_window(
         source = source.pin_memory()
     source = source.to(device, non_blocking=True)
     step = max(1, int(round(tile * (1 - overlap))))
-    corners = [(y, x) for y in _tile_starts(padded.shape[2], tile, step) for x in _tile_starts(padded.shape[3], tile, step)]
+    corners = [(y, x) for y in tile_starts(padded.shape[2], tile, step) for x in tile_starts(padded.shape[3], tile, step)]
     window = torch.from_numpy(blend_window(tile, blend)).to(device)
     weights = torch.zeros(padded.shape[2:], dtype=torch.float32, device=device)
     for y, x in corners:  # the same for every image

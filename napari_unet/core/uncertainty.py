@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .blocks import SliceOf, in_blocks, predict_slice_in_blocks
 from .data import DataError
 from .pipeline import Pipeline, PipelineResult
 from .predict import CancelCheck, ProgressCallback
+from .stream import VolumeOutputs
 
 METHODS = ("margin", "flips", "both", "objects")
 DEFAULT_METHODS = {"em": "margin", "fundus": "flips"}
@@ -135,7 +137,7 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None,
         method: one of `METHODS`; default `default_method`.
         fov: (Z, Y, X) FOV the user gave (fundus), or None.
         on_slice: called with (z, uncertainty, the slice's `PipelineResult`, None for a
-            slice without image) after each slice.
+            slice without image or one predicted in blocks) after each slice.
 
     Raises:
         PredictionCancelled: ``cancel`` returned True.
@@ -150,6 +152,11 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None,
             if progress is not None:
                 progress((z * passes + p) * total + done, count * passes * total)
 
+        if in_blocks(pipeline, volume.shape[1:3]):  # a montage: never the whole slice at once
+            scores.append(_margin_in_blocks(pipeline, volume, z, method, slice_progress, cancel))
+            if on_slice is not None:
+                on_slice(z, scores[-1], None)
+            continue
         image = np.asarray(volume[z])[None]
         given = None if fov is None else np.asarray(fov[z])[None]
         try:
@@ -173,3 +180,35 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None,
         if on_slice is not None:
             on_slice(z, score, result)
     return Suggestion(scores, rank(scores, corrected))
+
+
+class _MarginCounts:
+    """Takes one slice's probabilities block by block, where `core.blocks` writes them, and
+    counts what the "margin" uncertainty needs."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold, self.near, self.structure, self.pixels = threshold, 0, 0, 0
+
+    def __setitem__(self, where, probability: np.ndarray) -> None:
+        self.near += int(np.count_nonzero(np.abs(probability - self.threshold) < MARGIN))
+        self.structure += int(np.count_nonzero(probability > self.threshold))
+        self.pixels += probability.size
+
+
+class _Discard:
+    def __setitem__(self, where, values) -> None:
+        pass
+
+
+def _margin_in_blocks(pipeline: Pipeline, volume, z: int, method: str, progress, cancel) -> float:
+    """The "margin" uncertainty of a slice too large for memory, predicted block by block
+    (`core.blocks`): the number `slice_uncertainty` gives the whole slice. NaN without image."""
+    if method != "margin":
+        raise DataError(f"Slices of {volume.shape[1]:,} x {volume.shape[2]:,} pixels are ranked block by block, "
+                        "with the 'margin' method only: choose --method margin.")
+    counts = _MarginCounts(pipeline.threshold)
+    try:
+        predict_slice_in_blocks(pipeline, SliceOf(volume, z), VolumeOutputs(_Discard(), counts), z, progress, cancel)
+    except DataError:  # no image in it: nothing to correct
+        return float("nan")
+    return counts.near / max(1.0, float(counts.structure), 0.001 * counts.pixels)

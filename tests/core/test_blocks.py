@@ -206,3 +206,20 @@ def test_a_large_flat_tif_opens_with_display_levels_read_from_the_file(tmp_path,
     np.testing.assert_array_equal(volume.levels[1][0, 100:200, 7:, 0], stack[0, ::2, ::2][100:200, 7:])
     data, meta, kind = read_layers(str(tmp_path / "montage.tif"))[0]
     assert kind == "image" and meta["multiscale"] and [level.shape for level in data][0] == (2, 700, 900)
+
+
+def test_a_montage_is_ranked_block_by_block_as_whole(montage, small_blocks, monkeypatch):
+    """`suggest` ("margin", the EM default) scores a montage slice in blocks with the number
+    the whole slice gives; the other methods, which need whole slices, are refused."""
+    from napari_unet.core.uncertainty import suggest
+
+    stack = np.concatenate([montage, montage[:, ::-1], np.zeros_like(montage)])
+    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
+    in_blocks = suggest(pipeline, stack, corrected=[1])
+    monkeypatch.setattr(blocks, "BLOCK_LIMIT", float("inf"))
+    whole = suggest(pipeline, stack, corrected=[1])
+    np.testing.assert_allclose(in_blocks.uncertainty, whole.uncertainty, rtol=1e-6)
+    assert in_blocks.order == whole.order == [0] and np.isnan(in_blocks.uncertainty[2])
+    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
+    with pytest.raises(DataError, match="margin"):
+        suggest(pipeline, stack, method="flips")
