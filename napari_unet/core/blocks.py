@@ -36,6 +36,8 @@ from .volume import LARGE_SLICE
 BLOCK = 3072
 #: Slices with more pixels than this are predicted in blocks.
 BLOCK_LIMIT = LARGE_SLICE
+#: Slices that cannot go in blocks are refused over this many pixels (on the model's grid).
+WHOLE_LIMIT = 16384 * 16384
 #: Pixels of mask read around a block to grow watershed cells: more than a cell's radius.
 CELL_HALO = 256
 #: Pixels sampled for the levels of a slice that is not 8- or 16-bit.
@@ -270,6 +272,22 @@ def in_blocks(pipeline, shape: tuple[int, int]) -> bool:
     """Whether a (Y, X) slice is predicted block by block: more than `BLOCK_LIMIT` pixels,
     a grey model predicting at its own pixel size (no resampling, no field of view)."""
     return shape[0] * shape[1] > BLOCK_LIMIT and not pipeline.uses_fov and pipeline.scale is None
+
+
+def refuse_whole(pipeline, shape: tuple[int, int]) -> None:
+    """Raise DataError for a slice that cannot go in blocks (the model resamples it, or uses a
+    field of view) and is over `WHOLE_LIMIT` pixels on the model's grid: predicted whole it
+    would need about 22 bytes a pixel (over 6 GB)."""
+    zoom = 1.0 if pipeline.scale is None else pipeline.scale[0] * pipeline.scale[1]
+    if in_blocks(pipeline, shape) or shape[0] * shape[1] * zoom <= WHOLE_LIMIT:
+        return
+    if pipeline.uses_fov:
+        raise DataError(f"Photographs of {shape[0]:,} x {shape[1]:,} pixels are too large to predict whole: "
+                        "downscale them (the model works at about 565 pixels across the field of view).")
+    raise DataError(f"Slices of {shape[0]:,} x {shape[1]:,} pixels are predicted block by block only at the "
+                    f"model's own pixel size ({pipeline.info.pixel_size_nm[0]:g} nm), and resampled whole they "
+                    "would not fit in memory: resample the montage to the model's pixel size first, or leave the "
+                    "pixel size out to predict it as it is.")
 
 
 class SliceOf:

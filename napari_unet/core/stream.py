@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .blocks import SliceOf, block_grid, in_blocks, label_cells_in_blocks, predict_slice_in_blocks
+from .blocks import SliceOf, block_grid, in_blocks, label_cells_in_blocks, predict_slice_in_blocks, refuse_whole
 from .data import DataError
 from .pipeline import Pipeline, PipelineResult
 from .predict import CancelCheck, PredictionCancelled, ProgressCallback
@@ -84,6 +84,7 @@ def predict_volume(
         A `StreamReport`; a cancel stops between batches and is reported, not raised.
     """
     start = time.perf_counter()
+    refuse_whole(pipeline, volume.shape[1:3])
     slices = list(range(volume.shape[0])) if slices is None else list(slices)
     report = StreamReport()
     offset, structure, pixels = 0, 0, 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import SliceOf, in_blocks, predict_slice_in_blocks
+from .blocks import SliceOf, in_blocks, predict_slice_in_blocks, refuse_whole
 from .data import DataError
 from .pipeline import Pipeline, PipelineResult
 from .predict import CancelCheck, ProgressCallback
@@ -143,6 +143,7 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None,
         PredictionCancelled: ``cancel`` returned True.
     """
     method = method or default_method(pipeline)
+    refuse_whole(pipeline, volume.shape[1:3])
     count = volume.shape[0]
     passes = 2 if method in ("flips", "both") else 1
     scores: list[float] = []

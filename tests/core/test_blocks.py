@@ -223,3 +223,16 @@ def test_a_montage_is_ranked_block_by_block_as_whole(montage, small_blocks, monk
     monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
     with pytest.raises(DataError, match="margin"):
         suggest(pipeline, stack, method="flips")
+
+
+def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read(monkeypatch):
+    """A 40,000² slice at twice the model's pixel size cannot go in blocks (resampling is
+    whole-slice) and would need ~140 GB whole: one message, nothing read or written."""
+    import dask.array as da
+
+    montage = da.zeros((1, 40000, 40000, 1), dtype=np.uint8, chunks=(1, 2048, 2048, 1))
+    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu", pixel_size=8.0)
+    outputs = VolumeOutputs(np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="resample the montage to the model's pixel size"):
+        predict_volume(pipeline, montage, outputs)
+    assert blocks.in_blocks(Pipeline(load_checkpoint("em-membranes"), device="cpu"), (40000, 40000))
