@@ -22,6 +22,10 @@ predict whole slices: `in_blocks` says which.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -139,22 +143,63 @@ def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: Progress
     levels = pipeline.levels if pipeline.levels is not None else own
     geometry = _Geometry(pipeline, height, width)
     blocks = geometry.blocks()
-    total = sum(geometry.tile_count(block) for block in blocks)
+    cache = _TileCache(Counter(key for block in blocks for key, _y, _x in geometry.tile_keys(block)))
     done, structure = 0, 0
-    for y0, y1, x0, x1 in blocks:
 
-        def block_progress(count: int, first: int = done) -> None:
-            if progress is not None:
-                progress(first + count, total)
+    def tiles_done(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, len(cache.needs))
 
-        probability = geometry.predict_block(plane, (y0, y1, x0, x1), levels, block_progress, cancel)
-        done += geometry.tile_count((y0, y1, x0, x1))
-        mask = (probability > pipeline.threshold).astype(np.uint8)
-        outputs.mask[z, y0:y1, x0:x1] = mask
-        if outputs.probabilities is not None:
-            outputs.probabilities[z, y0:y1, x0:x1] = probability
-        structure += int(mask.sum())
+    try:
+        for y0, y1, x0, x1 in blocks:
+            probability = geometry.predict_block(plane, (y0, y1, x0, x1), levels, cache, tiles_done, cancel)
+            mask = (probability > pipeline.threshold).astype(np.uint8)
+            outputs.mask[z, y0:y1, x0:x1] = mask
+            if outputs.probabilities is not None:
+                outputs.probabilities[z, y0:y1, x0:x1] = probability
+            structure += int(mask.sum())
+    finally:
+        cache.close()
     return structure
+
+
+class _TileCache:
+    """The network's output for tiles that several blocks need (those on a block border):
+    computed once, kept on disk (a row of them spans the slice) until the last block that
+    needs one has used it.
+
+    Args:
+        needs: how many blocks need each tile, by key.
+    """
+
+    def __init__(self, needs: Counter) -> None:
+        self.needs, self.left = needs, Counter(needs)
+        self.folder = Path(tempfile.mkdtemp(prefix="napari-unet-tiles-"))
+
+    def _path(self, key) -> Path:
+        return self.folder / ("_".join(map(str, (*key[0], "", *key[1:]))) + ".npy")
+
+    def get(self, key) -> np.ndarray | None:
+        """A tile's output if an earlier block computed it, else None."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        values = np.load(path)
+        self.left[key] -= 1
+        if self.left[key] == 0:
+            path.unlink()
+        return values
+
+    def put(self, key, values: torch.Tensor) -> None:
+        """A tile just computed: kept when a later block needs it too."""
+        self.left[key] -= 1
+        if self.left[key] > 0:
+            np.save(self._path(key), values.cpu().numpy())
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class _Geometry:
@@ -205,11 +250,16 @@ class _Geometry:
             sources.append(self._frame((chosen[0], chosen[-1] + self.tile), axis, flips))
         return starts, sources
 
-    def tile_count(self, block) -> int:
-        return sum(len(ys) * len(xs) for (ys, xs), _ in (self._tiles(block, flips) for flips in self.flips))
+    def tile_keys(self, block) -> list[tuple[tuple[int, ...], int, int]]:
+        """(flips, y, x) of every tile the block needs, each pass's in its own frame."""
+        return [(flips, y, x) for flips in self.flips for ys, xs in [self._tiles(block, flips)[0]]
+                for y in ys for x in xs]
 
-    def predict_block(self, plane, block, levels, progress, cancel) -> np.ndarray:
-        """(y1 - y0, x1 - x0) float32 probabilities of one block, as the whole slice has them."""
+    def predict_block(self, plane, block, levels, cache: _TileCache, progress, cancel) -> np.ndarray:
+        """(y1 - y0, x1 - x0) float32 probabilities of one block, as the whole slice has them.
+
+        Tiles another block computed come from ``cache``; ``progress`` is called with the
+        number of tiles computed after each batch."""
         plans = [(flips, *self._tiles(block, flips)) for flips in self.flips]
         # One source region (padded coordinates) serves every pass.
         source = [(min(p[2][axis][0] for p in plans), max(p[2][axis][1] for p in plans)) for axis in (0, 1)]
@@ -219,7 +269,7 @@ class _Geometry:
         batch = self.pipeline.batch_size or predictor.batch_size(self.tile)
         window = torch.from_numpy(blend_window(self.tile, self.pipeline.blend)).to(device)
         extended = self._extended(block)
-        total, done = None, 0
+        total = None
         with torch.inference_mode():
             for flips, (ys, xs), _sources in plans:
                 frame = torch.from_numpy(image).to(device)
@@ -229,18 +279,35 @@ class _Geometry:
                 origin = [self._frame(source[axis], axis, flips)[0] for axis in (0, 1)]
                 output = torch.zeros(frame.shape[1:], dtype=torch.float32, device=device)
                 weights = torch.zeros_like(output)
-                jobs = [(y - origin[0], x - origin[1]) for y in ys for x in xs]
-                for y, x in jobs:
+                jobs = [((flips, y, x), y - origin[0], x - origin[1]) for y in ys for x in xs]
+                for _key, y, x in jobs:
                     weights[y : y + self.tile, x : x + self.tile] += window
-                for first in range(0, len(jobs), batch):
+                pending: list = []
+
+                def run(pending: list) -> None:
                     if cancel is not None and cancel():
                         raise PredictionCancelled("Prediction cancelled.")
-                    part = jobs[first : first + batch]
-                    tiles = torch.stack([frame[:, y : y + self.tile, x : x + self.tile] for y, x in part])
-                    for (y, x), values in zip(part, predictor(tiles).float()):
+                    tiles = torch.stack([frame[:, y : y + self.tile, x : x + self.tile] for _key, y, x in pending])
+                    for (key, y, x), values in zip(pending, predictor(tiles).float()):
+                        cache.put(key, values[0])
                         output[y : y + self.tile, x : x + self.tile] += values[0] * window
-                    done += len(part)
-                    progress(done)
+                    progress(len(pending))
+                    pending.clear()
+
+                # In the whole slice's order (so the same sums): batches of new tiles, and
+                # between them the tiles an earlier block computed.
+                for key, y, x in jobs:
+                    cached = cache.get(key)
+                    if cached is None:
+                        pending.append((key, y, x))
+                        if len(pending) == batch:
+                            run(pending)
+                        continue
+                    if pending:
+                        run(pending)
+                    output[y : y + self.tile, x : x + self.tile] += torch.from_numpy(cached).to(device) * window
+                if pending:
+                    run(pending)
                 # The extended block in this frame, relative to the source region.
                 cut = [self._frame((lo + self.margin, hi + self.margin), axis, flips)
                        for axis, (lo, hi) in enumerate(extended)]
