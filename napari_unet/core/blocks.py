@@ -153,16 +153,34 @@ def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: Progress
             progress(done, len(cache.needs))
 
     try:
-        for y0, y1, x0, x1 in blocks:
-            probability = geometry.predict_block(plane, (y0, y1, x0, x1), levels, cache, tiles_done, cancel)
-            mask = (probability > pipeline.threshold).astype(np.uint8)
-            outputs.mask[z, y0:y1, x0:x1] = mask
-            if outputs.probabilities is not None:
-                outputs.probabilities[z, y0:y1, x0:x1] = probability
-            structure += int(mask.sum())
+        for block in blocks:
+            structure += predict_block_into(pipeline, plane, outputs, z, block, levels, cache, tiles_done, cancel,
+                                            geometry)
     finally:
         cache.close()
     return structure
+
+
+def predict_block_into(pipeline, plane, outputs, z: int, block: tuple[int, int, int, int], levels,
+                       cache: _TileCache | None = None, progress=None, cancel: CancelCheck | None = None,
+                       geometry: _Geometry | None = None) -> int:
+    """Predict one (y0, y1, x0, x1) block of slice ``z`` and write its mask (and probability)
+    into ``outputs``; returns its structure pixels. Without ``cache`` every tile it needs is
+    predicted (a cluster's block, `core.cluster`)."""
+    geometry = geometry or _Geometry(pipeline, *plane.shape[:2])
+    own = cache is None
+    cache = cache or _TileCache(Counter(key for key, _y, _x in geometry.tile_keys(block)))
+    try:
+        probability = geometry.predict_block(plane, block, levels, cache, progress or (lambda count: None), cancel)
+    finally:
+        if own:
+            cache.close()
+    y0, y1, x0, x1 = block
+    mask = (probability > pipeline.threshold).astype(np.uint8)
+    outputs.mask[z, y0:y1, x0:x1] = mask
+    if outputs.probabilities is not None:
+        outputs.probabilities[z, y0:y1, x0:x1] = probability
+    return int(mask.sum())
 
 
 class _TileCache:
@@ -220,12 +238,18 @@ class _Geometry:
         self.halo = math.ceil(max(abs(shift[0]), abs(shift[1]))) + 1 if any(shift) else 0
         self.flips = [()] + [(FLIP_AXES[name] - 1,) for name in pipeline.info.test_time_flips]  # 0 = y, 1 = x
 
-    def blocks(self) -> list[tuple[int, int, int, int]]:
-        """The slice's prediction blocks: a whole number of tile steps, cut through the middle
-        of a tile, where no other tile overlaps it. Each border then costs one extra row of
-        tiles (a tile on it is predicted for both blocks), the least any cut can."""
-        steps = max(1, round(BLOCK / self.step))
-        return block_grid(self.height, self.width, steps * self.step, steps * self.step + self.tile // 2 - self.margin)
+    @property
+    def edge(self) -> int:
+        """The prediction blocks' edge: the whole number of tile steps nearest `BLOCK`."""
+        return max(1, round(BLOCK / self.step)) * self.step
+
+    def blocks(self, chunked: bool = False) -> list[tuple[int, int, int, int]]:
+        """The slice's prediction blocks, cut through the middle of a tile, where no other tile
+        overlaps it: a tile on a border is needed by both blocks, the fewest any cut gives.
+        ``chunked``: cut every `edge` pixels instead, so each block is whole chunks of a
+        store chunked by `edge` (a cluster's workers then never write the same chunk)."""
+        first = self.edge if chunked else self.edge + self.tile // 2 - self.margin
+        return block_grid(self.height, self.width, self.edge, first)
 
     def _extended(self, block: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """(y, x) ranges of the block and its shift halo, inside the slice."""
@@ -333,6 +357,11 @@ class _Geometry:
         pad = [(y0 - (py0 - m), (py1 - m) - y1), (x0 - (px0 - m), (px1 - m) - x1), (0, 0)]
         region = np.pad(region, pad, mode="symmetric")
         return np.ascontiguousarray(region.transpose(2, 0, 1))
+
+
+def prediction_edge(pipeline, shape: tuple[int, int]) -> int:
+    """The edge of a slice's prediction blocks (`_Geometry.edge`): a cluster chunks its stores by it."""
+    return _Geometry(pipeline, *shape).edge
 
 
 def in_blocks(pipeline, shape: tuple[int, int]) -> bool:

@@ -1,5 +1,10 @@
 """A volume predicted on a dask cluster: blocks of whole slices, written into one zarr store.
 
+Slices too large for one worker's memory (montages, `core.blocks`) are spread over the
+workers block by block instead: each block is whole chunks of the stores, its slice's
+levels come from one task before it, and its cells are labelled once the slice's mask is
+whole, so they equal one process's too.
+
 dask.distributed schedules the blocks (a local cluster, or an HPC / cloud one given by
 its scheduler address); nothing here is a scheduler. Why it is safe and resumable:
 
@@ -30,8 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import blocks
+from .blocks import refuse_whole
 from .checkpoint import Checkpoint
 from .data import DataError
+from .pipeline import Pipeline
 from .volume import create_output, open_volume
 
 try:
@@ -76,23 +84,73 @@ class _ModelOnWorkers(WorkerPlugin):
 def _predict_block(model: str, source: str, outs: dict, slices: list[int], levels, settings: dict) -> dict:
     """Runs on a worker: predict some whole slices of the volume into the stores, with the
     model held by the worker plugin named ``model``. Cell ids are each slice's own (from 1)."""
-    import torch
     import zarr
-    from distributed import get_worker
 
-    from .pipeline import Pipeline
     from .stream import VolumeOutputs, predict_volume
 
-    checkpoint = get_worker().plugins[model].checkpoint
-    if settings.get("threads"):
-        torch.set_num_threads(settings["threads"])
     stores = {name: zarr.open_array(path, mode="r+") for name, path in outs.items()}
-    pipeline = Pipeline(checkpoint, device="cpu" if settings["cpu"] else "auto", tile=settings["tile"],
-                        overlap=settings["overlap"], batch_size=settings["batch_size"],
-                        pixel_size=settings["pixel_size"], fov=settings["fov"], threshold=settings["threshold"],
-                        instances="instances" in stores, levels=levels)
+    pipeline = _worker_pipeline(model, settings, levels, instances="instances" in stores)
     report = predict_volume(pipeline, open_volume(source).data, VolumeOutputs(**stores), slices, global_ids=False)
     return {"slices": slices, "blank": report.blank, "cells": {str(z): n for z, n in report.cells.items()}}
+
+
+def _worker_pipeline(model: str, settings: dict, levels, instances: bool = False):
+    """On a worker: the `Pipeline` of the job's settings, with the model held by the worker
+    plugin named ``model``, and the client's block sizes (every worker cuts the same blocks)."""
+    import torch
+    from distributed import get_worker
+
+    if settings.get("threads"):
+        torch.set_num_threads(settings["threads"])
+    blocks.BLOCK, blocks.BLOCK_LIMIT = settings["block_sizes"]
+    return Pipeline(get_worker().plugins[model].checkpoint, device="cpu" if settings["cpu"] else "auto",
+                    tile=settings["tile"], overlap=settings["overlap"], batch_size=settings["batch_size"],
+                    pixel_size=settings["pixel_size"], fov=settings["fov"], threshold=settings["threshold"],
+                    instances=instances, levels=levels)
+
+
+def _montage_levels(model: str, source: str, z: int, settings: dict) -> list | None:
+    """On a worker: slice ``z``'s own intensity levels (`blocks.slice_levels`), read block
+    by block; None for a slice without image."""
+    from .blocks import SliceOf, slice_levels
+
+    pipeline = _worker_pipeline(model, settings, None)
+    try:
+        return [level.tolist() for level in slice_levels(SliceOf(open_volume(source).data, z),
+                                                         pipeline.info.normalization)]
+    except DataError:
+        return None
+
+
+def _predict_region(model: str, source: str, outs: dict, z: int, region: tuple, levels, own, settings: dict) -> bool:
+    """On a worker: one block of a montage slice (whole chunks of the stores), with the
+    volume's ``levels`` or else the slice's ``own``. Returns True for a slice without image
+    (the block is written empty)."""
+    import zarr
+
+    from .blocks import SliceOf, predict_block_into
+    from .stream import VolumeOutputs
+
+    stores = {name: zarr.open_array(path, mode="r+") for name, path in outs.items() if name != "instances"}
+    y0, y1, x0, x1 = region
+    if own is None:
+        for store in stores.values():
+            store[z, y0:y1, x0:x1] = 0
+        return True
+    pipeline = _worker_pipeline(model, settings, levels)
+    chosen = pipeline.levels if pipeline.levels is not None else tuple(np.asarray(level, np.float32) for level in own)
+    predict_block_into(pipeline, SliceOf(open_volume(source).data, z), VolumeOutputs(**stores), z, region, chosen)
+    return False
+
+
+def _montage_cells(model: str, mask: str, local: str, z: int, settings: dict) -> int:
+    """On a worker: the cells of a montage slice, block by block, numbered from 1."""
+    import zarr
+
+    from .blocks import label_cells_in_blocks
+
+    method = _worker_pipeline(model, settings, None).info.instance_method
+    return label_cells_in_blocks(zarr.open_array(mask, mode="r"), z, zarr.open_array(local, mode="r+"), method)
 
 
 def _number_cells(local: str, path: str, slices: list[int], offsets: dict) -> None:
@@ -101,10 +159,13 @@ def _number_cells(local: str, path: str, slices: list[int], offsets: dict) -> No
     (`stream.predict_volume`). Reading one store and writing another makes a rerun safe."""
     import zarr
 
+    from .blocks import block_grid
+
     source, target = zarr.open_array(local, mode="r"), zarr.open_array(path, mode="r+")
     for z in slices:
-        cells = np.asarray(source[z])
-        target[z] = np.where(cells > 0, cells + np.uint32(offsets[str(z)]), 0).astype(np.uint32)
+        for y0, y1, x0, x1 in block_grid(*source.shape[1:]):  # a montage slice would not fit in memory
+            cells = np.asarray(source[z, y0:y1, x0:x1])
+            target[z, y0:y1, x0:x1] = np.where(cells > 0, cells + np.uint32(offsets[str(z)]), 0).astype(np.uint32)
 
 
 def predict_on_cluster(
@@ -157,28 +218,38 @@ def predict_on_cluster(
     if instances is not None:  # each slice's own ids first, numbered through the volume at the end
         outs["instances"] = str(Path(instances).with_name(f".{Path(instances).name}.local.zarr"))
     settings = {"threshold": threshold, "pixel_size": pixel_size, "tile": tile, "overlap": overlap,
-                "batch_size": batch_size, "fov": fov, "threads": threads, "cpu": cpu}
+                "batch_size": batch_size, "fov": fov, "threads": threads, "cpu": cpu,
+                "block_sizes": [blocks.BLOCK, blocks.BLOCK_LIMIT]}
+    # Montage slices go to the workers block by block, each block whole chunks of the stores.
+    probe = Pipeline(checkpoint, device="cpu", tile=tile, overlap=overlap, pixel_size=pixel_size, fov=fov)
+    refuse_whole(probe, shape[1:3])
+    edge = blocks.prediction_edge(probe, shape[1:3]) if blocks.in_blocks(probe, shape[1:3]) else None
     job = _job(checkpoint, source, shape, levels, {k: v for k, v in settings.items() if k not in ("threads", "cpu")})
     job["outputs"] = sorted(outs)
     records = record_folder(out)
     done = _resume(out, records, job)
     if not done:
         dtypes = {"mask": np.uint8, "probabilities": np.float32, "instances": np.uint32}
+        chunk = {"chunk": edge} if edge else {}
         for name, path in outs.items():
-            create_output(path, shape, dtypes[name])
+            create_output(path, shape, dtypes[name], **chunk)
         if instances is not None:
-            create_output(instances, shape, np.uint32)
+            create_output(instances, shape, np.uint32, **chunk)
         records.mkdir(parents=True, exist_ok=True)
         (records / "job.json").write_text(json.dumps(job, indent=1))
-    blocks = [list(range(z, min(z + block, shape[0]))) for z in range(0, shape[0], block)]
-    todo = [b for b in blocks if f"{b[0]}-{b[-1]}" not in done]
-    report = ClusterReport(skipped=[z for b in blocks if b not in todo for z in b])
+    runs = [list(range(z, min(z + block, shape[0]))) for z in range(0, shape[0], block)]
+    todo = [b for b in runs if f"{b[0]}-{b[-1]}" not in done]
+    report = ClusterReport(skipped=[] if edge else [z for b in runs if b not in todo for z in b])
     counts: dict[str, int] = {}
     for name in done:  # what the earlier run's blocks recorded
         counts.update(json.loads((records / name).read_text() or "{}").get("cells", {}))
     model = f"napari-unet-model-{job['model']}"
     client.register_plugin(_ModelOnWorkers(model, checkpoint), name=model)
     try:
+        if edge:
+            _montage_on_cluster(client, model, source, outs, shape, edge, levels, settings, records, done, report,
+                                counts, progress)
+            todo = []
         futures = [client.submit(_predict_block, model, source, outs, b, levels, settings, pure=False,
                                  retries=3) for b in todo]
         finished = len(report.skipped)
@@ -199,7 +270,7 @@ def predict_on_cluster(
                 offsets[str(z)] = total
                 total += int(counts.get(str(z), 0))
             client.gather([client.submit(_number_cells, outs["instances"], str(instances), b, offsets, pure=False,
-                                         retries=3) for b in blocks])
+                                         retries=3) for b in runs])
             shutil.rmtree(outs["instances"], ignore_errors=True)
     finally:
         client.unregister_worker_plugin(model)
@@ -224,3 +295,45 @@ def _resume(out: Path, records: Path, job: dict) -> set[str]:
         raise DataError(f"{out} exists and holds another result (other data, model or settings): choose another "
                         "--out, or remove it (and its .blocks folder beside it) to start again.")
     return {p.name for p in records.iterdir() if p.name != "job.json"}
+
+
+def _montage_on_cluster(client, model: str, source: str, outs: dict, shape: tuple, edge: int, levels,
+                        settings: dict, records: Path, done: set, report: ClusterReport, counts: dict,
+                        progress) -> None:
+    """Slices too large for one worker's memory: each slice's levels on a worker, then its
+    blocks (``edge`` pixels, whole chunks) spread over the workers, then its cells, once
+    its mask is whole. A record per block (``z.y0.x0``) and per slice's cells lets a rerun
+    skip what is done."""
+    from distributed import as_completed
+
+    regions = blocks.block_grid(shape[1], shape[2], edge, edge)
+
+    def record(z: int, region: tuple) -> str:
+        return f"{z}.{region[0]}.{region[2]}"
+
+    todo = {z: [r for r in regions if record(z, r) not in done] for z in range(shape[0])}
+    report.skipped = [z for z in range(shape[0]) if not todo[z]]
+    # Each slice's own levels: the ones used without volume levels, and None for a blank slice.
+    own = {z: client.submit(_montage_levels, model, source, z, settings, pure=False, retries=3)
+           for z in todo if todo[z]}
+    futures = {client.submit(_predict_region, model, source, outs, z, region, levels, own[z], settings,
+                             pure=False, retries=3): (z, region) for z in todo for region in todo[z]}
+    left = {z: len(todo[z]) for z in todo}
+    for future in as_completed(futures):
+        z, region = futures[future]
+        (records / record(z, region)).write_text(json.dumps({"blank": future.result()}))
+        left[z] -= 1
+        if left[z] == 0:
+            report.done.append(z)
+            if progress is not None:
+                progress(len(report.done) + len(report.skipped), shape[0])
+    blank = [z for z in range(shape[0]) if json.loads((records / record(z, regions[0])).read_text())["blank"]]
+    report.blank.extend(blank)
+    if "instances" not in outs:
+        return
+    cells = {client.submit(_montage_cells, model, outs["mask"], outs["instances"], z, settings, pure=False,
+                           retries=3): z for z in range(shape[0]) if f"cells-{z}" not in done and z not in blank}
+    for future in as_completed(cells):
+        z = cells[future]
+        counts[str(z)] = future.result()
+        (records / f"cells-{z}").write_text(json.dumps({"cells": {str(z): counts[str(z)]}}))

@@ -132,3 +132,39 @@ def test_cli_options_for_clusters(volume, tmp_path, capsys):
     assert "--instances is a zarr store" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "m.zarr"), "--workers", "0"]) == 2
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_a_montage_slice_is_spread_over_the_workers_block_by_block(client, isbi_stack, tmp_path, monkeypatch):
+    """One slice too large for a worker (limits scaled down: blocks of 432 px) is predicted
+    block by block on both workers, each block whole chunks of the stores: the masks and
+    cells of one process, probabilities within float rounding; a blank slice stays empty;
+    a rerun skips every block."""
+    import napari_unet.core.blocks as blocks
+
+    monkeypatch.setattr(blocks, "BLOCK", 432)
+    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
+    a, b = isbi_stack.images[3, :, :, 0], isbi_stack.images[17, :, :, 0]
+    montage = np.stack([np.block([[a, b[:, ::-1]], [b[::-1], a]])[:700, :900], np.zeros((700, 900), np.uint8)])
+    path = tmp_path / "montage.zarr"
+    zarr.open_array(str(path), mode="w", shape=montage.shape, chunks=(1, 256, 256), dtype=np.uint8)[:] = montage
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = VolumeOutputs(np.zeros(montage.shape, np.uint8), np.zeros(montage.shape, np.float32),
+                                 np.zeros(montage.shape, np.uint32))
+        predict_volume(Pipeline(load_checkpoint("em-membranes"), threshold=0.55, instances=True, device="cpu"),
+                       open_volume(path).data, expected)
+    finally:
+        torch.set_num_threads(threads)
+    out, probabilities, cells = tmp_path / "mask.zarr", tmp_path / "prob.zarr", tmp_path / "cells.zarr"
+    report = _run(client, path, out, probabilities=probabilities, instances=cells)
+    assert report.done == [0, 1] and report.blank == [1]
+    mask = zarr.open_array(str(out), mode="r")
+    assert mask.chunks == (1, 432, 432)  # a block is whole chunks: no two workers write one
+    np.testing.assert_array_equal(mask[:], expected.mask)
+    np.testing.assert_allclose(zarr.open_array(str(probabilities), mode="r")[:], expected.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(zarr.open_array(str(cells), mode="r")[:], expected.instances)
+    assert expected.instances.max() > 50
+    records = sorted(p.name for p in record_folder(out).iterdir())
+    assert len(records) == 2 * 6 + 1 + 1  # 2 x 3 blocks a slice, the cells of slice 0, the job
+    assert _run(client, path, out, probabilities=probabilities, instances=cells).skipped == [0, 1]
