@@ -401,10 +401,11 @@ class SliceOf:
 def label_cells_in_blocks(mask, z: int, cells, method: str, offset: int = 0, seed_depth: float = 0.7) -> int:
     """Cells of slice ``z`` of a (Z, Y, X) membrane mask, block by block, into ``cells``.
 
-    The partition equals `core.predict.cell_instances` of the whole slice: "components"
-    exactly (regions that touch across a block border are one region); "watershed"
-    as long as cells are narrower than `CELL_HALO` (each block grows its cells with that
-    much mask around it, from seeds whose depth is the whole slice's median radius).
+    The partition is `core.predict.cell_instances`'s of the whole slice: "components"
+    exactly (regions that touch across a block border are one region); "watershed" but
+    for where a watershed line falls on a tie (each block grows its cells with `CELL_HALO`
+    pixels of mask around it, from seeds whose depth is the whole slice's median radius;
+    the flooding order of ties follows the array's extent).
 
     Args:
         mask: (Z, Y, X) array-like read by region (the prediction's mask store).

@@ -34,10 +34,10 @@ DEFAULT_METHODS = {"em": "margin", "fundus": "flips"}
 MARGIN = 0.2
 
 
-def _per_structure(amount: float, mask: np.ndarray) -> float:
-    """``amount`` per pixel of predicted structure (one pixel at least, so an empty
-    prediction of an empty slice is not infinitely uncertain)."""
-    return float(amount) / max(1.0, float(np.count_nonzero(mask)), 0.001 * mask.size)
+def _per_structure(amount: float, structure: int, pixels: int) -> float:
+    """``amount`` per pixel of predicted structure (of ``pixels``, at least one and 0.1 %
+    of them, so an empty prediction of an empty slice is not infinitely uncertain)."""
+    return float(amount) / max(1.0, float(structure), 0.001 * pixels)
 
 
 def _objects(mask: np.ndarray, cells: bool) -> int:
@@ -73,11 +73,12 @@ def slice_uncertainty(probability: np.ndarray, threshold: float, method: str = "
     values = probability[inside]
     mask = values > threshold
     if method == "margin":
-        return _per_structure(np.count_nonzero(np.abs(values - threshold) < MARGIN), mask)
+        return _per_structure(np.count_nonzero(np.abs(values - threshold) < MARGIN), np.count_nonzero(mask),
+                              mask.size)
     if method in ("flips", "both"):
         if flipped is None:
             raise ValueError(f"method '{method}' needs the slice predicted flipped (one more pass).")
-        flips = _per_structure(np.abs(values - flipped[inside]).sum(), mask)
+        flips = _per_structure(np.abs(values - flipped[inside]).sum(), np.count_nonzero(mask), mask.size)
         return flips if method == "flips" else flips + slice_uncertainty(probability, threshold, "margin", fov)
     low, mid, high = (np.where(inside, probability > t, False) for t in (threshold - MARGIN, threshold,
                                                                          threshold + MARGIN))
@@ -212,4 +213,4 @@ def _margin_in_blocks(pipeline: Pipeline, volume, z: int, method: str, progress,
         predict_slice_in_blocks(pipeline, SliceOf(volume, z), VolumeOutputs(_Discard(), counts), z, progress, cancel)
     except DataError:  # no image in it: nothing to correct
         return float("nan")
-    return counts.near / max(1.0, float(counts.structure), 0.001 * counts.pixels)
+    return _per_structure(counts.near, counts.structure, counts.pixels)
