@@ -143,7 +143,7 @@ def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: Progress
     levels = pipeline.levels if pipeline.levels is not None else own
     geometry = _Geometry(pipeline, height, width)
     blocks = geometry.blocks()
-    cache = _TileCache(Counter(key for block in blocks for key, _y, _x in geometry.tile_keys(block)))
+    cache = _TileCache(Counter(key for block in blocks for key in geometry.tile_keys(block)))
     done, structure = 0, 0
 
     def tiles_done(count: int) -> None:
@@ -169,7 +169,7 @@ def predict_block_into(pipeline, plane, outputs, z: int, block: tuple[int, int, 
     predicted (a cluster's block, `core.cluster`)."""
     geometry = geometry or _Geometry(pipeline, *plane.shape[:2])
     own = cache is None
-    cache = cache or _TileCache(Counter(key for key, _y, _x in geometry.tile_keys(block)))
+    cache = cache or _TileCache(Counter(geometry.tile_keys(block)))
     try:
         probability = geometry.predict_block(plane, block, levels, cache, progress or (lambda count: None), cancel)
     finally:

@@ -72,7 +72,11 @@ def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, m
     pipeline = Pipeline(checkpoint, device="cpu", instances=True, threshold=threshold)
     assert blocks.in_blocks(pipeline, montage.shape[1:3])
     whole = pipeline.run(montage)
+    predictor, tiles = pipeline.predictor, []
+    pipeline.predictor = lambda batch: tiles.append(len(batch)) or predictor(batch)
     outputs, report = _streamed(pipeline, montage)
+    geometry = blocks._Geometry(pipeline, *montage.shape[1:3])
+    assert sum(tiles) == len(geometry.starts[0]) * len(geometry.starts[1]) * len(geometry.flips)  # each tile once
     assert len(blocks._Geometry(pipeline, *montage.shape[1:3]).blocks()) >= 4
     np.testing.assert_allclose(outputs.probabilities, whole.probabilities, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(outputs.mask, whole.mask)
