@@ -86,8 +86,9 @@ def main() -> None:
     rows.append({"step": "napari draws it", "seconds": 5.0, "longest_stall_s": settle(5.0)})
     viewer.dims.set_current_step(0, 1)
     rows.append({"step": "next slice", "seconds": 5.0, "longest_stall_s": settle(5.0)})
-    viewer.camera.zoom = 1.0  # one screen pixel per image pixel: the finest level
-    viewer.camera.center = (0, args.size / 2, args.size / 2)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.zoom = 1.0  # one screen pixel per image pixel: the finest level
+    camera.center = (0, args.size / 2, args.size / 2)
     rows.append({"step": "zoom to full resolution", "seconds": 5.0, "longest_stall_s": settle(5.0)})
     viewer.screenshot(str(work / "montage_gui.png"), canvas_only=False)
     # Once napari and dask are imported (the first Load imports them): Load it again.
