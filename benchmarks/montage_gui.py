@@ -1,14 +1,14 @@
 """Opening a montage in the GUI: how long Load takes and the longest stall while napari shows it.
 
-    xvfb-run -a python benchmarks/montage_gui.py [--size 40000] [--slices 3] [--work DIR] [--flat]
+    xvfb-run -a python benchmarks/montage_gui.py [--size 40000] [--slices 3] [--work DIR]
 
 Builds a (slices, size, size) uint8 EM stack as an uncompressed tif (ISBI slices and their
 mirror images; 4.8 GB for 3 x 40,000²) unless ``--work`` holds it already, opens napari with
 the napari-unet widgets, and with a 20 ms heartbeat timer running: Load it, let napari
 draw it, step to the next slice, zoom in to full resolution. Prints how long Load took on
 the GUI thread (the first Load of a session also imports dask), the longest gap between
-heartbeat ticks in each step, and the process's peak memory. ``--flat`` opens it as before display levels (napari then reads whole slices
-of the finest level), as a baseline. Saves the window as ``montage_gui.png`` in the work folder.
+heartbeat ticks in each step, and the process's peak memory. Saves the window as
+``montage_gui.png`` in the work folder.
 """
 
 from __future__ import annotations
@@ -41,18 +41,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40000)
     parser.add_argument("--slices", type=int, default=3)
     parser.add_argument("--work", default="/tmp/napari-unet-montage")
-    parser.add_argument("--flat", action="store_true", help="no display levels (the baseline)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"stack{args.slices}_{args.size}.tif"
     if not path.exists():
         build_stack(path, args.size, args.slices)
-    if args.flat:
-        import napari_unet.core.volume as volume
-
-        volume.SCREEN = 10**9  # no level is coarse enough to add: one flat level
-
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
@@ -98,7 +92,7 @@ def main() -> None:
     rows.append({"step": "Load again", "seconds": again, "longest_stall_s": max(again, settle(3.0))})
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
     image = layers[0]
-    print(f"{path.name}: {args.slices} x {args.size}² uint8, {'flat (baseline)' if args.flat else 'display levels'}; "
+    print(f"{path.name}: {args.slices} x {args.size}² uint8, display levels; "
           f"layer multiscale={image.multiscale} with {len(image.data) if image.multiscale else 1} level(s); "
           f"status: {widgets['Load'].status.value}")
     print(table(rows, ["step", "seconds", "longest_stall_s"]))
