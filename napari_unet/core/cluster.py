@@ -238,7 +238,7 @@ def predict_on_cluster(
         records.mkdir(parents=True, exist_ok=True)
         (records / "job.json").write_text(json.dumps(job, indent=1))
     runs = [list(range(z, min(z + block, shape[0]))) for z in range(0, shape[0], block)]
-    todo = [b for b in runs if f"{b[0]}-{b[-1]}" not in done]
+    todo = [] if edge else [b for b in runs if f"{b[0]}-{b[-1]}" not in done]  # montages: by block, below
     report = ClusterReport(skipped=[] if edge else [z for b in runs if b not in todo for z in b])
     counts: dict[str, int] = {}
     for name in done:  # what the earlier run's blocks recorded
@@ -249,7 +249,6 @@ def predict_on_cluster(
         if edge:
             _montage_on_cluster(client, model, source, outs, shape, edge, levels, settings, records, done, report,
                                 counts, progress)
-            todo = []
         futures = [client.submit(_predict_block, model, source, outs, b, levels, settings, pure=False,
                                  retries=3) for b in todo]
         finished = len(report.skipped)
