@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--license", default="MIT", help="SPDX licence id (default MIT)")
     x.add_argument("--force", action="store_true", help="overwrite an existing package")
 
+    y = commands.add_parser("pyramid", help="write a large grey image (a montage) as an OME-Zarr pyramid, each "
+                            "level averaged from the one below, for browsing in napari")
+    y.add_argument("input", help="a tif, zarr or folder of slices")
+    y.add_argument("--out", required=True, help="the pyramid to write, e.g. montage.ome.zarr")
+    y.add_argument("--force", action="store_true", help="replace an existing pyramid")
+
     g = commands.add_parser("gui", help="open napari with the napari-unet widgets docked and a sample loaded")
     g.add_argument("data", nargs="?", help="image, stack or folder to open instead of a sample")
     g.add_argument("--sample", choices=["em", "fundus", "none"], default="em", help="sample to load (default em)")
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"predict": _predict, "suggest": _suggest, "train": _train, "evaluate": _evaluate,
-                    "export": _export, "gui": _gui}
+                    "export": _export, "pyramid": _pyramid, "gui": _gui}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("napari-unet: interrupted; no output was written.", file=sys.stderr)
@@ -697,6 +703,31 @@ def _export(args) -> int:
                          f"{checkpoint.config.in_channels}: give an image of the kind the model is for.")
     path = export_package(checkpoint, out, sample, name=args.name, authors=args.author, license=args.license)
     print(f"exported {args.model} as a bioimage.io package -> {path}")
+    return 0
+
+
+def _pyramid(args) -> int:
+    """`pyramid`: an OME-Zarr pyramid of a large image (`core.pyramid`), block by block."""
+    from .core.pyramid import write_pyramid
+    from .core.volume import open_volume
+
+    out = _check_output(args.out, args.force, (".zarr",), {"the input image": args.input})
+    volume = open_volume(args.input)
+    if args.force:
+        _remove(out)
+    start = time.perf_counter()
+    bar = _progress_bar(0, "block")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        shapes = write_pyramid(volume, out, progress)
+    finally:
+        bar.close()
+    sizes = ", ".join(f"{y}x{x}" for _z, y, x in shapes)
+    print(f"wrote {len(shapes)} level(s) ({sizes}) in {time.perf_counter() - start:.1f} s -> {out}")
     return 0
 
 

@@ -18,6 +18,7 @@ from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_check
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.predict import PredictionCancelled
 from napari_unet.core.stream import VolumeOutputs, predict_volume
 from napari_unet.core.volume import open_volume
 
@@ -254,3 +255,31 @@ def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read(m
     with pytest.raises(DataError, match="resample the montage to the model's pixel size"):
         predict_volume(pipeline, montage, outputs)
     assert blocks.in_blocks(Pipeline(load_checkpoint("em-membranes"), device="cpu"), (40000, 40000))
+
+
+def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, monkeypatch, capsys):
+    """`napari-unet pyramid` writes an OME-Zarr whose levels are 2 x 2 means of the one below,
+    with the tif's pixel size; it opens lazily with every level; an existing one is kept."""
+    import napari_unet.core.pyramid as pyramid
+
+    monkeypatch.setattr(pyramid, "SCREEN", 256)
+    monkeypatch.setattr(pyramid, "REGION", 128)  # blocks cross odd edges
+    stack = np.random.default_rng(5).integers(0, 255, (2, 701, 903), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "montage.tif", stack, imagej=True, resolution=(1 / 0.008, 1 / 0.008),
+                     metadata={"unit": "um"})
+    out = tmp_path / "montage.ome.zarr"
+    assert main(["pyramid", str(tmp_path / "montage.tif"), "--out", str(out)]) == 0
+    assert "3 level(s) (701x903, 351x452, 176x226)" in capsys.readouterr().out
+    volume = open_volume(out)
+    assert [level.shape[:3] for level in volume.levels] == [(2, 701, 903), (2, 351, 452), (2, 176, 226)]
+    np.testing.assert_allclose(volume.pixel_size_nm, (8.0, 8.0))
+    np.testing.assert_array_equal(volume.levels[0][..., 0], stack)
+    first = np.asarray(volume.levels[1][1, ..., 0]).astype(float)
+    padded = np.pad(stack[1].astype(float), [(0, 1), (0, 1)], mode="edge")
+    expected = padded.reshape(351, 2, 452, 2).mean(axis=(1, 3))
+    assert np.abs(first - expected).max() <= 0.5
+    assert main(["pyramid", str(tmp_path / "montage.tif"), "--out", str(out)]) == 2  # never over it unasked
+    cancelled = tmp_path / "cancelled.ome.zarr"
+    with pytest.raises(PredictionCancelled):
+        pyramid.write_pyramid(open_volume(tmp_path / "montage.tif"), cancelled, cancel=lambda: True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["montage.ome.zarr", "montage.tif"]

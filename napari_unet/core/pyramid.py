@@ -1,0 +1,110 @@
+"""An OME-Zarr pyramid of a large grey image, written block by block.
+
+napari browses a multiscale image at the level that fits the screen. A flat tif of
+montage slices opens with levels that pick every n-th pixel (`core.volume`); a pyramid
+averages each level from the one below, so far out the image looks like itself rather
+than like noise, and a compressed tif is then read by chunk. Memory holds a block.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError
+from .predict import CancelCheck, PredictionCancelled, ProgressCallback
+from .volume import REGION, SCREEN, Volume
+
+
+def level_shapes(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """(Z, Y, X) of each level, finest first: halved until the longer side is at most `SCREEN`."""
+    shapes = [tuple(shape)]
+    while max(shapes[-1][1:]) > SCREEN:
+        z, y, x = shapes[-1]
+        shapes.append((z, math.ceil(y / 2), math.ceil(x / 2)))
+    return shapes
+
+
+def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | None = None,
+                  cancel: CancelCheck | None = None) -> list[tuple[int, int, int]]:
+    """Write ``volume`` as an OME-Zarr (v0.4, zarr format 2) pyramid at ``out``.
+
+    Level 0 is the image; each next level is the 2 x 2 mean of the one below (rounded to
+    the image's dtype). Written beside ``out`` and renamed when complete, so a cancelled
+    or failed run leaves nothing under ``out``.
+
+    Args:
+        volume: a grey volume (`core.volume.open_volume`); its pixel size, if known, is
+            recorded as each level's scale in nanometres.
+        progress: called with (blocks done, blocks in all levels).
+
+    Returns:
+        The (Z, Y, X) of each level written.
+
+    Raises:
+        DataError: an RGB volume, or ``out`` exists.
+        PredictionCancelled: ``cancel`` returned True.
+    """
+    import zarr
+
+    out = Path(out)
+    if out.exists():
+        raise DataError(f"{out} exists: choose another name or remove it first.")
+    data = volume.data
+    if data.shape[-1] != 1:
+        raise DataError("Pyramids are written for grey (EM) images; this one is RGB.")
+    shapes = level_shapes(tuple(data.shape[:3]))
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(str(partial), mode="w", zarr_format=2)
+    levels = [group.create_array(str(k), shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
+                                 dtype=data.dtype, fill_value=0) for k, shape in enumerate(shapes)]
+    grid = [_regions(shape[1:]) for shape in shapes]
+    total, done = sum(len(regions) * shape[0] for regions, shape in zip(grid, shapes)), 0
+    try:
+        for z in range(shapes[0][0]):
+            for k, level in enumerate(levels):
+                for y0, y1, x0, x1 in grid[k]:
+                    if cancel is not None and cancel():
+                        raise PredictionCancelled("Cancelled: no pyramid was written.")
+                    if k == 0:
+                        level[z, y0:y1, x0:x1] = np.asarray(data[z, y0:y1, x0:x1, 0])
+                    else:
+                        level[z, y0:y1, x0:x1] = _halved(np.asarray(levels[k - 1][z, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]),
+                                                         (y1 - y0, x1 - x0), data.dtype)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        group.attrs["multiscales"] = [_multiscale(len(shapes), volume.pixel_size_nm, out.name)]
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(out)
+    return shapes
+
+
+def _regions(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    return [(y, min(y + REGION, shape[0]), x, min(x + REGION, shape[1]))
+            for y in range(0, shape[0], REGION) for x in range(0, shape[1], REGION)]
+
+
+def _halved(block: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
+    """The 2 x 2 mean of a (2h, 2w) block (an odd last row or column is repeated) as (h, w)."""
+    height, width = shape
+    block = np.pad(block.astype(np.float32), [(0, 2 * height - block.shape[0]), (0, 2 * width - block.shape[1])],
+                   mode="edge")
+    mean = block.reshape(height, 2, width, 2).mean(axis=(1, 3))
+    return np.round(mean).astype(dtype) if np.dtype(dtype).kind in "ui" else mean.astype(dtype)
+
+
+def _multiscale(count: int, pixel_size_nm, name: str) -> dict:
+    """OME-Zarr v0.4 ``multiscales`` metadata for ``count`` levels halving Y and X."""
+    size = pixel_size_nm or (1.0, 1.0)
+    unit = {"unit": "nanometer"} if pixel_size_nm else {}
+    axes = [{"name": "z", "type": "space"}] + [{"name": a, "type": "space", **unit} for a in "yx"]
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, size[0] * 2**k, size[1] * 2**k]}]} for k in range(count)]
+    return {"version": "0.4", "name": name, "axes": axes, "datasets": datasets}
