@@ -69,6 +69,10 @@ class LoadWidget(Container):
         for layer in layers[1:]:
             found.append(f"+ {layer.name}")
         self.status.value = "Loaded " + ", ".join(found)
+        if getattr(image, "multiscale", False) and path.suffix.lower() in (".tif", ".tiff"):
+            # Display levels that pick pixels (`core.volume`): an averaged pyramid looks better far out.
+            self.status.value += (f". For a smoother overview, write a pyramid once: napari-unet pyramid {path} "
+                                  f"--out {path.with_suffix('.ome.zarr')}, and open that.")
         self._offer_restore(path, image)
         return layers
 

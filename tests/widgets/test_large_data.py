@@ -231,7 +231,7 @@ def test_a_montage_tif_opens_with_display_levels_and_predicts_block_by_block(mak
     with _LargestRead() as reads:
         image = load.load()[0]
         assert image.multiscale and [level.shape for level in image.data] == [(1536, 2048), (768, 1024), (384, 512)]
-        assert "1 slice(s) of 1536x2048" in load.status.value
+        assert "1 slice(s) of 1536x2048" in load.status.value and "napari-unet pyramid" in load.status.value
         predict.image.value = image
         predict.model.value = "file"
         predict.checkpoint.value = str(tiny_512)
