@@ -16,10 +16,17 @@ from ..core.corrections import (
     load_volume_state,
 )
 from ..core.data import DataError
+from ..core.predict import PredictionCancelled
+from ..core.pyramid import pyramid_path, write_pyramid
+from ..core.volume import open_volume
 from .._reader import read_layers
-from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta
+from ._jobs import BackgroundJob
+from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta, plugin_meta
 from ._session import get_session, real_viewer
 from ._text import text_row
+
+
+PYRAMID_TEXT = "Write an averaged pyramid (once)"
 
 
 class LoadWidget(Container):
@@ -34,8 +41,13 @@ class LoadWidget(Container):
         self.load_button = PushButton(text="Load")
         self.status = text_row(value="Choose an EM stack, a fundus image, or an ISBI / DRIVE folder.")
         self.restore_button = PushButton(text="Restore saved corrections", visible=False)
-        self.extend([self.path, self.choose_folder, self.load_button, self.status, self.restore_button])
+        self.pyramid_button = PushButton(text=PYRAMID_TEXT, visible=False)
+        self.extend([self.path, self.choose_folder, self.load_button, self.status, self.restore_button,
+                     self.pyramid_button])
         self.choose_folder.changed.connect(self._choose_folder)
+        self.pyramid_button.changed.connect(self.write_pyramid)
+        self._flat_montage: tuple[Path, Layer] | None = None  # a tif shown through levels that pick pixels
+        self.job: BackgroundJob | None = None
         self.load_button.changed.connect(self.load)
         self.restore_button.changed.connect(self.restore_corrections)
         self._pending_restore: tuple[CorrectionStore, str, Layer] | None = None
@@ -69,12 +81,72 @@ class LoadWidget(Container):
         for layer in layers[1:]:
             found.append(f"+ {layer.name}")
         self.status.value = "Loaded " + ", ".join(found)
-        if getattr(image, "multiscale", False) and path.suffix.lower() in (".tif", ".tiff"):
-            # Display levels that pick pixels (`core.volume`): an averaged pyramid looks better far out.
-            self.status.value += (f". For a smoother overview, write a pyramid once: napari-unet pyramid {path} "
-                                  f"--out {path.with_suffix('.ome.zarr')}, and open that.")
+        flat = getattr(image, "multiscale", False) and path.suffix.lower() in (".tif", ".tiff")
+        # Display levels that pick pixels (`core.volume`): an averaged pyramid looks better far out.
+        self._flat_montage = (path, image) if flat else None
+        self.pyramid_button.visible = flat
+        if flat:
+            self.status.value += (". Far out it looks grainy: write an averaged pyramid once below (or "
+                                  f"napari-unet pyramid {path.name} --out {pyramid_path(path).name}).")
         self._offer_restore(path, image)
         return layers
+
+    def write_pyramid(self) -> BackgroundJob | None:
+        """Write the loaded montage tif as an averaged OME-Zarr pyramid beside it, in a worker
+        (the button cancels it), then open that in its place; returns the job."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            return self.job
+        if self._flat_montage is None:
+            self.status.value = "Load a large tif first: its pyramid is written beside it."
+            return None
+        path, image = self._flat_montage
+        out = pyramid_path(path)
+        if out.exists():
+            self._open_pyramid(out, image)
+            return None
+
+        def work(state):
+            try:
+                write_pyramid(open_volume(path), out, state.report, state.cancelled)
+            except PredictionCancelled:
+                return None
+            return out
+
+        def done(result):
+            if result is None:
+                self.status.value = "Cancelled: no pyramid was written."
+            else:
+                self._open_pyramid(result, image)
+
+        def poll(state):
+            if state.total:
+                self.status.value = (f"Writing the pyramid {out.name}: {100 * state.done / state.total:.0f} % "
+                                     "(Cancel stops it and leaves nothing half-written).")
+
+        def ended():
+            self.pyramid_button.text = PYRAMID_TEXT
+
+        self.job = BackgroundJob(work, done, self._failed, self, poll, ended, description="Writing a pyramid")
+        self.pyramid_button.text = "Cancel"
+        self.status.value = f"Writing the pyramid {out.name} beside {path.name}…"
+        self.job.start()
+        return self.job
+
+    def _failed(self, message: str) -> None:
+        self.status.value = message
+
+    def _open_pyramid(self, out: Path, image) -> None:
+        """Open ``out`` in place of the tif layer ``image`` (kept when a result links to it)."""
+        uid = plugin_meta(image).get("uid")
+        linked = uid and any(plugin_meta(other).get("link") == uid for other in self.viewer.layers)
+        self.path.value = str(out)
+        layers = self.load(out)
+        if layers and not linked and image in self.viewer.layers:
+            name = image.name
+            self.viewer.layers.remove(image)
+            layers[0].name = name  # napari named it "<name> [1]" beside the tif
+        self.status.value += f"\n{out.name} is the averaged pyramid of the tif: open it next time."
 
     def _offer_restore(self, path: Path, image) -> None:
         store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))

@@ -19,6 +19,12 @@ from .predict import CancelCheck, PredictionCancelled, ProgressCallback
 from .volume import REGION, SCREEN, Volume
 
 
+def pyramid_path(path: str | Path) -> Path:
+    """Where the pyramid of ``path`` goes: beside it, ``<stem>.ome.zarr``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.ome.zarr")
+
+
 def level_shapes(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
     """(Z, Y, X) of each level, finest first: halved until the longer side is at most `SCREEN`."""
     shapes = [tuple(shape)]

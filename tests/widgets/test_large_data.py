@@ -268,3 +268,39 @@ def test_montages_too_large_to_show_as_labels_are_sent_to_the_command_line(widge
     widgets["finetune"].corrected_labels.value = labels
     assert widgets["finetune"].start() is None and "command line" in widgets["finetune"].status.value
     assert [layer.name for layer in viewer.layers] == ["montage", "edits"]
+
+
+def test_load_writes_an_averaged_pyramid_in_a_worker_and_opens_it(make_napari_viewer, qtbot, em_slices, tmp_path,
+                                                                  monkeypatch):
+    """A montage tif opened through levels that pick pixels: Load's button writes an averaged
+    OME-Zarr pyramid beside it in a worker (the same button cancels, leaving nothing) and
+    opens it in place of the tif layer."""
+    import tifffile
+
+    import napari_unet.core.pyramid as pyramid
+    import napari_unet.core.volume as volume
+
+    for module, name, value in ((volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512),
+                                (volume, "REGION", 512), (pyramid, "SCREEN", 512), (pyramid, "REGION", 128)):
+        monkeypatch.setattr(module, name, value)
+    montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
+    tifffile.imwrite(tmp_path / "montage.tif", montage, photometric="minisblack")
+    viewer = make_napari_viewer()
+    load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    load.path.value = str(tmp_path / "montage.tif")
+    load.load()
+    assert not load.pyramid_button.native.isHidden()
+    job = load.write_pyramid()
+    assert load.pyramid_button.text == "Cancel"
+    assert load.write_pyramid() is job  # the button cancels the running job
+    wait_for(qtbot, job)
+    assert "Cancelled: no pyramid was written" in load.status.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["montage.tif"]
+    wait_for(qtbot, load.write_pyramid())
+    image = viewer.layers["montage"]
+    assert [layer.name for layer in viewer.layers] == ["montage"] and image.multiscale
+    assert [level.shape for level in image.data] == [(1536, 2048), (768, 1024), (384, 512)]
+    np.testing.assert_array_equal(np.asarray(image.data[0]), montage)
+    halved = montage.reshape(768, 2, 1024, 2).astype(float).mean(axis=(1, 3))
+    assert np.abs(np.asarray(image.data[1]) - halved).max() <= 0.5  # averaged, not picked
+    assert "montage.ome.zarr" in load.status.value and load.pyramid_button.native.isHidden()
