@@ -27,6 +27,7 @@ from ._text import text_row
 
 
 PYRAMID_TEXT = "Write an averaged pyramid (once)"
+OPEN_PYRAMID_TEXT = "Open the averaged pyramid"
 
 
 class LoadWidget(Container):
@@ -85,7 +86,11 @@ class LoadWidget(Container):
         # Display levels that pick pixels (`core.volume`): an averaged pyramid looks better far out.
         self._flat_montage = (path, image) if flat else None
         self.pyramid_button.visible = flat
-        if flat:
+        if flat and pyramid_path(path).exists():
+            self.pyramid_button.text = OPEN_PYRAMID_TEXT
+            self.status.value += f". Its averaged pyramid {pyramid_path(path).name} is beside it: open it below."
+        elif flat:
+            self.pyramid_button.text = PYRAMID_TEXT
             self.status.value += (". Far out it looks grainy: write an averaged pyramid once below (or "
                                   f"napari-unet pyramid {path.name} --out {pyramid_path(path).name}).")
         self._offer_restore(path, image)

@@ -304,3 +304,10 @@ def test_load_writes_an_averaged_pyramid_in_a_worker_and_opens_it(make_napari_vi
     halved = montage.reshape(768, 2, 1024, 2).astype(float).mean(axis=(1, 3))
     assert np.abs(np.asarray(image.data[1]) - halved).max() <= 0.5  # averaged, not picked
     assert "montage.ome.zarr" in load.status.value and load.pyramid_button.native.isHidden()
+    # Next time the tif is opened, Load offers the pyramid beside it instead of writing one.
+    other = make_napari_viewer()
+    again = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    again.path.value = str(tmp_path / "montage.tif")
+    again.load()
+    assert again.pyramid_button.text == "Open the averaged pyramid" and "is beside it" in again.status.value
+    assert again.write_pyramid() is None and [level.shape for level in other.layers["montage"].data][1] == (768, 1024)
