@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .blocks import block_grid
 from .data import DataError
 from .predict import CancelCheck, PredictionCancelled, ProgressCallback
 from .volume import REGION, SCREEN, Volume
@@ -68,7 +69,7 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
     group = zarr.open_group(str(partial), mode="w", zarr_format=2)
     levels = [group.create_array(str(k), shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
                                  dtype=data.dtype, fill_value=0) for k, shape in enumerate(shapes)]
-    grid = [_regions(shape[1:]) for shape in shapes]
+    grid = [block_grid(*shape[1:], REGION) for shape in shapes]
     total, done = sum(len(regions) * shape[0] for regions, shape in zip(grid, shapes)), 0
     try:
         for z in range(shapes[0][0]):
@@ -90,11 +91,6 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
         raise
     partial.rename(out)
     return shapes
-
-
-def _regions(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    return [(y, min(y + REGION, shape[0]), x, min(x + REGION, shape[1]))
-            for y in range(0, shape[0], REGION) for x in range(0, shape[1], REGION)]
 
 
 def _halved(block: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
