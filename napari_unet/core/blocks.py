@@ -167,20 +167,34 @@ def predict_block_into(pipeline, plane, outputs, z: int, block: tuple[int, int, 
     """Predict one (y0, y1, x0, x1) block of slice ``z`` and write its mask (and probability)
     into ``outputs``; returns its structure pixels. Without ``cache`` every tile it needs is
     predicted (a cluster's block, `core.cluster`)."""
-    geometry = geometry or _Geometry(pipeline, *plane.shape[:2])
-    own = cache is None
-    cache = cache or _TileCache(Counter(geometry.tile_keys(block)))
-    try:
-        probability = geometry.predict_block(plane, block, levels, cache, progress or (lambda count: None), cancel)
-    finally:
-        if own:
-            cache.close()
+    probability = predict_region(pipeline, plane, block, levels, progress, cancel, cache, geometry)
     y0, y1, x0, x1 = block
     mask = (probability > pipeline.threshold).astype(np.uint8)
     outputs.mask[z, y0:y1, x0:x1] = mask
     if outputs.probabilities is not None:
         outputs.probabilities[z, y0:y1, x0:x1] = probability
     return int(mask.sum())
+
+
+def predict_region(pipeline, plane, region: tuple[int, int, int, int], levels, progress=None,
+                   cancel: CancelCheck | None = None, cache: _TileCache | None = None,
+                   geometry: _Geometry | None = None) -> np.ndarray:
+    """(y1 - y0, x1 - x0) float32 probabilities of a (y0, y1, x0, x1) region of a large slice,
+    each pixel as the whole slice's prediction has it (`in_blocks` must hold).
+
+    Args:
+        plane: (Y, X, C) array-like read by region; levels: the slice's (`slice_levels`).
+        progress: called with the number of tiles computed after each batch.
+        cache: tiles shared with the slice's other blocks; None: every tile is predicted.
+    """
+    geometry = geometry or _Geometry(pipeline, *plane.shape[:2])
+    own = cache is None
+    cache = cache or _TileCache(Counter(geometry.tile_keys(region)))
+    try:
+        return geometry.predict_block(plane, region, levels, cache, progress or (lambda count: None), cancel)
+    finally:
+        if own:
+            cache.close()
 
 
 class _TileCache:

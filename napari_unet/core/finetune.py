@@ -73,6 +73,9 @@ class FineTuneOptions:
             scores the mask the user will see, made the same way.
         recipe: overrides of the training recipe (batch_size, crop_size, learning_rate,
             border_weights: default on for EM, off for vessels, ...), see `TrainConfig`.
+        levels: the intensity levels Predict used (`core.pipeline.Pipeline`), e.g. (0, 1)
+            for windows of a montage normalised on their slice's levels; None: each
+            slice's own percentiles.
     """
 
     steps: int = 40
@@ -85,6 +88,7 @@ class FineTuneOptions:
     tile: int | None = None
     overlap: float = 0.25
     fov: str = "auto"
+    levels: tuple | None = None
 
 
 @dataclass
@@ -176,6 +180,12 @@ class FineTune:
         fov: fundus: (Z, Y, X) bool field of view the user gave (indexable the same
             way), or None (``options.fov``: found in each photograph, or none).
         start_name: how the starting model is called in the new model's history.
+        part_names: names some corrected parts (a list of ``corrected``'s entries) for the
+            user, e.g. a montage's chunks (`core.regions.describe_chunks`); default
+            "slice 7", "slices 3, 9".
+        predict_parts: ``(pipeline, parts) -> (n, Y, X)`` probabilities of some corrected
+            parts as Predict made them, when that is not `Pipeline.probabilities` of the
+            part alone (e.g. windows of a montage predicted on the whole slice's tile grid).
 
     Raises:
         ValueError: with a message for the user (no corrected slice, no labels, shapes).
@@ -191,8 +201,11 @@ class FineTune:
         options: FineTuneOptions | None = None,
         start_name: str | None = None,
         fov: np.ndarray | None = None,
+        part_names=None,
+        predict_parts=None,
     ) -> None:
         self.options = options = options or FineTuneOptions()
+        self.part_names, self.predict_parts = part_names, predict_parts
         if images.shape[:3] != labels.shape:
             raise ValueError(f"The labels {labels.shape} do not match the images {images.shape[:3]}.")
         if images.shape[-1] != checkpoint.config.in_channels:
@@ -240,7 +253,7 @@ class FineTune:
         """How Predict would predict with ``model`` (the starting model's description:
         normalisation, flips, output shift; the user's tile, overlap and FOV)."""
         return Pipeline(self.start, device=self.device, tile=self.options.tile, overlap=self.options.overlap,
-                        fov=self.options.fov, model=model)
+                        fov=self.options.fov, levels=self.options.levels, model=model)
 
     def _as_the_model_sees(self):
         """The corrected slices prepared as Predict prepares them (`Pipeline.prepare`;
@@ -267,11 +280,18 @@ class FineTune:
         return np.stack([resize(m, self.images_shape, order=0, preserve_range=True, anti_aliasing=False)
                          for m in stack]).astype(stack.dtype)
 
+    def probabilities(self, model: UNet, parts: list[int]) -> np.ndarray:
+        """(n, Y, X) float32: ``model``'s probability on some corrected parts (indices into
+        ``corrected``), as Predict computes it (or as ``predict_parts`` does)."""
+        if self.predict_parts is not None:
+            return self.predict_parts(self.predicting(model), parts)
+        return self.predicting(model).probabilities(self.raw[parts], None if self.fov is None else self.fov[parts])
+
     def start_probability(self) -> np.ndarray:
         """(N, Y, X) float32: the starting model's probability on the corrected slices, as
         Predict computes it; computed once (the edits and every fold's baseline use it)."""
         if self._start_probability is None:
-            self._start_probability = self.predicting(self.start.model).probabilities(self.raw, self.fov)
+            self._start_probability = self.probabilities(self.start.model, list(range(len(self.corrected))))
         return self._start_probability
 
     def _shown(self, probability: np.ndarray, slices: list[int], threshold: float) -> np.ndarray:
@@ -310,11 +330,15 @@ class FineTune:
     def fold_name(self, fold: Fold) -> str:
         """How the user reads a fold's held-out part: "slice 7", "slices 3, 9", "the left half of slice 2"."""
         stack = [self.corrected[i] for i in fold.scored]
+        if self.part_names is not None:
+            what = self.part_names(stack)
+        else:
+            what = f"slice {stack[0]}" if len(stack) == 1 else "slices " + ", ".join(map(str, stack))
         if fold.half is not None:
             wide = self.raw.shape[2] > self.raw.shape[1]
             side = ("right", "left") if wide else ("bottom", "top")
-            return f"the {side[fold.half]} half of slice {stack[0]}"
-        return f"slice {stack[0]}" if len(stack) == 1 else "slices " + ", ".join(map(str, stack))
+            return f"the {side[fold.half]} half of {what}"
+        return what
 
     def _scored_region(self, fold: Fold) -> np.ndarray:
         """(n, Y, X) bool: the labelled pixels of the fold's held-out part (inside the FOV)."""
@@ -386,8 +410,7 @@ class FineTune:
             stage = f"fold {k + 1}/{len(self.folds)}"
             model = copy.deepcopy(self.start.model)
             yield from _relay(train(model, self._training_data(fold, edits), self.config), stage, k * steps, total)
-            fov = None if self.fov is None else self.fov[fold.scored]
-            tuned.append(self.predicting(model).probabilities(self.raw[fold.scored], fov))
+            tuned.append(self.probabilities(model, fold.scored))
             start.append(self.scores(self._shown(self.start_probability()[fold.scored], fold.scored, threshold), fold))
             dices.append({t: self.scores(self._shown(tuned[-1], fold.scored, t), fold, guard=False)[0]
                           for t in {*THRESHOLDS, threshold}})

@@ -1,0 +1,275 @@
+"""A montage slice corrected region by region, its corrections kept and learnt by chunk.
+
+A slice too large for one napari Labels layer is corrected a region at a time: Predict
+predicts the region in view (`region_around`, `core.blocks.predict_region`: each pixel
+as the whole slice's prediction has it), the user paints it, and the corrections are
+kept per `CHUNK` x `CHUNK` chunk of the slice in `MontageCorrections`:
+
+* ``labels.zarr`` and ``edited.zarr``: (Z, Y, X) arrays of the montage's shape, chunked by
+  `CHUNK`; only corrected chunks are ever written (the rest are no files at all);
+* ``state.json``: the corrected chunks (z, chunk row, chunk column) and each slice's
+  intensity levels (`core.blocks.slice_levels`, computed once).
+
+A fine-tune reads only the corrected chunks and `CONTEXT` pixels of image around each
+(`MontageCorrections.training_windows`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .blocks import SliceOf, predict_region
+from .files import atomic_write
+from .finetune import MAX_FOLDS, FineTune, FineTuneOptions
+from .labels import IGNORE
+
+#: Corrections are tracked, saved and learnt per CHUNK x CHUNK pixels of a slice.
+CHUNK = 512
+#: The edge of the region Predict opens for correcting (a whole number of chunks).
+REGION = 2048
+#: Pixels of image read around a corrected chunk for a fine-tune: the model sees them, learns
+#: no label there.
+CONTEXT = 64
+
+Chunk = tuple[int, int, int]  # (z, chunk row, chunk column)
+Region = tuple[int, int, int, int]  # (y0, y1, x0, x1) in slice pixels
+
+
+def region_around(shape: tuple[int, int], center: tuple[float, float], size: int = REGION) -> Region:
+    """The ``size`` x ``size`` region of a (Y, X) slice around ``center`` (y, x), its corner on
+    the chunk grid, inside the slice (the whole side where the slice is smaller)."""
+    bounds = []
+    for length, middle in zip(shape, center):
+        span = min(size, length)
+        start = max(0, min(int(round(middle - span / 2)), length - span)) // CHUNK * CHUNK
+        bounds += [start, start + span]
+    return tuple(bounds)
+
+
+def region_chunks(z: int, region: Region) -> list[Chunk]:
+    """The chunks a region covers, row by row."""
+    y0, y1, x0, x1 = region
+    return [(z, cy, cx) for cy in range(y0 // CHUNK, -(-y1 // CHUNK)) for cx in range(x0 // CHUNK, -(-x1 // CHUNK))]
+
+
+def chunk_region(chunk: Chunk, shape: tuple[int, int]) -> Region:
+    """(y0, y1, x0, x1) of a chunk in a (Y, X) slice."""
+    _z, cy, cx = chunk
+    return cy * CHUNK, min(shape[0], (cy + 1) * CHUNK), cx * CHUNK, min(shape[1], (cx + 1) * CHUNK)
+
+
+def chunks_touched(rows: np.ndarray, cols: np.ndarray, z: int, origin: tuple[int, int]) -> set[Chunk]:
+    """The chunks holding pixels (rows, cols) of a region whose corner is ``origin`` in slice z."""
+    cy = (np.asarray(rows) + origin[0]) // CHUNK
+    cx = (np.asarray(cols) + origin[1]) // CHUNK
+    return {(int(z), int(a), int(b)) for a, b in set(zip(cy.tolist(), cx.tolist()))}
+
+
+def fold_order(count: int, folds: int) -> list[int]:
+    """An order of ``count`` parts (sorted by place) such that `core.finetune.make_folds`,
+    which holds out parts i, i + folds, i + 2 * folds, ..., holds out neighbouring parts
+    together: a fold is scored on chunks away from those it learnt, not between them."""
+    runs = np.array_split(np.arange(count), max(1, min(folds, count)))
+    return [int(run[k]) for k in range(max(len(r) for r in runs)) for run in runs if k < len(run)]
+
+
+class MontageCorrections:
+    """The corrections of one montage (a (Z, Y, X) stack of large slices), kept by chunk.
+
+    Args:
+        folder: where they live (created on the first write).
+        shape: (Z, Y, X) of the montage.
+
+    Raises:
+        ValueError: the folder holds corrections of another shape, or cannot be read.
+    """
+
+    def __init__(self, folder: str | Path, shape: tuple[int, int, int]) -> None:
+        self.folder, self.shape = Path(folder), tuple(int(n) for n in shape)
+        self.corrected: set[Chunk] = set()
+        self._levels: dict[int, list] = {}
+        self._arrays: dict[str, object] = {}
+        state = self.folder / "state.json"
+        if state.is_file():
+            try:
+                raw = json.loads(state.read_text())
+                saved_shape = tuple(raw["shape"])
+                self.corrected = {tuple(int(v) for v in chunk) for chunk in raw["corrected"]}
+                self._levels = {int(z): levels for z, levels in raw.get("levels", {}).items()}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"The montage corrections in {self.folder} could not be read ({exc}).") from exc
+            if saved_shape != self.shape:
+                raise ValueError(f"The corrections in {self.folder} belong to a montage of shape {saved_shape}, not "
+                                 f"{self.shape}: choose another corrections folder in Correct.")
+
+    # ------------------------------------------------------------------ levels
+
+    def levels(self, z: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Slice z's intensity levels (low, high), each (C,), if computed before."""
+        saved = self._levels.get(int(z))
+        return None if saved is None else (np.asarray(saved[0], np.float32), np.asarray(saved[1], np.float32))
+
+    def set_levels(self, z: int, levels: tuple[np.ndarray, np.ndarray]) -> None:
+        self._levels[int(z)] = [np.asarray(level, float).tolist() for level in levels]
+        self._save_state()
+
+    # ------------------------------------------------------------------ labels
+
+    def _array(self, name: str, create: bool):
+        """labels.zarr (uint8) or edited.zarr (uint8 0/1), None when not written yet and not ``create``."""
+        import zarr
+
+        if name not in self._arrays:
+            path = self.folder / f"{name}.zarr"
+            if not path.exists() and not create:
+                return None
+            if path.exists():
+                self._arrays[name] = zarr.open_array(str(path), mode="r+")
+            else:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                extra = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+                self._arrays[name] = zarr.open_array(str(path), mode="w", shape=self.shape, dtype=np.uint8,
+                                                     chunks=(1, CHUNK, CHUNK), fill_value=0, **extra)
+        return self._arrays[name]
+
+    def read(self, z: int, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels uint8, edited bool, corrected bool), each (h, w), of a region of slice z:
+        the saved labels and painted pixels, and which pixels lie in corrected chunks."""
+        y0, y1, x0, x1 = region
+        corrected = np.zeros((y1 - y0, x1 - x0), bool)
+        for chunk in set(region_chunks(z, region)) & self.corrected:
+            cy0, cy1, cx0, cx1 = chunk_region(chunk, self.shape[1:])
+            corrected[max(cy0, y0) - y0 : min(cy1, y1) - y0, max(cx0, x0) - x0 : min(cx1, x1) - x0] = True
+        out = []
+        for name, dtype in (("labels", np.uint8), ("edited", bool)):
+            array = self._array(name, create=False)
+            part = np.zeros(corrected.shape, np.uint8) if array is None else np.asarray(array[z, y0:y1, x0:x1])
+            out.append(part.astype(dtype))
+        return out[0], out[1], corrected
+
+    def write(self, z: int, region: Region, labels: np.ndarray, edited: np.ndarray, chunks: set[Chunk],
+              corrected: bool) -> int:
+        """Save a region of slice z: write the labels and painted pixels of ``chunks`` (those
+        that changed), then count every chunk of the region as corrected or not.
+
+        Args:
+            labels: (h, w) uint8; edited: (h, w) bool, the region's pixels.
+            chunks: chunks of the region to write (others are left as they are on disk).
+
+        Returns:
+            The number of chunks written.
+        """
+        y0, y1, x0, x1 = region
+        inside = set(region_chunks(z, region))
+        todo = sorted(set(chunks) & inside) if corrected else []  # an unmarked region's labels are not learnt
+        if todo:
+            for name, values in (("labels", labels), ("edited", edited)):
+                array = self._array(name, create=True)
+                for chunk in todo:  # one whole chunk per write: zarr rewrites only that file
+                    cy0, cy1, cx0, cx1 = chunk_region(chunk, self.shape[1:])
+                    part = values[max(cy0, y0) - y0 : min(cy1, y1) - y0, max(cx0, x0) - x0 : min(cx1, x1) - x0]
+                    array[z, max(cy0, y0) : min(cy1, y1), max(cx0, x0) : min(cx1, x1)] = part.astype(np.uint8)
+        self.corrected = self.corrected | inside if corrected else self.corrected - inside
+        self._save_state()
+        return len(todo)
+
+    def _save_state(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"shape": list(self.shape), "corrected": sorted(list(c) for c in self.corrected),
+                           "levels": {str(z): levels for z, levels in sorted(self._levels.items())},
+                           "saved": datetime.now().isoformat("T", "seconds")})
+        atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(text))
+
+    # ------------------------------------------------------------------ learning
+
+    def training_windows(self, volume, context: int = CONTEXT, folds: int = MAX_FOLDS):
+        """What a fine-tune learns from: each corrected chunk with ``context`` pixels of image
+        around it, in an order that keeps neighbouring chunks in one fold (`fold_order`).
+
+        Args:
+            volume: (Z, Y, X, C) array-like of the montage read by region (dask, zarr).
+
+        Returns:
+            images: (N, H, W, C) float32, each window normalised on its slice's own levels
+                (so `core.data.normalize` with levels (0, 1) leaves it as Predict has it);
+            labels: (N, H, W) uint8, IGNORE outside the window's own chunk;
+            edited: (N, H, W) bool, the painted pixels of that chunk;
+            chunks: the N chunks;
+            windows: their N (y0, y1, x0, x1) windows in their slices.
+
+        Raises:
+            ValueError: no corrected chunk, or a slice whose levels were never computed.
+        """
+        if not self.corrected:
+            raise ValueError("No corrected region yet: predict a region, correct it, and it counts as corrected.")
+        height, width = self.shape[1:]
+        side = (min(CHUNK + 2 * context, height), min(CHUNK + 2 * context, width))
+        ordered = sorted(self.corrected)
+        ordered = [ordered[i] for i in fold_order(len(ordered), folds)]
+        labels_store, edited_store = self._array("labels", create=False), self._array("edited", create=False)
+        images, labels, edited, windows = [], [], [], []
+        for chunk in ordered:
+            z = chunk[0]
+            levels = self.levels(z)
+            if levels is None:
+                raise ValueError(f"Slice {z}'s intensity levels are unknown: predict a region of it again.")
+            cy0, cy1, cx0, cx1 = chunk_region(chunk, (height, width))
+            wy0 = max(0, min(cy0 - context, height - side[0]))
+            wx0 = max(0, min(cx0 - context, width - side[1]))
+            window = (slice(wy0, wy0 + side[0]), slice(wx0, wx0 + side[1]))
+            windows.append((wy0, wy0 + side[0], wx0, wx0 + side[1]))
+            low, high = levels
+            raw = np.asarray(volume[(z, *window)], np.float32)
+            images.append((raw - low) / np.where(high - low > 1e-12, high - low, 1.0))
+            own = np.zeros(side, bool)
+            own[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0] = True
+            saved = np.asarray(labels_store[(z, *window)]) if labels_store is not None else np.zeros(side, np.uint8)
+            labels.append(np.where(own, saved, IGNORE).astype(np.uint8))
+            painted = np.asarray(edited_store[(z, *window)]) if edited_store is not None else np.zeros(side, np.uint8)
+            edited.append(own & (painted != 0))
+        return np.stack(images), np.stack(labels), np.stack(edited), ordered, windows
+
+
+def describe_chunks(chunks: list[Chunk]) -> str:
+    """How a user reads a few chunks: "slice 0, y 1,024-2,048, x 512-1,536" (their bounding box)."""
+    by_slice: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        by_slice.setdefault(chunk[0], []).append(chunk)
+    parts = []
+    for z, group in sorted(by_slice.items()):
+        rows, cols = [c[1] for c in group], [c[2] for c in group]
+        parts.append(f"slice {z}, y {min(rows) * CHUNK:,}-{(max(rows) + 1) * CHUNK:,}, "
+                     f"x {min(cols) * CHUNK:,}-{(max(cols) + 1) * CHUNK:,}")
+    return "; ".join(parts)
+
+
+def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, options: FineTuneOptions | None = None,
+                        start_name: str | None = None) -> tuple[FineTune, list[Chunk]]:
+    """The one-click fine-tune (`core.finetune.FineTune`: cross-validated, kept only when
+    verified) on a montage's corrected chunks, each read with its `CONTEXT`.
+
+    Args:
+        volume: (Z, Y, X, C) array-like of the montage read by region.
+
+    Returns:
+        (the fine-tune, to run; the chunks, in the order of its parts).
+    """
+    options = options or FineTuneOptions()
+    images, labels, edited, chunks, windows = corrections.training_windows(volume)
+    channels = images.shape[-1]
+    options = replace(options, levels=(np.zeros(channels, np.float32), np.ones(channels, np.float32)))
+
+    def predict_windows(pipeline, parts: list[int]) -> np.ndarray:
+        """Each window as Predict predicts it: on its whole slice's tile grid and levels."""
+        return np.stack([predict_region(pipeline, SliceOf(volume, chunks[i][0]), windows[i],
+                                        corrections.levels(chunks[i][0])) for i in parts])
+
+    run = FineTune(checkpoint, images, labels, list(range(len(chunks))), edited, options=options,
+                   start_name=start_name, part_names=lambda parts: describe_chunks([chunks[i] for i in parts]),
+                   predict_parts=predict_windows)
+    return run, chunks
