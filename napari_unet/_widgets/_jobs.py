@@ -50,6 +50,7 @@ class JobState:
         self.events: list = []
         self.cancel = threading.Event()
         self.abandoned = False  # the widget is gone: write nothing, just stop
+        self.note = ""  # what the worker is doing, when it is not what the progress says
 
     def report(self, done: int, total: int) -> None:
         self.done, self.total = done, total

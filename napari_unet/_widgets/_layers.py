@@ -16,16 +16,10 @@ from ..core.labels import label_colours
 GUI_SLICE_LIMIT = 16384 * 16384
 
 
-def refuse_montage(layer, shape: tuple, doing: str) -> None:
-    """Raise ValueError when ``layer``'s (Z, Y, X, ...) slices are over `GUI_SLICE_LIMIT`
-    pixels, saying which command does ``doing`` (e.g. "predict") instead."""
-    height, width = shape[1:3]
-    if height * width <= GUI_SLICE_LIMIT:
-        return
-    source = plugin_meta(layer).get("source") or "IMAGE.tif"
-    raise ValueError(f"'{layer.name}' has slices of {height:,} x {width:,} pixels, more than napari can show as labels: "
-                     f"{doing} them with the command line, which works block by block in bounded memory, e.g. "
-                     f"napari-unet predict {source} --model em-membranes --out mask.zarr")
+def is_montage(shape: tuple) -> bool:
+    """Whether (Z, Y, X, ...) slices are over `GUI_SLICE_LIMIT` pixels: too large for one Labels
+    layer, so corrected a region at a time (`_montage`)."""
+    return shape[1] * shape[2] > GUI_SLICE_LIMIT
 
 
 def label_colormap(role: str) -> DirectLabelColormap:

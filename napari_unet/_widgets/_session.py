@@ -15,7 +15,9 @@ from qtpy.QtCore import QTimer
 
 from ..core.checkpoint import Checkpoint
 from ..core.corrections import CorrectionStore, VolumeState, corrections_folder, save_volume_state
+from ..core.regions import chunks_touched
 from ._layers import layer_uid, plugin_meta
+from ._montage import region_of, save_region
 
 AUTOSAVE_MS = 60_000
 
@@ -34,6 +36,8 @@ class CorrectionTracker:
         self.edited_pixels: dict[int, np.ndarray] = {}  # z -> (Y, X) bool
         self.dirty = False
         self.unsaved_slices: set[int] = set()  # slices edited since the last save
+        self.unsaved_chunks: set = set()  # a montage region's chunks edited since the last save
+        self.region = region_of(layer)  # (z, (y0, y1, x0, x1)) of a montage region layer, else None
         self.changed = _TrackerSignals()
         self._suspended = 0
         layer.events.paint.connect(self._on_paint)
@@ -59,6 +63,8 @@ class CorrectionTracker:
                 plane = self.edited_pixels.setdefault(z, np.zeros(self._plane_shape(), bool))
                 plane[rows, cols] = True
                 self.unsaved_slices.add(z)
+                if self.region is not None:
+                    self.unsaved_chunks |= chunks_touched(rows, cols, self.region[0], self.region[1][::2])
                 if z not in self.edited:
                     self.edited.add(z)
                     self.corrected.add(z)
@@ -122,10 +128,18 @@ class CorrectionTracker:
 
         A layer backed by a store on disk (a volume's prediction) holds its labels there,
         written as they are painted; then only the slice lists and the edited slices' pixels
-        are written (`core.corrections.save_volume_state`).
+        are written (`core.corrections.save_volume_state`). A montage region's are written
+        by chunk (`_montage.save_region`).
         """
         layer = self.layer
         self.dirty = False  # an edit made while saving sets it again
+        if self.region is not None:  # a montage's region: by chunk, beside the montage
+            changed, self.unsaved_chunks = self.unsaved_chunks, set()
+            try:
+                return save_region(layer, 0 in self.corrected, self.edited_pixels.get(0), changed).folder
+            except BaseException:
+                self.unsaved_chunks |= changed  # written next time
+                raise
         if not isinstance(layer.data, np.ndarray):
             folder = plugin_meta(layer).get("store") or self.store(root).folder  # e.g. a mask.zarr opened by hand
             return self._save_state(Path(folder))

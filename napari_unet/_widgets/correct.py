@@ -26,12 +26,12 @@ from ._layers import (
     fov_of,
     image_stack,
     is_lazy,
+    is_montage,
     labels_stack,
     layer_choices,
     layer_shaped,
     lazy_stack,
     plugin_meta,
-    refuse_montage,
     show_linked,
     spatial_ndim,
 )
@@ -308,7 +308,10 @@ class CorrectWidget(Container):
             image = self._image_of(layer)
             lazy = is_lazy(image)
             stack = lazy_stack(image) if lazy else image_stack(image)
-            refuse_montage(image, stack.shape, "rank (napari-unet suggest) and predict")
+            if is_montage(stack.shape):
+                source = plugin_meta(image).get("source") or "IMAGE.tif"
+                raise ValueError(f"'{image.name}' is a montage: its slices are ranked block by block from the command "
+                                 f"line, e.g. napari-unet suggest {source} --model em-membranes --json")
             if tuple(stack.shape[:3]) != labels_stack(layer).shape:
                 raise ValueError(f"'{layer.name}' and '{image.name}' differ in shape: choose the labels of this image.")
             if stack.shape[-1] != checkpoint.config.in_channels:

@@ -16,9 +16,11 @@ from ..core.files import check_writable, free_path, napari_unet_home, refuse_inp
 from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, describe_plan, make_folds
 from ..core.labels import labels_from_array, labels_note
 from ..core.pipeline import Pipeline
+from ..core.regions import CHUNK, CONTEXT, fine_tune_on_chunks, region_chunks
 from ..core.predict import describe_device, resolve_device
 from ._jobs import BackgroundJob
 from ._layers import (
+    is_montage,
     follow_new_layers,
     fov_of,
     image_stack,
@@ -28,10 +30,10 @@ from ._layers import (
     layer_shaped,
     lazy_stack,
     plugin_meta,
-    refuse_montage,
     show_linked,
     slice_updates,
 )
+from ._montage import montage_corrections, region_of
 from ._plot import LossPlot
 from ._session import get_session, real_viewer
 from ._text import text_row
@@ -104,12 +106,16 @@ class FineTuneWidget(Container):
         """Check the input here, then autosave the corrections, read the corrected slices and
         train in a worker: nothing that reads the whole stack runs on the GUI thread."""
         image, labels_layer = self.image.value, self.corrected_labels.value
+        if image is not None and labels_layer is not None and region_of(labels_layer) is not None:
+            return self._start_on_montage(image, labels_layer)
         try:
             if image is None or labels_layer is None:
                 raise ValueError("Choose the image and the corrected Labels layer (predict first).")
             lazy = is_lazy(image) or not isinstance(labels_layer.data, np.ndarray)
             stack = lazy_stack(image) if is_lazy(image) else image_stack(image)
-            refuse_montage(image, stack.shape, "fine-tune (napari-unet train --from) and predict")
+            if is_montage(stack.shape):
+                raise ValueError(f"'{image.name}' is a montage: it is corrected and fine-tuned a region at a time. "
+                                 "Predict makes the region in view; choose its Labels layer as Corrected labels.")
             labels = labels_layer.data if labels_layer.data.ndim == 3 else np.asarray(labels_layer.data)[None]
             if labels.shape != stack.shape[:3]:
                 raise ValueError(f"'{labels_layer.name}' has shape {labels.shape} but '{image.name}' has "
@@ -151,25 +157,13 @@ class FineTuneWidget(Container):
                            SlicesOf(np.stack([edited.get(z, np.zeros(labels.shape[1:], bool)) for z in corrected]),
                                     corrected, labels.shape),
                            options=options, start_name=start_name, fov=given_fov)
-            events = run.run()
-            for event in events:
-                state.events.append(event)
-                state.report(event.step, event.total)
-                if state.cancelled():
-                    break
-            events.close()  # `run.result` holds the best model so far
-            if state.abandoned:  # the window was closed: write nothing
+            trained = _run_and_save(run, state, out, tracker.store(corrections_dir).folder, corrected, note)
+            if trained is None:
                 return None
-            result = run.result
-            saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
-            try:  # offered again by Predict for this image, also after a restart
-                record_fine_tuned(tracker.store(corrections_dir).folder, saved_to, corrected)
-            except OSError as exc:  # the model is saved; only Predict's offer of it next time is lost
-                note = f"{note} It could not be listed for this image ({exc}): choose it as a checkpoint file.".strip()
-            tuned = load_checkpoint(saved_to, device="cpu")
+            tuned, saved_to, fallback, report, note = trained
             state.total = 0
             updates = changed = None
-            if uncorrected and result.report["kept"]:  # as Predict would predict them
+            if uncorrected and report["kept"]:  # as Predict would predict them
                 fov = None if given_fov is None else given_fov[uncorrected]
                 mask = Pipeline(tuned, device=device, **predicting).run(stack[uncorrected], fov,
                                                                           cancel=lambda: state.abandoned).mask
@@ -177,7 +171,7 @@ class FineTuneWidget(Container):
                 changed = np.zeros(labels.shape, np.uint8)  # shown in yellow
                 for z, (rows, cols, _values) in updates.items():
                     changed[z, rows, cols] = 1
-            return tuned, saved_to, fallback, updates, changed, result.report, note
+            return tuned, saved_to, fallback, updates, changed, report, note
 
         def done(result):
             return self._finished(image, labels_layer, uncorrected, *result)
@@ -190,6 +184,63 @@ class FineTuneWidget(Container):
         self.run_button.text = "Stop"
         plan = describe_plan(corrected, options)
         self.status.value = f"Fine-tuning {start_name}{plan} on {describe_device(device)}…"
+        self.job.start()
+        return self.job
+
+    def _start_on_montage(self, image: Image, labels_layer: Labels) -> BackgroundJob | None:
+        """A montage region's labels: fine-tune on every corrected chunk of the montage (this
+        region's and those corrected before), each read with its context, nothing else."""
+        try:
+            volume = lazy_stack(image)
+            corrections = montage_corrections(image, volume.shape, self.session.corrections_dir)
+            if plugin_meta(labels_layer).get("montage") != str(corrections.folder):
+                raise ValueError(f"'{labels_layer.name}' is a region of another montage: choose its image.")
+            tracker = self.session.tracker(labels_layer)
+            z, region = region_of(labels_layer)
+            chunks = corrections.corrected | (set(region_chunks(z, region)) if 0 in tracker.corrected else set())
+            if not chunks:
+                raise ValueError("No corrected region yet: paint your corrections on the region (it then counts as "
+                                 "corrected), or mark it corrected in Correct.")
+            checkpoint, start_name = self._starting_model(image)
+            if checkpoint.config.in_channels != volume.shape[-1]:
+                raise ValueError("The current model does not take this kind of image (grey vs RGB).")
+            device = resolve_device(self.device.value)
+            settings = self.session.predict_settings
+            options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
+                                      **{key: settings[key] for key in ("tile", "overlap") if key in settings})
+            out = self._output_path(image)
+        except (ValueError, CheckpointError) as exc:
+            self.status.value = str(exc)
+            return None
+        corrections_dir = self.session.corrections_dir
+
+        def work(state):
+            try:
+                self.session.autosave()
+                tracker.save(corrections_dir)
+            except OSError as exc:
+                raise ValueError(f"Could not save your corrections before training ({exc}): choose a folder in "
+                                 "Correct.") from exc
+            saved = montage_corrections(image, volume.shape, corrections_dir)  # as just saved
+            run, learnt = fine_tune_on_chunks(checkpoint, volume, saved, options, start_name)
+            slices = sorted({chunk[0] for chunk in learnt})
+            trained = _run_and_save(run, state, out, tracker.store(corrections_dir).folder, slices, "")
+            if trained is None:
+                return None
+            tuned, saved_to, fallback, report, note = trained
+            return tuned, saved_to, fallback, None, None, report, note
+
+        folds = len(make_folds(len(chunks))) if options.verify else 0
+        self.plot.reset((folds + 1) * options.steps)
+        self.history = []
+        self.job = BackgroundJob(work, lambda result: self._finished(image, labels_layer, [], *result), self._failed,
+                                 self, self._poll, self._ended, description=f"Fine-tuning on {len(chunks)} chunk(s)",
+                                 activity=False)
+        self.run_button.text = "Stop"
+        held = "neighbouring chunks held out in turn" if len(chunks) > 1 else "each half of the chunk held out in turn"
+        self.status.value = (f"Fine-tuning {start_name} on the {len(chunks)} corrected chunk(s) of '{image.name}' "
+                             f"({CHUNK} px, read with {CONTEXT} px around): {folds} models trained with {held}, kept "
+                             f"only if they beat it there ({options.steps} steps each), on {describe_device(device)}…")
         self.job.start()
         return self.job
 
@@ -307,7 +358,9 @@ class FineTuneWidget(Container):
         saved = fallback or (f"Saved to {out}" if report["kept"]
                              else f"This round is recorded in {out} (the starting model's weights)")
         changed_text, steps = "", []
-        if not uncorrected and is_lazy(image) and report["kept"]:
+        if region_of(labels_layer) is not None and report["kept"]:
+            changed_text = " Pan to a region you have not corrected and Predict to see what it learnt."
+        elif not uncorrected and is_lazy(image) and report["kept"]:
             changed_text = " Predict again to apply it to the volume (slice by slice; your corrected slices are kept)."
         elif updates is not None and labels_layer not in self.viewer.layers:
             changed_text = f" '{labels_layer.name}' was removed during training, so nothing was re-predicted."
@@ -329,6 +382,28 @@ class FineTuneWidget(Container):
         self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
         self.status.value = f"{how}{score} {saved}; it is now the model in Predict.{changed_text} {note}".strip()
         return steps
+
+
+def _run_and_save(run: FineTune, state, out: Path, folder: Path, slices: list[int], note: str):
+    """Run a fine-tune in the worker, relaying its events; save the model (the starting one
+    when refused) and list it for the image. Returns (model, path, fallback sentence,
+    report, note), or None when the window was closed."""
+    events = run.run()
+    for event in events:
+        state.events.append(event)
+        state.report(event.step, event.total)
+        if state.cancelled():
+            break
+    events.close()  # `run.result` holds the model to keep
+    if state.abandoned:  # the window was closed: write nothing
+        return None
+    result = run.result
+    saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
+    try:  # offered again by Predict for this image, also after a restart
+        record_fine_tuned(folder, saved_to, slices)
+    except OSError as exc:  # the model is saved; only Predict's offer of it next time is lost
+        note = f"{note} It could not be listed for this image ({exc}): choose it as a checkpoint file.".strip()
+    return load_checkpoint(saved_to, device="cpu"), saved_to, fallback, result.report, note
 
 
 class SlicesOf:

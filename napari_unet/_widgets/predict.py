@@ -19,6 +19,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 
+from ..core.blocks import SliceOf, in_blocks, predict_region, region_tile_count, slice_levels
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.corrections import corrections_folder, fine_tuned_models
 from ..core.data import data_hash, parse_slices
@@ -30,6 +31,7 @@ from ..core.stream import VolumeOutputs, predict_volume
 from ..core.volume import create_output
 from ._jobs import BackgroundJob
 from ._layers import (
+    is_montage,
     follow_new_layers,
     current_slice,
     fov_of,
@@ -44,11 +46,11 @@ from ._layers import (
     linked_layers,
     linked_meta,
     plugin_meta,
-    refuse_montage,
     show_linked,
     slice_updates,
     spatial_ndim,
 )
+from ._montage import add_region_layer, montage_corrections, region_in_view, region_layers, region_of
 from ._writer_queue import write_steps
 from ._session import get_session, real_viewer
 from ._text import text_row
@@ -234,7 +236,6 @@ class PredictWidget(Container):
                 raise ValueError("No image chosen: load an image first (Load widget or File ▸ Open).")
             lazy = is_lazy(layer)
             stack = lazy_stack(layer) if lazy else image_stack(layer)
-            refuse_montage(layer, stack.shape, "predict")
             checkpoint, model_name = self.selected_checkpoint()
             device = resolve_device(self.device.value)
             if stack.shape[-1] != checkpoint.config.in_channels:
@@ -246,6 +247,8 @@ class PredictWidget(Container):
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
             return None
+        if is_montage(stack.shape):
+            return self._predict_region(layer, stack, checkpoint, model_name, device)
         if lazy:
             return self._predict_volume(layer, stack, checkpoint, model_name, device, slices)
         with_cells = self.show_instances.value and not layer.rgb
@@ -375,6 +378,101 @@ class PredictWidget(Container):
         self.run_button.text = "Cancel"
         self.status.value = (f"Predicting {len(todo)} slice(s) of {layer.name} one by one with {model_name} on "
                              f"{describe_device(device)}; they appear as they are done…")
+        self.progress_bar.value = 0
+        self.job.start()
+        return self.job
+
+    def _predict_region(self, layer: Image, volume, checkpoint: Checkpoint, model_name: str, device
+                        ) -> BackgroundJob | None:
+        """A montage slice: predict the region around the centre of the view, each pixel as
+        the whole slice's prediction has it, into a Labels layer placed over it. Chunks
+        corrected before come back as the user left them."""
+        try:
+            pipeline = self.pipeline(checkpoint, device)
+            if not in_blocks(pipeline, tuple(volume.shape[1:3])):
+                raise ValueError(f"'{layer.name}' is a montage: it is predicted a region at a time, which needs the "
+                                 "model's own pixel size. Set Pixel size to 0, or resample the montage first.")
+            corrections = montage_corrections(layer, volume.shape, self.session.corrections_dir)
+            z, region = region_in_view(self.viewer, layer, volume.shape)
+        except (ValueError, OSError) as exc:
+            self.status.value = str(exc)
+            return None
+        y0, y1, x0, x1 = region
+        shown = [other for other in region_layers(self.viewer, layer) if region_of(other) == (z, region)]
+        if shown and (self.session.tracker(shown[-1]).edited or self.session.tracker(shown[-1]).corrected):
+            self.viewer.layers.selection.active = shown[-1]
+            self.status.value = (f"'{shown[-1].name}' holds your corrections and is kept as it is. Pan to a region "
+                                 "you have not corrected and Predict again.")
+            return None
+        plane = SliceOf(volume, z)
+        watch = ImageWatch(self.viewer, layer)
+        tiles = region_tile_count(pipeline, tuple(volume.shape[1:3]), region)
+
+        def work(state):
+            levels = corrections.levels(z)
+            if levels is None:  # once per slice, read block by block, kept beside the montage
+                state.note = f"Measuring the intensities of slice {z} (once, {volume.shape[1] * volume.shape[2]:,} px)…"
+                levels = slice_levels(plane, checkpoint.info.normalization, f"Slice {z}")
+                corrections.set_levels(z, levels)
+            done = 0
+
+            def progress(count: int) -> None:
+                nonlocal done
+                done += count
+                state.report(done, tiles)
+
+            try:
+                probability = predict_region(pipeline, plane, region, levels, progress, state.cancelled)
+            except PredictionCancelled:
+                return None
+            mask = (probability > pipeline.threshold).astype(np.uint8)
+            saved, edited, corrected = corrections.read(z, region)
+            mask[corrected] = saved[corrected]
+            return mask, edited, bool(corrected.any()), probability
+
+        def done(result):
+            if watch.changed:
+                self.status.value = f"{watch.changed}: nothing was added. Predict again."
+                return None
+            if result is None:
+                self.status.value = "Prediction cancelled; nothing was changed."
+                return None
+            mask, edited, corrected, probability = result
+            self.session.current, self.session.current_label = checkpoint, model_name
+            if shown and shown[-1] in self.viewer.layers:
+                target = shown[-1]
+                with self.session.tracker(target).programmatic():
+                    target.data = mask.reshape(target.data.shape)
+            else:
+                target = add_region_layer(self.viewer, layer, z, region, mask, model_name, corrections)
+            tracker = self.session.tracker(target)
+            if corrected or edited.any():
+                tracker.restore([0] if corrected else [], [0] if edited.any() else [], {0: edited} if edited.any() else {})
+            if self.show_probability.value:
+                self.viewer.add_image(probability, name=f"{target.name} probability", colormap="magma",
+                                      blending="additive", contrast_limits=(0, 1), scale=target.scale[-2:],
+                                      translate=target.translate[-2:], metadata=linked_meta("probability", target))
+            self.viewer.layers.selection.active = target
+            kept = " with your saved corrections" if corrected else ""
+            self.status.value = (f"Predicted the region y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {z}{kept} with "
+                                 f"{model_name} ({100 * mask.mean():.1f}% structure) into '{target.name}'. Correct it "
+                                 "with the paint tools: it is saved by chunk and learnt by Fine-tune. The whole "
+                                 f"montage: napari-unet predict {plugin_meta(layer).get('source') or 'IMAGE.tif'} "
+                                 "--model MODEL --out mask.zarr")
+            return None
+
+        def poll(state) -> None:
+            self._poll(state)
+            if state.note and not state.done:
+                self.status.value = state.note
+
+        self.job = BackgroundJob(work, done, self._failed, self, poll, lambda: self._ended(watch),
+                                 description=f"Predicting a region of {layer.name}")
+        watch.on_change = self.job.cancel
+        self.run_button.text = "Cancel"
+        self.status.value = (f"'{layer.name}' is a montage ({volume.shape[1]:,} x {volume.shape[2]:,} px a slice): "
+                             f"predicting the region in view, y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {z}, with "
+                             f"{model_name} on {describe_device(device)}…")
         self.progress_bar.value = 0
         self.job.start()
         return self.job

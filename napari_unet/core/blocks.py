@@ -197,6 +197,11 @@ def predict_region(pipeline, plane, region: tuple[int, int, int, int], levels, p
             cache.close()
 
 
+def region_tile_count(pipeline, shape: tuple[int, int], region: tuple[int, int, int, int]) -> int:
+    """How many tiles `predict_region` predicts for a region of a (Y, X) slice (for progress)."""
+    return len(_Geometry(pipeline, *shape).tile_keys(region))
+
+
 class _TileCache:
     """The network's output for tiles that several blocks need (those on a block border):
     computed once, kept on disk (a row of them spans the slice) until the last block that

@@ -10,7 +10,6 @@ run in batches; on CUDA out-of-memory the batch, then the tile, is halved and re
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import numpy as np

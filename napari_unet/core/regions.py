@@ -17,6 +17,7 @@ A fine-tune reads only the corrected chunks and `CONTEXT` pixels of image around
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -37,12 +38,14 @@ REGION = 2048
 CONTEXT = 64
 
 Chunk = tuple[int, int, int]  # (z, chunk row, chunk column)
+_STATE_LOCK = threading.Lock()
 Region = tuple[int, int, int, int]  # (y0, y1, x0, x1) in slice pixels
 
 
-def region_around(shape: tuple[int, int], center: tuple[float, float], size: int = REGION) -> Region:
-    """The ``size`` x ``size`` region of a (Y, X) slice around ``center`` (y, x), its corner on
-    the chunk grid, inside the slice (the whole side where the slice is smaller)."""
+def region_around(shape: tuple[int, int], center: tuple[float, float], size: int | None = None) -> Region:
+    """The ``size`` (default `REGION`) square region of a (Y, X) slice around ``center`` (y, x),
+    its corner on the chunk grid, inside the slice (the whole side where the slice is smaller)."""
+    size = size or REGION
     bounds = []
     for length, middle in zip(shape, center):
         span = min(size, length)
@@ -94,18 +97,22 @@ class MontageCorrections:
         self.corrected: set[Chunk] = set()
         self._levels: dict[int, list] = {}
         self._arrays: dict[str, object] = {}
+        self._read_state()
+
+    def _read_state(self) -> None:
         state = self.folder / "state.json"
-        if state.is_file():
-            try:
-                raw = json.loads(state.read_text())
-                saved_shape = tuple(raw["shape"])
-                self.corrected = {tuple(int(v) for v in chunk) for chunk in raw["corrected"]}
-                self._levels = {int(z): levels for z, levels in raw.get("levels", {}).items()}
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"The montage corrections in {self.folder} could not be read ({exc}).") from exc
-            if saved_shape != self.shape:
-                raise ValueError(f"The corrections in {self.folder} belong to a montage of shape {saved_shape}, not "
-                                 f"{self.shape}: choose another corrections folder in Correct.")
+        if not state.is_file():
+            return
+        try:
+            raw = json.loads(state.read_text())
+            saved_shape = tuple(raw["shape"])
+            self.corrected = {tuple(int(v) for v in chunk) for chunk in raw["corrected"]}
+            self._levels = {int(z): levels for z, levels in raw.get("levels", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"The montage corrections in {self.folder} could not be read ({exc}).") from exc
+        if saved_shape != self.shape:
+            raise ValueError(f"The corrections in {self.folder} belong to a montage of shape {saved_shape}, not "
+                             f"{self.shape}: choose another corrections folder in Correct.")
 
     # ------------------------------------------------------------------ levels
 
@@ -115,8 +122,8 @@ class MontageCorrections:
         return None if saved is None else (np.asarray(saved[0], np.float32), np.asarray(saved[1], np.float32))
 
     def set_levels(self, z: int, levels: tuple[np.ndarray, np.ndarray]) -> None:
-        self._levels[int(z)] = [np.asarray(level, float).tolist() for level in levels]
-        self._save_state()
+        saved = [np.asarray(level, float).tolist() for level in levels]
+        self._update(lambda: self._levels.__setitem__(int(z), saved))
 
     # ------------------------------------------------------------------ labels
 
@@ -174,11 +181,18 @@ class MontageCorrections:
                     cy0, cy1, cx0, cx1 = chunk_region(chunk, self.shape[1:])
                     part = values[max(cy0, y0) - y0 : min(cy1, y1) - y0, max(cx0, x0) - x0 : min(cx1, x1) - x0]
                     array[z, max(cy0, y0) : min(cy1, y1), max(cx0, x0) : min(cx1, x1)] = part.astype(np.uint8)
-        self.corrected = self.corrected | inside if corrected else self.corrected - inside
-        self._save_state()
+        self._update(lambda: setattr(self, "corrected", self.corrected | inside if corrected else self.corrected - inside))
         return len(todo)
 
-    def _save_state(self) -> None:
+    def _update(self, change) -> None:
+        """Apply ``change`` to the state as it is on disk now and write it: two writers (a
+        prediction saving levels, the autosave saving chunks) never undo each other."""
+        with _STATE_LOCK:
+            self._read_state()
+            change()
+            self._write_state()
+
+    def _write_state(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"shape": list(self.shape), "corrected": sorted(list(c) for c in self.corrected),
                            "levels": {str(z): levels for z, levels in sorted(self._levels.items())},

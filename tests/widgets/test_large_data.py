@@ -249,27 +249,6 @@ def test_a_montage_tif_opens_with_display_levels_and_predicts_block_by_block(mak
                                   zarr.open_array(str(tmp_path / "cells.zarr"), mode="r")[0])
 
 
-def test_montages_too_large_to_show_as_labels_are_sent_to_the_command_line(widgets):
-    import dask.array as da
-
-    """Slices over 16,384² (a 40,000² montage) are browsed, but Predict, the ranking and the
-    fine-tune say to use the command line instead of reading gigabytes on the GUI thread."""
-    viewer = widgets["viewer"]
-    montage = da.zeros((2, 40000, 40000), dtype=np.uint8, chunks=(1, 2048, 2048))  # only its coarse level is read
-    levels = [montage, montage[:, ::32, ::32]]  # as Load opens a montage tif (napari shows the coarse one)
-    image = viewer.add_image(levels, name="montage", multiscale=True,
-                             metadata={"napari_unet": {"source": "/data/montage.tif"}})
-    labels = viewer.add_labels(levels, name="edits", multiscale=True)
-    widgets["predict"].image.value = image
-    assert widgets["predict"].predict() is None
-    assert "40,000 x 40,000" in widgets["predict"].status.value
-    assert "napari-unet predict /data/montage.tif" in widgets["predict"].status.value
-    widgets["finetune"].image.value = image
-    widgets["finetune"].corrected_labels.value = labels
-    assert widgets["finetune"].start() is None and "command line" in widgets["finetune"].status.value
-    assert [layer.name for layer in viewer.layers] == ["montage", "edits"]
-
-
 def test_load_writes_an_averaged_pyramid_in_a_worker_and_opens_it(make_napari_viewer, qtbot, em_slices, tmp_path,
                                                                   monkeypatch):
     """A montage tif opened through levels that pick pixels: Load's button writes an averaged

@@ -1,0 +1,128 @@
+"""A montage in the GUI, as a user works on it: Predict the region in view, paint it, the
+autosave writes only the chunks that changed, Fine-tune learns from the corrected chunks,
+and the next session's Predict brings the corrections back."""
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import napari_unet._widgets._layers as layers
+import napari_unet.core.blocks as blocks
+import napari_unet.core.regions as regions
+import napari_unet.core.volume as volume
+from napari_unet._widgets._session import get_session
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import load_checkpoint
+
+from .conftest import paint_square, wait_for
+from .test_large_data import em_slices, tiny_512  # noqa: F401 (fixtures)
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    """Every limit scaled down, so a 1536 x 2048 slice is a montage: 512-px blocks and display
+    levels, 1024-px regions, Labels layers of at most 1024² pixels."""
+    for module, name, value in ((blocks, "BLOCK", 512), (blocks, "BLOCK_LIMIT", 2 * 512**2),
+                                (volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512), (volume, "REGION", 512),
+                                (regions, "REGION", 1024), (layers, "GUI_SLICE_LIMIT", 1024**2)):
+        monkeypatch.setattr(module, name, value)
+
+
+def _open(make_napari_viewer, path, center):
+    viewer = make_napari_viewer()
+    load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    load.path.value = str(path)
+    image = load.load()[0]
+    (viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera).center = center
+    return viewer, image
+
+
+def _predict(viewer, qtbot, image, model):
+    predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")[1]
+    predict.image.value = image
+    predict.model.value = "file"
+    predict.checkpoint.value = str(model)
+    predict.threshold.value = 0.5
+    wait_for(qtbot, predict.predict(), 120)
+    return predict
+
+
+def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_napari_viewer, qtbot, em_slices,  # noqa: F811
+                                                                         tiny_512, tmp_path, small_limits):  # noqa: F811
+    montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
+    path = tmp_path / "montage.tif"
+    tifffile.imwrite(path, montage, photometric="minisblack")
+    viewer, image = _open(make_napari_viewer, path, (1100.0, 1300.0))
+    predict = _predict(viewer, qtbot, image, tiny_512)
+
+    # The region around the view's centre, on the chunk grid, placed over the montage.
+    region = viewer.layers["montage prediction y 512-1,536, x 512-1,536"]
+    assert region.data.shape == (1024, 1024) and tuple(region.translate) == (512.0, 512.0)
+    assert "Correct it with the paint tools" in predict.status.value
+    assert main(["predict", str(path), "--out", str(tmp_path / "cli.zarr"), "--model", str(tiny_512),
+                 "--threshold", "0.5"]) == 0
+    whole = zarr.open_array(str(tmp_path / "cli.zarr"), mode="r")[0]
+    assert 0.2 < whole.mean() < 0.8
+    np.testing.assert_array_equal(region.data, whole[512:1536, 512:1536])  # as the whole slice's prediction
+
+    # Painting makes the region corrected; the autosave writes its chunks, then only those painted.
+    session = get_session(viewer)
+    painted = paint_square(region, 0, 100, 100, value=1)
+    tracker = session.tracker(region)
+    assert tracker.corrected == {0}
+    session.autosave()
+    chunks = tmp_path / "montage.tif.napari-unet" / "montage" / "labels.zarr"
+    written = {p.name: p.stat().st_mtime_ns for p in chunks.iterdir() if not p.name.startswith(".")}
+    assert sorted(written) == ["0.1.1", "0.1.2", "0.2.1", "0.2.2"]  # 4 chunks of 512² out of 12
+    paint_square(region, 0, 700, 900, value=0)  # in chunk (2, 2) of the slice
+    session.autosave()
+    again = {p.name: p.stat().st_mtime_ns for p in chunks.iterdir() if not p.name.startswith(".")}
+    assert [name for name in written if again[name] != written[name]] == ["0.2.2"]
+
+    # Fine-tune learns from the corrected chunks, cross-validated.
+    finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")[1]
+    finetune.image.value = image
+    finetune.corrected_labels.value = region
+    finetune.steps.value = 5
+    job = finetune.start()
+    assert "on the 4 corrected chunk(s)" in finetune.status.value
+    wait_for(qtbot, job, 240)
+    assert "failed" not in finetune.status.value and "it is now the model in Predict" in finetune.status.value
+    assert (tmp_path / "montage_finetuned.pt").is_file()
+    assert any(event.stage.startswith("fold") for event in finetune.history)
+
+    # The next day: the same region comes back as corrected.
+    other, image = _open(make_napari_viewer, path, (1100.0, 1300.0))
+    _predict(other, qtbot, image, tiny_512)
+    back = other.layers["montage prediction y 512-1,536, x 512-1,536"]
+    np.testing.assert_array_equal(back.data, np.asarray(region.data))
+    assert back.data[100, 100] == painted[100, 100] == 1
+    assert get_session(other).tracker(back).corrected == {0} and get_session(other).tracker(back).edited == {0}
+
+
+def test_a_40000_px_montage_is_refused_only_where_it_must_be(widgets):
+    """A 40,000² montage opened as display levels: what cannot work on it says what to do,
+    before reading anything (a resampling model, a Labels layer of the whole slice, the
+    ranking)."""
+    import dask.array as da
+
+    viewer = widgets["viewer"]
+    montage = da.zeros((2, 40000, 40000), dtype=np.uint8, chunks=(1, 2048, 2048))
+    levels = [montage, montage[:, ::32, ::32]]  # as Load opens a montage tif (napari shows the coarse one)
+    image = viewer.add_image(levels, name="montage", multiscale=True,
+                             metadata={"napari_unet": {"source": "/data/montage.tif"}})
+    labels = viewer.add_labels(levels, name="edits", multiscale=True)
+    predict = widgets["predict"]
+    predict.image.value = image
+    predict.pixel_size.value = 5.0
+    assert predict.predict() is None
+    assert "a region at a time, which needs the model's own pixel size" in predict.status.value
+    widgets["finetune"].image.value = image
+    widgets["finetune"].corrected_labels.value = labels
+    assert widgets["finetune"].start() is None and "a region at a time" in widgets["finetune"].status.value
+    widgets["correct"].layer.value = labels
+    get_session(viewer).current = load_checkpoint("em-membranes")  # as after a prediction
+    assert widgets["correct"].rank_slices() is None
+    assert "napari-unet suggest /data/montage.tif" in widgets["correct"].rank_status.value
+    assert [layer.name for layer in viewer.layers] == ["montage", "edits"]
