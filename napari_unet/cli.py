@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = commands.add_parser("train", help="train from scratch, or fine-tune with --from")
     t.add_argument("--images", required=True, help="image file, stack or folder")
-    t.add_argument("--labels", required=True, help="labels: nonzero = structure (or 0/1/2 with 2 = ignore)")
+    t.add_argument("--labels", required=True, help="labels: nonzero = structure (or 0/1/2 with 2 = ignore); with "
+                   "--from, also a montage's corrections folder (<image>.napari-unet/montage, saved by the widgets)")
     t.add_argument("--fov", help="field-of-view mask(s); pixels outside are ignored")
     t.add_argument("--invert-labels", action="store_true", help="structure is 0 in the label files (ISBI 2012)")
     t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
@@ -518,6 +519,8 @@ def _train(args) -> int:
         "the --images stack": args.images, "the --labels file": args.labels, "the --fov mask": args.fov,
         "the --from model": args.from_model, "the --edited mask": args.edited})
     device = _join_process_group(resolve_device(args.device)) if args.distributed else resolve_device(args.device)
+    if args.from_model and (Path(args.labels) / "state.json").is_file():  # a montage's corrected chunks
+        return _fine_tune_montage(args, out, device)
     stack = load_pairs(args.images, args.labels, args.fov, invert_labels=args.invert_labels)
     note = check_images(stack.images, Path(args.images).name)
     if note:
@@ -599,9 +602,9 @@ def _recipe_overrides(args) -> dict:
 
 def _fine_tune(args, images, labels, out: Path, device) -> int:
     """``train --from``: the fine-tune of the widget (`core.finetune`), from files."""
-    from .core.checkpoint import load_checkpoint, save_checkpoint
+    from .core.checkpoint import load_checkpoint
     from .core.data import DataError, check_same_shape, read_stack
-    from .core.finetune import FineTune, FineTuneOptions, describe_outcome, describe_plan
+    from .core.finetune import FineTune, describe_plan
     from .core.labels import IGNORE
     from .core.predict import describe_device
 
@@ -619,18 +622,55 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         edited = (edited[..., 0] if edited.ndim == 4 else edited) != 0
         check_same_shape(labels, edited, "--edited mask")
     checkpoint = load_checkpoint(args.from_model)
-    options = FineTuneOptions(steps=FineTuneOptions.steps if args.steps is None else args.steps, verify=not args.no_val,
-                              device=str(device), seed=args.seed, recipe=_recipe_overrides(args))
+    options = _fine_tune_options(args, device)
     try:
         run = FineTune(checkpoint, images, labels, corrected, edited, options, start_name=args.from_model)
     except ValueError as exc:
         raise DataError(str(exc)) from None
+    return _run_fine_tune(args, run, f"{describe_plan(corrected, options)} on {describe_device(device)}", out)
+
+
+def _fine_tune_options(args, device):
+    from .core.finetune import FineTuneOptions
+
+    return FineTuneOptions(steps=FineTuneOptions.steps if args.steps is None else args.steps, verify=not args.no_val,
+                           device=str(device), seed=args.seed, recipe=_recipe_overrides(args))
+
+
+def _fine_tune_montage(args, out: Path, device) -> int:
+    """``train --from`` on a montage's corrections folder: the widget's fine-tune on the
+    corrected chunks (`core.regions.fine_tune_on_chunks`), read by region from the montage."""
+    from .core.checkpoint import load_checkpoint
+    from .core.data import DataError
+    from .core.predict import describe_device
+    from .core.regions import CHUNK, CONTEXT, MontageCorrections, fine_tune_on_chunks
+    from .core.volume import open_volume
+
+    if args.slices or args.edited or args.val_slices or args.fov:
+        raise UsageError("--slices, --edited, --val-slices and --fov do not go with a montage's corrections folder: "
+                         "it says which chunks were corrected and which pixels painted.")
+    volume = open_volume(args.images).data
+    options = _fine_tune_options(args, device)
+    try:
+        corrections = MontageCorrections(args.labels, tuple(volume.shape[:3]))
+        run, chunks = fine_tune_on_chunks(load_checkpoint(args.from_model), volume, corrections, options,
+                                          start_name=args.from_model)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return _run_fine_tune(args, run, f" on {len(chunks)} corrected chunk(s) of {CHUNK} px (read with {CONTEXT} px "
+                          f"around), cross-validated over neighbouring chunks, on {describe_device(device)}", out)
+
+
+def _run_fine_tune(args, run, plan: str, out: Path) -> int:
+    """Run a fine-tune with a progress bar; write the model (the starting one when refused)."""
+    from .core.checkpoint import save_checkpoint
+    from .core.finetune import describe_outcome
+
     # Under torchrun every process trains (train() shares the gradients); rank 0 reports and writes.
     main_process = not args.distributed or _rank() == 0
     if main_process:
-        print(f"fine-tuning {args.from_model}{describe_plan(corrected, options)} on {describe_device(device)}",
-              file=sys.stderr)
-    bar = _progress_bar(options.steps, "step", disable=not main_process)
+        print(f"fine-tuning {args.from_model}{plan}", file=sys.stderr)
+    bar = _progress_bar(run.options.steps, "step", disable=not main_process)
     for event in run.run():
         bar.total = event.total
         bar.update(event.step - bar.n)

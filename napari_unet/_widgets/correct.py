@@ -18,6 +18,7 @@ from ..core.corrections import ignore_unedited
 from ..core.labels import IGNORE, STRUCTURE
 from ..core.pipeline import Pipeline
 from ..core.predict import PredictionCancelled
+from ..core.regions import CHUNK, region_chunks
 from ..core.uncertainty import pixel_uncertainty, rank, suggest
 from ._jobs import BackgroundJob
 from ._layers import (
@@ -134,7 +135,7 @@ class CorrectWidget(Container):
         if tracker is not None:
             for z in sorted(tracker.edited | tracker.corrected):
                 state = "edited" if z in tracker.edited else "marked"
-                item = QListWidgetItem(f"slice {z} ({state})")
+                item = QListWidgetItem(f"{self._part_name(tracker, z)} ({state})")
                 item.setData(Qt.ItemDataRole.UserRole, z)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(Qt.CheckState.Checked if z in tracker.corrected else Qt.CheckState.Unchecked)
@@ -146,7 +147,22 @@ class CorrectWidget(Container):
             corrected = sorted(tracker.corrected)
             saved = f" Autosaved at {self.session.last_autosave}." if self.session.last_autosave else ""
             saved = f" {self.session.autosave_error}" if self.session.autosave_error else saved
-            self.status.value = f"{len(corrected)} corrected slice(s): {corrected}.{saved}"
+            if tracker.region is not None:
+                z, region = tracker.region
+                what = ("This region counts as corrected: Fine-tune learns its" if corrected else
+                        "Paint this region, or mark it corrected, and Fine-tune learns its")
+                self.status.value = (f"{what} {len(region_chunks(z, region))} chunks of {CHUNK} px with the other "
+                                     f"corrected regions of the montage.{saved}")
+            else:
+                self.status.value = f"{len(corrected)} corrected slice(s): {corrected}.{saved}"
+
+    @staticmethod
+    def _part_name(tracker, z: int) -> str:
+        """"slice 3", or for a montage's region "region y 2,048-4,096, x 0-2,048 of slice 1"."""
+        if tracker.region is None:
+            return f"slice {z}"
+        montage_z, (y0, y1, x0, x1) = tracker.region
+        return f"region y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {montage_z}"
 
     def _item_changed(self, item: QListWidgetItem) -> None:
         z = item.data(Qt.ItemDataRole.UserRole)

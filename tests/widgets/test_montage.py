@@ -91,6 +91,13 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
     assert "failed" not in finetune.status.value and "it is now the model in Predict" in finetune.status.value
     assert (tmp_path / "montage_finetuned.pt").is_file()
     assert any(event.stage.startswith("fold") for event in finetune.history)
+    # The command line, given the corrections folder, makes the same decision from the same chunks.
+    assert main(["train", "--from", str(tiny_512), "--images", str(path), "--labels", str(chunks.parent),
+                 "--out", str(tmp_path / "cli.pt"), "--steps", "5"]) == 0
+    gui, cli = (load_checkpoint(p).metadata["history"][-1]["fine_tune"]
+                for p in (tmp_path / "montage_finetuned.pt", tmp_path / "cli.pt"))
+    assert (gui["outcome"], gui["folds"]) == (cli["outcome"], cli["folds"]) and cli["folds"]
+    assert cli["folds"][0]["name"].startswith("slice 0, y ")
 
     # The next day: the same region comes back as corrected.
     other, image = _open(make_napari_viewer, path, (1100.0, 1300.0))
