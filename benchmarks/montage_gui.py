@@ -12,13 +12,14 @@ as a user clicks it with the built-in EM model: Predict the region in view (the 
 levels are measured once), paint strokes on it, autosave, Fine-tune on it (``--steps``),
 pan to the next region and Predict again. Prints each step's time, the longest gap
 between heartbeat ticks in it (the first Load of a session also imports dask), and the
-process's peak memory. Saves the window as ``montage_gui.png`` (browsing) and
+process's peak resident memory in each step. Saves the window as ``montage_gui.png`` (browsing) and
 ``montage_loop.png`` (after the loop) in the work folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +42,66 @@ def build_stack(path: Path, size: int, slices: int) -> None:
     del out, source
 
 
+def truth_region(z: int, region, size: int) -> np.ndarray:
+    """(h, w) ISBI labels of a region of slice z of the stack `build_stack` writes (the
+    slices `montage.write_montage` tiles, every other one mirrored left to right)."""
+    labels = isbi().labels[:4]
+    side = labels.shape[1]
+    tiles = np.stack([labels[0], labels[1][:, ::-1], labels[2][::-1], labels[3][::-1, ::-1]])
+    y0, y1, x0, x1 = region
+    ys, xs = np.arange(y0, y1), np.arange(x0, x1)
+    if z % 2:
+        xs = size - 1 - xs
+    which = (ys[:, None] // side + xs[None, :] // side) % 4
+    return tiles[which, (ys % side)[:, None], (xs % side)[None, :]]
+
+
+def region_dice(layer, size: int) -> float:
+    """Dice of a region layer's mask against the ground truth of its region."""
+    from napari_unet._widgets._montage import region_of
+    from napari_unet.core.metrics import dice
+
+    truth = truth_region(*region_of(layer), size)
+    return float(dice(np.asarray(layer.data).reshape(truth.shape) == 1, truth == 1))
+
+
+class ResidentPeak:
+    """Samples the process's memory every 20 ms in a thread; `take` returns the peaks (MB)
+    since the previous call, so each step of the table gets its own: resident (VmRSS, which
+    counts the pages of the tif mapped while a region is read) and private (RssAnon)."""
+
+    def __init__(self) -> None:
+        self.peaks = {"VmRSS": 0.0, "RssAnon": 0.0}
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    key = line.split(":")[0]
+                    if key in self.peaks:
+                        self.peaks[key] = max(self.peaks[key], int(line.split()[1]) / 1024)
+            time.sleep(0.02)
+
+    def take(self) -> dict:
+        peaks, self.peaks = self.peaks, {"VmRSS": 0.0, "RssAnon": 0.0}
+        return {"peak_rss_mb": peaks["VmRSS"], "peak_private_mb": peaks["RssAnon"]}
+
+
+MEMORY = ResidentPeak()
+
+
+def longest_gap(ticks: list[float]) -> float:
+    return float(np.diff(ticks).max()) if len(ticks) > 1 else 0.0
+
+
+def row(step: str, seconds: float, stall: float) -> dict:
+    return {"step": step, "seconds": seconds, "longest_stall_s": stall, **MEMORY.take()}
+
+
 def correction_loop(viewer, widgets, image, args, settle, ticks, app, work: Path) -> list[dict]:
     """Predict the region in view, paint, autosave, fine-tune, pan and predict again; a row each."""
+    from napari_unet._widgets._montage import region_of
     from napari_unet._widgets._session import get_session
 
     def run(job, step: str) -> dict:
@@ -54,46 +113,69 @@ def correction_loop(viewer, widgets, image, args, settle, ticks, app, work: Path
             app.processEvents()
             time.sleep(0.005)
         seconds = time.perf_counter() - start
-        stall = max(float(np.diff(ticks).max()) if len(ticks) > 1 else seconds, settle(1.0))
-        return {"step": step, "seconds": seconds, "longest_stall_s": stall}
+        stall = max(longest_gap(ticks) if len(ticks) > 1 else seconds, settle(1.0))
+        return row(step, seconds, stall)
 
     rows = []
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     predict, finetune = widgets["Predict"], widgets["Fine-tune"]
+    session = get_session(viewer)
+    session.autosave_timer.stop()  # each save below is timed on its own
     predict.image.value = image
     predict.model.value = "em-membranes"
     rows.append(run(predict.predict(), "Predict the region in view (slice levels measured once)"))
     print(predict.status.value)
-    region = viewer.layers.selection.active
+    corrected = viewer.layers.selection.active
+    center = list(camera.center)
+    camera.center = (*center[:-1], center[-1] + 2048)  # the next region to the right, left uncorrected
+    rows.append(run(predict.predict(), "pan, Predict the next region"))
+    unseen = viewer.layers.selection.active
+    before = region_dice(unseen, args.size)
+
     ticks.clear()
     start = time.perf_counter()
-    region.brush_size = 8
-    prefix = (0,) * (region.data.ndim - 2)  # a region of a stack's slice is a (1, Y, X) layer
-    for k in range(10):  # ten strokes of 12 dabs, as a user paints a missed membrane
+    corrected.brush_size = 8
+    prefix = (0,) * (corrected.data.ndim - 2)  # a region of a stack's slice is a (1, Y, X) layer
+    for k in range(10):  # ten strokes of 12 dabs (then undone), as a user paints a missed membrane
         for d in range(0, 36, 3):
-            region.paint((*prefix, 200 + 150 * k + d, 300 + d), 1)
+            corrected.paint((*prefix, 200 + 150 * k + d, 300 + d), 1)
             app.processEvents()
-    rows.append({"step": "paint 10 strokes", "seconds": time.perf_counter() - start,
-                 "longest_stall_s": max(float(np.diff(ticks).max()) if len(ticks) > 1 else 0, settle(0.5))})
-    session = get_session(viewer)
-    ticks.clear()
-    start = time.perf_counter()
-    session._autosave_quietly()  # as the 60 s timer does: in a thread
-    while session.autosave_thread.is_alive():
-        app.processEvents()
-        time.sleep(0.005)
-    rows.append({"step": "autosave (its thread)", "seconds": time.perf_counter() - start,
-                 "longest_stall_s": max(float(np.diff(ticks).max()) if len(ticks) > 1 else 0, settle(0.5))})
+    rows.append(row("paint 10 strokes", time.perf_counter() - start, max(longest_gap(ticks), settle(0.5))))
+    for _ in range(10):
+        corrected.undo()
+    # The correction: the region's ground truth, written as the user's edits (as rounds.py does).
+    truth = truth_region(*region_of(corrected), args.size)
+    now = np.asarray(corrected.data).reshape(truth.shape)
+    rows_, cols_ = np.nonzero(now != truth)
+    corrected.data_setitem((*(np.zeros_like(rows_),) * len(prefix), rows_, cols_), truth[rows_, cols_])
+    for step, strokes in (("autosave, first (the region's 16 chunks)", 0), ("autosave after one stroke", 1)):
+        for d in range(0, 12 * strokes, 3):
+            corrected.paint((*prefix, 1000 + d, 1000), int(truth[1000 + d, 1000]))
+        ticks.clear()
+        start = time.perf_counter()
+        session._autosave_quietly()  # as the 60 s timer does: in a thread
+        while session.autosave_thread.is_alive():
+            app.processEvents()
+            time.sleep(0.005)
+        rows.append(row(step, time.perf_counter() - start, max(longest_gap(ticks), settle(0.5))))
     finetune.image.value = image
-    finetune.corrected_labels.value = region
+    finetune.corrected_labels.value = corrected
     finetune.steps.value = args.steps
     rows.append(run(finetune.start(), f"Fine-tune on the corrected chunks ({args.steps} steps)"))
     print(finetune.status.value)
-    center = list(camera.center)
-    center[-1] += 2048
-    camera.center = tuple(center)
-    rows.append(run(predict.predict(), "pan, Predict the next region"))
+    rows.append(run(predict.predict(), "Predict the next region again"))
+    after = region_dice(unseen, args.size)
+    print(f"Dice of the uncorrected next region against its ground truth: {before:.4f} before the fine-tune, "
+          f"{after:.4f} after")
     viewer.screenshot(str(work / "montage_loop.png"), canvas_only=False)
+    # Baseline: what napari alone takes to add a Labels layer of a region's size (GUI thread).
+    settle(0.5)
+    start = time.perf_counter()
+    reference = viewer.add_labels(np.zeros(corrected.data.shape, np.uint8), name="reference")
+    app.processEvents()
+    rows.append(row("napari adds a Labels layer of a region's size (reference)", time.perf_counter() - start,
+                    time.perf_counter() - start))
+    viewer.layers.remove(reference)
     return rows
 
 
@@ -139,20 +221,20 @@ def main() -> None:
     widgets["Load"].path.value = str(path)
     layers = widgets["Load"].load()
     load_seconds = time.perf_counter() - start
-    rows.append({"step": "Load, first in the session", "seconds": load_seconds, "longest_stall_s": load_seconds})
-    rows.append({"step": "napari draws it", "seconds": 5.0, "longest_stall_s": settle(5.0)})
+    rows.append(row("Load, first in the session", load_seconds, load_seconds))
+    rows.append(row("napari draws it", 5.0, settle(5.0)))
     viewer.dims.set_current_step(0, 1)
-    rows.append({"step": "next slice", "seconds": 5.0, "longest_stall_s": settle(5.0)})
+    rows.append(row("next slice", 5.0, settle(5.0)))
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.zoom = 1.0  # one screen pixel per image pixel: the finest level
     camera.center = (0, args.size / 2, args.size / 2)
-    rows.append({"step": "zoom to full resolution", "seconds": 5.0, "longest_stall_s": settle(5.0)})
+    rows.append(row("zoom to full resolution", 5.0, settle(5.0)))
     viewer.screenshot(str(work / "montage_gui.png"), canvas_only=False)
     # Once napari and dask are imported (the first Load imports them): Load it again.
     start = time.perf_counter()
     widgets["Load"].load()
     again = time.perf_counter() - start
-    rows.append({"step": "Load again", "seconds": again, "longest_stall_s": max(again, settle(3.0))})
+    rows.append(row("Load again", again, max(again, settle(3.0))))
     image = layers[0]
     if not args.no_loop:
         rows += correction_loop(viewer, widgets, image, args, settle, ticks, app, work)
@@ -160,7 +242,7 @@ def main() -> None:
     print(f"{path.name}: {args.slices} x {args.size}² uint8, display levels; "
           f"layer multiscale={image.multiscale} with {len(image.data) if image.multiscale else 1} level(s); "
           f"status: {widgets['Load'].status.value}")
-    print(table(rows, ["step", "seconds", "longest_stall_s"]))
+    print(table(rows, ["step", "seconds", "longest_stall_s", "peak_rss_mb", "peak_private_mb"]))
     print(f"peak memory (VmHWM): {peak:.0f} MB; window saved as {work / 'montage_gui.png'}")
     viewer.close()
 

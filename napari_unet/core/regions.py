@@ -279,9 +279,23 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
     options = replace(options, levels=(np.zeros(channels, np.float32), np.ones(channels, np.float32)))
 
     def predict_windows(pipeline, parts: list[int]) -> np.ndarray:
-        """Each window as Predict predicts it: on its whole slice's tile grid and levels."""
-        return np.stack([predict_region(pipeline, SliceOf(volume, chunks[i][0]), windows[i],
-                                        corrections.levels(chunks[i][0])) for i in parts])
+        """Each window as Predict predicts it: on its whole slice's tile grid and levels. The
+        windows of one slice are predicted together, as the box around them, when that box
+        is not much larger than they are (neighbouring chunks: their tiles overlap)."""
+        out = {}
+        for z in sorted({chunks[i][0] for i in parts}):
+            group = [i for i in parts if chunks[i][0] == z]
+            y0, x0 = (min(windows[i][k] for i in group) for k in (0, 2))
+            y1, x1 = (max(windows[i][k] for i in group) for k in (1, 3))
+            area = sum((windows[i][1] - windows[i][0]) * (windows[i][3] - windows[i][2]) for i in group)
+            boxes = [(y0, y1, x0, x1)] if (y1 - y0) * (x1 - x0) <= 2 * area else [windows[i] for i in group]
+            for box in boxes:
+                probability = predict_region(pipeline, SliceOf(volume, z), box, corrections.levels(z))
+                for i in group:
+                    wy0, wy1, wx0, wx1 = windows[i]
+                    if box[0] <= wy0 and wy1 <= box[1] and box[2] <= wx0 and wx1 <= box[3]:
+                        out[i] = probability[wy0 - box[0] : wy1 - box[0], wx0 - box[2] : wx1 - box[2]]
+        return np.stack([out[i] for i in parts])
 
     run = FineTune(checkpoint, images, labels, list(range(len(chunks))), edited, options=options,
                    start_name=start_name, part_names=lambda parts: describe_chunks([chunks[i] for i in parts]),
