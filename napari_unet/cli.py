@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "zarr / OME-Zarr volume; zarr, and tifs or folders over 1 GB, are streamed slice by slice")
     p.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
     p.add_argument("--out", required=True, help="output mask, uint8 (0/1), same Z/Y/X as the input: a tif, or a "
-                   "chunked zarr store when it ends in .zarr (written slice by slice)")
-    p.add_argument("--probabilities", help="also write the float32 probability map here (.tif or .zarr)")
+                   "chunked zarr store when it ends in .zarr (written slice by slice), an OME-Zarr pyramid napari browses "
+                   "without reading whole slices when it ends in .ome.zarr (for montages)")
+    p.add_argument("--probabilities", help="also write the float32 probability map here (.tif, .zarr or .ome.zarr)")
     p.add_argument("--instances", help="also write one id per cell (EM; the model's instance method, else a seeded watershed) here (uint32, .tif or .zarr)")
     p.add_argument("--slices", nargs="+", help="predict only these slices, e.g. 3 7 or 0-99 (streamed; the others "
                    "stay 0 in the outputs)")
@@ -360,7 +361,9 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint) -> int:
     Outputs are written beside their final names and renamed when every slice is done,
     so an interrupted run leaves no half-written result under the name asked for.
     """
+    from .core.blocks import in_blocks
     from .core.predict import describe_device
+    from .core.pyramid import add_levels, multiscale_output
     from .core.stream import VolumeOutputs, predict_volume
     from .core.volume import create_output, open_volume
 
@@ -370,10 +373,13 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint) -> int:
     slices = _parse_slices(args.slices, shape[0], "--slices") if args.slices else None
     pipeline = _pipeline(args, checkpoint, volume.data, instances="--instances" in extra)
     wanted = {out: np.uint8, extra.get("--probabilities"): np.float32, extra.get("--instances"): np.uint32}
+    reduce = {out: "max", extra.get("--probabilities"): "mean", extra.get("--instances"): "pick"}
     temps = {path: path.with_name(f".{path.name}.partial{path.suffix}") for path in wanted if path is not None}
+    multiscale = {path for path in temps if path.name.lower().endswith(".ome.zarr")}
     progress, bar = _tile_progress()
     try:
-        arrays = {path: create_output(temps[path], shape, wanted[path]) for path in temps}
+        arrays = {path: multiscale_output(temps[path], shape, wanted[path]) if path in multiscale
+                  else create_output(temps[path], shape, wanted[path]) for path in temps}
         outputs = VolumeOutputs(arrays[out], arrays.get(extra.get("--probabilities")),
                                 arrays.get(extra.get("--instances")))
         report = predict_volume(pipeline, volume.data, outputs, slices, fov=fov, progress=progress)
@@ -382,6 +388,8 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint) -> int:
             if hasattr(array, "flush"):  # memory-mapped tif
                 array.flush()
         del arrays, outputs
+        for path in multiscale:  # levels napari browses: the one that fits the screen is read
+            add_levels(temps[path], reduce[path], volume.pixel_size_nm, path.name)
         for path, temp in temps.items():
             _replace(temp, path)
     except BaseException:
@@ -397,6 +405,9 @@ def _predict_streamed(args, out: Path, extra: dict, checkpoint) -> int:
         print(f"note: {pipeline.scale_note}", file=sys.stderr)
     if report.blank:
         print(f"note: slice(s) {report.blank[:20]} hold one value only (no image): left empty.", file=sys.stderr)
+    if in_blocks(pipeline, (y, x)) and len(multiscale) < len(temps):
+        print("note: slices this large open in napari without a freeze as a multiscale store: write them with "
+              "--out mask.ome.zarr (also --probabilities prob.ome.zarr, --instances cells.ome.zarr).", file=sys.stderr)
     return 0
 
 

@@ -458,7 +458,7 @@ class PredictWidget(Container):
                                  f"{model_name} ({100 * mask.mean():.1f}% structure) into '{target.name}'. Correct it "
                                  "with the paint tools: it is saved by chunk and learnt by Fine-tune. The whole "
                                  f"montage: napari-unet predict {plugin_meta(layer).get('source') or 'IMAGE.tif'} "
-                                 "--model MODEL --out mask.zarr")
+                                 "--model MODEL --out mask.ome.zarr")
             return None
 
         def poll(state) -> None:

@@ -67,24 +67,15 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     group = zarr.open_group(str(partial), mode="w", zarr_format=2)
-    levels = [group.create_array(str(k), shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
-                                 dtype=data.dtype, fill_value=0) for k, shape in enumerate(shapes)]
-    grid = [block_grid(*shape[1:], REGION) for shape in shapes]
-    total, done = sum(len(regions) * shape[0] for regions, shape in zip(grid, shapes)), 0
+    levels = [group.create_array(str(k), shape=shape, chunks=_chunks(shape), dtype=data.dtype, fill_value=0)
+              for k, shape in enumerate(shapes)]
+    counter = _Progress(shapes, progress, cancel)
     try:
         for z in range(shapes[0][0]):
-            for k, level in enumerate(levels):
-                for y0, y1, x0, x1 in grid[k]:
-                    if cancel is not None and cancel():
-                        raise PredictionCancelled("Cancelled: no pyramid was written.")
-                    if k == 0:
-                        level[z, y0:y1, x0:x1] = np.asarray(data[z, y0:y1, x0:x1, 0])
-                    else:
-                        level[z, y0:y1, x0:x1] = _halved(np.asarray(levels[k - 1][z, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]),
-                                                         (y1 - y0, x1 - x0), data.dtype)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+            for y0, y1, x0, x1 in block_grid(*shapes[0][1:], REGION):
+                counter.tick()
+                levels[0][z, y0:y1, x0:x1] = np.asarray(data[z, y0:y1, x0:x1, 0])
+        _fill_levels(levels, "mean", counter)
         group.attrs["multiscales"] = [_multiscale(len(shapes), volume.pixel_size_nm, out.name)]
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -93,13 +84,81 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
     return shapes
 
 
-def _halved(block: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
-    """The 2 x 2 mean of a (2h, 2w) block (an odd last row or column is repeated) as (h, w)."""
+def multiscale_output(path: str | Path, shape: tuple[int, int, int], dtype):
+    """A new OME-Zarr group at ``path`` and its level-0 (Z, Y, X) array, returned, for a
+    prediction to be written into; `add_levels` then makes the coarser levels."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    return group.create_array("0", shape=shape, chunks=_chunks(shape), dtype=dtype, fill_value=0)
+
+
+def add_levels(path: str | Path, reduce: str, pixel_size_nm=None, name: str = "",
+               cancel: CancelCheck | None = None) -> list[tuple[int, int, int]]:
+    """Make the group `multiscale_output` wrote a browsable OME-Zarr pyramid: levels halved
+    from its level 0 until they fit the screen, block by block, then the metadata.
+
+    Args:
+        reduce: how 2 x 2 pixels become one: "mean" (probabilities), "max" (a mask:
+            thin membranes stay visible far out) or "pick" (cell ids: never mixed).
+
+    Returns:
+        The (Z, Y, X) of each level.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    base = group["0"]
+    shapes = level_shapes(tuple(base.shape))
+    levels = [base] + [group.create_array(str(k), shape=shape, chunks=_chunks(shape), dtype=base.dtype, fill_value=0)
+                       for k, shape in enumerate(shapes) if k > 0]
+    _fill_levels(levels, reduce, _Progress(shapes[1:], None, cancel))
+    group.attrs["multiscales"] = [_multiscale(len(shapes), pixel_size_nm, name or Path(path).name)]
+    return shapes
+
+
+def _chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    return 1, min(shape[1], 1024), min(shape[2], 1024)
+
+
+class _Progress:
+    """Counts blocks over the levels of ``shapes`` for ``progress``; raises when ``cancel`` says so."""
+
+    def __init__(self, shapes, progress: ProgressCallback | None, cancel: CancelCheck | None) -> None:
+        self.total = sum(len(block_grid(*shape[1:], REGION)) * shape[0] for shape in shapes)
+        self.done, self.progress, self.cancel = 0, progress, cancel
+
+    def tick(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise PredictionCancelled("Cancelled: no pyramid was written.")
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _fill_levels(levels: list, reduce: str, counter: _Progress) -> None:
+    """Write each level after the first from the one below it, block by block."""
+    for k in range(1, len(levels)):
+        below, level = levels[k - 1], levels[k]
+        for z in range(level.shape[0]):
+            for y0, y1, x0, x1 in block_grid(*level.shape[1:], REGION):
+                counter.tick()
+                level[z, y0:y1, x0:x1] = _halved(np.asarray(below[z, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]),
+                                                 (y1 - y0, x1 - x0), reduce)
+
+
+def _halved(block: np.ndarray, shape: tuple[int, int], reduce: str = "mean") -> np.ndarray:
+    """(h, w) from a (2h, 2w) block (an odd last row or column is repeated): the mean of each
+    2 x 2 pixels (rounded to the block's dtype), their max, or the first of them ("pick")."""
     height, width = shape
-    block = np.pad(block.astype(np.float32), [(0, 2 * height - block.shape[0]), (0, 2 * width - block.shape[1])],
-                   mode="edge")
-    mean = block.reshape(height, 2, width, 2).mean(axis=(1, 3))
-    return np.round(mean).astype(dtype) if np.dtype(dtype).kind in "ui" else mean.astype(dtype)
+    if reduce == "pick":
+        return block[::2, ::2]
+    padded = np.pad(block, [(0, 2 * height - block.shape[0]), (0, 2 * width - block.shape[1])], mode="edge")
+    quads = padded.reshape(height, 2, width, 2)
+    if reduce == "max":
+        return quads.max(axis=(1, 3))
+    mean = quads.astype(np.float32).mean(axis=(1, 3))
+    return np.round(mean).astype(block.dtype) if block.dtype.kind in "ui" else mean.astype(block.dtype)
 
 
 def _multiscale(count: int, pixel_size_nm, name: str) -> dict:

@@ -283,3 +283,33 @@ def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, monk
     with pytest.raises(PredictionCancelled):
         pyramid.write_pyramid(open_volume(tmp_path / "montage.tif"), cancelled, cancel=lambda: True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["montage.ome.zarr", "montage.tif"]
+
+
+def test_a_montage_prediction_is_written_as_a_pyramid_napari_browses(montage, small_blocks, tmp_path, monkeypatch,
+                                                                      capsys):
+    """`--out mask.ome.zarr`: level 0 is the mask (the flat store's), each next level the
+    2 x 2 max of the one below (membranes stay visible far out), probabilities averaged,
+    cell ids picked; File ▸ Open shows it as multiscale labels. A flat store gets a note."""
+    import napari_unet.core.pyramid as pyramid
+    from napari_unet._reader import read_layers
+
+    monkeypatch.setattr(pyramid, "SCREEN", 256)
+    tifffile.imwrite(tmp_path / "montage.tif", montage[0, ..., 0], photometric="minisblack")
+    args = ["predict", str(tmp_path / "montage.tif"), "--model", "em-membranes"]
+    assert main([*args, "--out", str(tmp_path / "flat.zarr")]) == 0
+    assert "--out mask.ome.zarr" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "mask.ome.zarr"), "--probabilities", str(tmp_path / "p.ome.zarr"),
+                 "--instances", str(tmp_path / "cells.ome.zarr")]) == 0
+    masks = open_volume(tmp_path / "mask.ome.zarr").levels
+    assert [level.shape[:3] for level in masks] == [(1, 700, 900), (1, 350, 450), (1, 175, 225)]
+    flat = zarr.open_array(str(tmp_path / "flat.zarr"), mode="r")[0]
+    np.testing.assert_array_equal(np.asarray(masks[0][0, ..., 0]), flat)
+    np.testing.assert_array_equal(np.asarray(masks[1][0, ..., 0]), flat.reshape(350, 2, 450, 2).max(axis=(1, 3)))
+    probability = open_volume(tmp_path / "p.ome.zarr").levels
+    np.testing.assert_allclose(np.asarray(probability[1][0, ..., 0]),
+                               np.asarray(probability[0][0, ..., 0]).reshape(350, 2, 450, 2).mean(axis=(1, 3)),
+                               atol=1e-6)
+    cells = open_volume(tmp_path / "cells.ome.zarr").levels
+    np.testing.assert_array_equal(np.asarray(cells[1][0, ..., 0]), np.asarray(cells[0][0, ::2, ::2, 0]))
+    (data, meta, kind), = read_layers(str(tmp_path / "mask.ome.zarr"))
+    assert kind == "labels" and len(data) == 3 and meta["metadata"]["napari_unet"]["role"] == "prediction"
