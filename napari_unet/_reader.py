@@ -53,12 +53,15 @@ def file_role(path: Path) -> str:
     return "image"
 
 
-def read_layers(path: str | list[str]) -> list[tuple]:
-    """Read a file or folder into napari layer-data tuples (image, ground truth, FOV)."""
+def read_layers(path: str | list[str], contrast: bool = True) -> list[tuple]:
+    """Read a file or folder into napari layer-data tuples (image, ground truth, FOV).
+
+    ``contrast`` False: a grey volume's contrast is not sampled (the Load widget samples it
+    in a worker, `volume_contrast`); an integer one gets its type's range meanwhile."""
     path = Path(path[0] if isinstance(path, list) else path)
     role = file_role(path)
     if is_volume_path(path):
-        return volume_layers(open_volume(path), path, role)
+        return volume_layers(open_volume(path), path, role, contrast)
     if role != "image" and not path.is_dir():
         raw = read_stack(path)
         if role == "mask":
@@ -98,7 +101,7 @@ def stack_layers(stack: LabelledStack, source: Path) -> list[tuple]:
     return layers
 
 
-def volume_layers(volume: Volume, source: Path, role: str = "image") -> list[tuple]:
+def volume_layers(volume: Volume, source: Path, role: str = "image", contrast: bool = True) -> list[tuple]:
     """A lazy layer for a volume: dask arrays, every resolution level of a multiscale
     image (napari shows the level that fits the screen); nothing is read but the slices
     on screen and a sample for the contrast."""
@@ -116,14 +119,25 @@ def volume_layers(volume: Volume, source: Path, role: str = "image") -> list[tup
         "metadata": {"napari_unet": {"role": "image", "kind": "em" if grey else "fundus", "source": str(source),
                                      "layout": "volume", "pixel_size_nm": volume.pixel_size_nm}},
     }
-    if grey:  # from a sample of slices: napari would otherwise guess from the dtype's range
-        coarsest = volume.levels[-1] if volume.levels else volume.data
-        try:
-            low, high = volume_levels(coarsest, {"method": "percentile", "low": 0.5, "high": 99.8}, samples=8)
-            meta["contrast_limits"] = [float(low[0]), float(high[0])]
-        except DataError:  # blank or all padding: Predict will say so
-            pass
+    if grey and contrast:  # from a sample of slices: napari would otherwise read the data to guess
+        limits = volume_contrast(volume)
+        if limits is not None:
+            meta["contrast_limits"] = limits
+    elif grey and volume.data.dtype.kind in "ui":  # sampled later, in a worker: nothing read now
+        info = np.iinfo(volume.data.dtype)
+        meta["contrast_limits"] = [float(info.min), float(info.max)]
     return [(data, meta, "image")]
+
+
+def volume_contrast(volume: Volume) -> list[float] | None:
+    """[low, high] for showing a grey volume, from 8 slices of its coarsest level; None for
+    a blank one (Predict will say so)."""
+    coarsest = volume.levels[-1] if volume.levels else volume.data
+    try:
+        low, high = volume_levels(coarsest, {"method": "percentile", "low": 0.5, "high": 99.8}, samples=8)
+    except DataError:
+        return None
+    return [float(low[0]), float(high[0])]
 
 
 def _labels_meta(name: str, role: str, source: Path, kind: str = "") -> dict:

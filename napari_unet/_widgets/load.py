@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import dask.array  # noqa: F401  (imported with the plugin: the first Load would pay 0.7 s for it)
 from magicgui.widgets import Container, FileEdit, PushButton
 from napari.layers import Layer
 
@@ -19,7 +20,7 @@ from ..core.data import DataError
 from ..core.predict import PredictionCancelled
 from ..core.pyramid import pyramid_path, write_pyramid
 from ..core.volume import open_volume
-from .._reader import read_layers
+from .._reader import read_layers, volume_contrast
 from ._jobs import BackgroundJob
 from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta, plugin_meta
 from ._session import get_session, real_viewer
@@ -49,6 +50,7 @@ class LoadWidget(Container):
         self.pyramid_button.changed.connect(self.write_pyramid)
         self._flat_montage: tuple[Path, Layer] | None = None  # a tif shown through levels that pick pixels
         self.job: BackgroundJob | None = None
+        self.contrast_job: BackgroundJob | None = None
         self.load_button.changed.connect(self.load)
         self.restore_button.changed.connect(self.restore_corrections)
         self._pending_restore: tuple[CorrectionStore, str, Layer] | None = None
@@ -68,12 +70,14 @@ class LoadWidget(Container):
             self.status.value = "Choose a file or a folder first."
             return []
         try:
-            tuples = read_layers(str(path))
+            tuples = read_layers(str(path), contrast=False)
         except DataError as exc:
             self.status.value = f"Could not load: {exc}"
             return []
         layers = [self.viewer.add_layer(Layer.create(data, meta, kind)) for data, meta, kind in tuples]
         image = layers[0]
+        if is_lazy(image) and not getattr(image, "rgb", False):
+            self._sample_contrast(path, image)
         info = image.metadata.get("napari_unet", {})
         found = [f"{info.get('layout', 'file')}: {image.name}"]
         z = image.data.shape[0] if image.data.ndim - (1 if image.rgb else 0) == 3 else 1
@@ -95,6 +99,20 @@ class LoadWidget(Container):
                                   f"napari-unet pyramid {path.name} --out {pyramid_path(path).name}).")
         self._offer_restore(path, image)
         return layers
+
+    def _sample_contrast(self, path: Path, image: Layer) -> None:
+        """Set a volume's contrast from a sample of its coarsest level, read in a worker (a
+        montage's coarsest level is strided rows of a file of gigabytes)."""
+        shown = tuple(image.contrast_limits)
+
+        def done(limits) -> None:
+            # Not over a contrast the user set meanwhile, nor on a removed layer.
+            if limits is not None and image in self.viewer.layers and tuple(image.contrast_limits) == shown:
+                image.contrast_limits = limits
+
+        self.contrast_job = BackgroundJob(lambda state: volume_contrast(open_volume(path)), done, lambda message: None,
+                                          self, description="Sampling the contrast", activity=False)
+        self.contrast_job.start()
 
     def write_pyramid(self) -> BackgroundJob | None:
         """Write the loaded montage tif as an averaged OME-Zarr pyramid beside it, in a worker

@@ -29,11 +29,15 @@ def small_limits(monkeypatch):
         monkeypatch.setattr(module, name, value)
 
 
-def _open(make_napari_viewer, path, center):
+def _open(make_napari_viewer, path, center, qtbot):
     viewer = make_napari_viewer()
     load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     load.path.value = str(path)
     image = load.load()[0]
+    assert tuple(image.contrast_limits) == (0, 255)  # nothing read on the GUI thread: sampled in a worker
+    wait_for(qtbot, load.contrast_job, 30)
+    low, high = image.contrast_limits
+    assert 0 < low < high < 255
     (viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera).center = center
     return viewer, image
 
@@ -53,7 +57,7 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
     montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
     path = tmp_path / "montage.tif"
     tifffile.imwrite(path, montage, photometric="minisblack")
-    viewer, image = _open(make_napari_viewer, path, (1100.0, 1300.0))
+    viewer, image = _open(make_napari_viewer, path, (1100.0, 1300.0), qtbot)
     predict = _predict(viewer, qtbot, image, tiny_512)
 
     # The region around the view's centre, on the chunk grid, placed over the montage.
@@ -100,7 +104,7 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
     assert cli["folds"][0]["name"].startswith("slice 0, y ")
 
     # The next day: the same region comes back as corrected.
-    other, image = _open(make_napari_viewer, path, (1100.0, 1300.0))
+    other, image = _open(make_napari_viewer, path, (1100.0, 1300.0), qtbot)
     _predict(other, qtbot, image, tiny_512)
     back = other.layers["montage prediction y 512-1,536, x 512-1,536"]
     np.testing.assert_array_equal(back.data, np.asarray(region.data))
