@@ -26,6 +26,13 @@ from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta, plugin_me
 from ._session import get_session, real_viewer
 from ._text import text_row
 
+try:  # napari builds its unit registry with the first layer (0.3 s): build it with the plugin instead
+    from napari.utils._units import get_unit_registry
+
+    get_unit_registry().pixel  # noqa: B018 (the registry initialises on its first attribute)
+except (ImportError, AttributeError):  # another napari: its first layer pays for it, as before
+    pass
+
 
 PYRAMID_TEXT = "Write an averaged pyramid (once)"
 OPEN_PYRAMID_TEXT = "Open the averaged pyramid"
