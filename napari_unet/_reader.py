@@ -20,6 +20,10 @@ from .core.data import (
 from .core.labels import label_colours
 from .core.volume import ZARR_SUFFIXES, Volume, is_volume_path, open_volume, volume_levels
 
+#: Volumes whose slices have more pixels than this and no smaller levels are not shown flat:
+#: napari reads a flat layer's whole slice at each step (64 MB and up: a stall of seconds).
+SHOW_FLAT_LIMIT = 8192 * 8192
+
 LABEL_WORDS = ("label", "manual", "truth", "_gt", "-gt", "annotation")
 MASK_WORDS = ("mask", "fov")
 
@@ -33,12 +37,12 @@ def get_reader(path: str | list[str]):
     try:
         p = Path(path)
         if p.suffix.lower() in ZARR_SUFFIXES:
-            return read_layers if p.exists() else None
+            return read_for_viewer if p.exists() else None
         if p.is_dir():
             if detect_layout(p) or image_files(p):
-                return read_layers
+                return read_for_viewer
             return None
-        return read_layers if p.suffix.lower() in IMAGE_SUFFIXES else None
+        return read_for_viewer if p.suffix.lower() in IMAGE_SUFFIXES else None
     except (OSError, TypeError, ValueError):
         return None
 
@@ -51,6 +55,28 @@ def file_role(path: Path) -> str:
     if any(w in name for w in LABEL_WORDS):
         return "labels"
     return "image"
+
+
+def read_for_viewer(path: str | list[str]) -> list[tuple]:
+    """What napari's File ▸ Open and drag and drop call: `read_layers`, refusing a volume
+    napari could only show by reading whole huge slices (the Load widget offers its pyramid)."""
+    tuples = read_layers(path)
+    if tuples and too_large_to_show_flat(*tuples[0]):
+        name = Path(path[0] if isinstance(path, list) else path).name
+        raise DataError(f"{name} holds slices too large to show without smaller levels: napari would read whole "
+                        "slices and freeze. Open it with the napari-unet Load widget, which writes its averaged "
+                        f"pyramid once, or run napari-unet pyramid {name} --out {Path(name).stem}.ome.zarr")
+    return tuples
+
+
+def too_large_to_show_flat(data, meta: dict, kind: str) -> bool:
+    """Whether a layer read on demand has slices over `SHOW_FLAT_LIMIT` and no smaller levels."""
+    import dask.array as da
+
+    if meta.get("multiscale") or not isinstance(data, da.Array):
+        return False
+    height, width = data.shape[-3:-1] if meta.get("rgb") else data.shape[-2:]
+    return height * width > SHOW_FLAT_LIMIT
 
 
 def read_layers(path: str | list[str], contrast: bool = True) -> list[tuple]:

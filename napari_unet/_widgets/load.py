@@ -20,7 +20,7 @@ from ..core.data import DataError
 from ..core.predict import PredictionCancelled
 from ..core.pyramid import pyramid_path, write_pyramid
 from ..core.volume import open_volume
-from .._reader import read_layers, volume_contrast
+from .._reader import read_layers, too_large_to_show_flat, volume_contrast
 from ._jobs import BackgroundJob
 from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta, plugin_meta
 from ._session import get_session, real_viewer
@@ -55,7 +55,8 @@ class LoadWidget(Container):
                      self.pyramid_button])
         self.choose_folder.changed.connect(self._choose_folder)
         self.pyramid_button.changed.connect(self.write_pyramid)
-        self._flat_montage: tuple[Path, Layer] | None = None  # a tif shown through levels that pick pixels
+        # A volume offered a pyramid: (its path, its layer, None when not shown: no smaller levels).
+        self._flat_montage: tuple[Path, Layer | None] | None = None
         self.job: BackgroundJob | None = None
         self.contrast_job: BackgroundJob | None = None
         self.load_button.changed.connect(self.load)
@@ -80,6 +81,9 @@ class LoadWidget(Container):
             tuples = read_layers(str(path), contrast=False)
         except DataError as exc:
             self.status.value = f"Could not load: {exc}"
+            return []
+        if too_large_to_show_flat(*tuples[0]):
+            self._offer_pyramid_only(path, *tuples[0])
             return []
         layers = [self.viewer.add_layer(Layer.create(data, meta, kind)) for data, meta, kind in tuples]
         image = layers[0]
@@ -106,6 +110,30 @@ class LoadWidget(Container):
                                   f"napari-unet pyramid {path.name} --out {pyramid_path(path).name}).")
         self._offer_restore(path, image)
         return layers
+
+    def _offer_pyramid_only(self, path: Path, data, meta: dict, kind: str) -> None:
+        """A volume of huge slices without smaller levels (a compressed tif, a flat zarr): napari
+        would read and decompress whole slices to show it, so it is not shown; Load offers to
+        write (or open) its averaged pyramid instead."""
+        height, width = data.shape[-3:-1] if meta.get("rgb") else data.shape[-2:]
+        size = f"'{path.name}' holds slices of {height:,} x {width:,} pixels without smaller levels"
+        self.pyramid_button.visible = False
+        self._flat_montage = None
+        if kind == "labels" or meta.get("rgb"):
+            self.status.value = (f"{size}: napari would read whole slices to show it, which freezes the window. Write "
+                                 "predictions of such slices with napari-unet predict ... --out mask.ome.zarr, and "
+                                 "shrink photographs that large first.")
+            return
+        self._flat_montage = (path, None)
+        self.pyramid_button.visible = True
+        if pyramid_path(path).exists():
+            self.pyramid_button.text = OPEN_PYRAMID_TEXT
+            self.status.value = f"{size}. Its averaged pyramid {pyramid_path(path).name} is beside it: open it below."
+        else:
+            self.pyramid_button.text = PYRAMID_TEXT
+            self.status.value = (f"{size}: napari would read whole slices to show it, which freezes the window. Write "
+                                 f"an averaged pyramid once below (or napari-unet pyramid {path.name} --out "
+                                 f"{pyramid_path(path).name}); it then opens at the level that fits the screen.")
 
     def _sample_contrast(self, path: Path, image: Layer) -> None:
         """Set a volume's contrast from a sample of its coarsest level, read in a worker (a
@@ -168,11 +196,11 @@ class LoadWidget(Container):
 
     def _open_pyramid(self, out: Path, image) -> None:
         """Open ``out`` in place of the tif layer ``image`` (kept when a result links to it)."""
-        uid = plugin_meta(image).get("uid")
+        uid = plugin_meta(image).get("uid") if image is not None else None
         linked = uid and any(plugin_meta(other).get("link") == uid for other in self.viewer.layers)
         self.path.value = str(out)
         layers = self.load(out)
-        if layers and not linked and image in self.viewer.layers:
+        if layers and not linked and image is not None and image in self.viewer.layers:
             name = image.name
             self.viewer.layers.remove(image)
             layers[0].name = name  # napari named it "<name> [1]" beside the tif
@@ -266,3 +294,4 @@ class LoadWidget(Container):
                                             state.get("edited_slices", []), edited_pixels, image_source=source)
         self.status.value = f"Restored {len(tracker.corrected)} corrected slice(s) into '{layer.name}'."
         return layer
+

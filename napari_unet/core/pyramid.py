@@ -72,9 +72,12 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
     counter = _Progress(shapes, progress, cancel)
     try:
         for z in range(shapes[0][0]):
-            for y0, y1, x0, x1 in block_grid(*shapes[0][1:], REGION):
-                counter.tick()
-                levels[0][z, y0:y1, x0:x1] = np.asarray(data[z, y0:y1, x0:x1, 0])
+            # Bands of whole rows: a striped (compressed) tif decompresses each strip once.
+            for y0, y1, _x0, _x1 in block_grid(shapes[0][1], 1, REGION):
+                band = np.asarray(data[z, y0:y1, :, 0])
+                for _, _, x0, x1 in block_grid(1, band.shape[1], REGION):
+                    counter.tick()
+                    levels[0][z, y0:y1, x0:x1] = band[:, x0:x1]
         _fill_levels(levels, "mean", counter)
         group.attrs["multiscales"] = [_multiscale(len(shapes), volume.pixel_size_nm, out.name)]
     except BaseException:

@@ -182,10 +182,14 @@ def _open_tif(path: Path) -> Volume:
         levels = [_as_zyxc(da.from_array(TifRegions(path, offset, shape, dtype, step, planes), chunks=chunks,
                                          asarray=False), None, path.name) for step in steps]
         return Volume(levels[0], levels if len(levels) > 1 else [], _tif_pixel_size(path))
-    # tifffile's zarr interface reads a tiled tif tile by tile and a striped one strip by strip.
+    # tifffile's zarr interface reads a tiled tif tile by tile and a striped one strip by strip;
+    # a pyramidal tif (OME-TIFF sub-resolutions) is a group of its levels, napari shows them.
     node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    data = da.from_zarr(node if hasattr(node, "shape") else node[0])
-    return Volume(_as_zyxc(data, None, path.name), pixel_size_nm=_tif_pixel_size(path))
+    if hasattr(node, "shape"):
+        return Volume(_as_zyxc(da.from_zarr(node), None, path.name), pixel_size_nm=_tif_pixel_size(path))
+    arrays = sorted((int(name), array) for name, array in node.arrays() if name.isdigit())
+    levels = [_as_zyxc(da.from_zarr(array), None, path.name) for _, array in arrays]
+    return Volume(levels[0], levels if len(levels) > 1 else [], _tif_pixel_size(path))
 
 
 class TifRegions:

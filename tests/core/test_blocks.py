@@ -313,3 +313,21 @@ def test_a_montage_prediction_is_written_as_a_pyramid_napari_browses(montage, sm
     np.testing.assert_array_equal(np.asarray(cells[1][0, ..., 0]), np.asarray(cells[0][0, ::2, ::2, 0]))
     (data, meta, kind), = read_layers(str(tmp_path / "mask.ome.zarr"))
     assert kind == "labels" and len(data) == 3 and meta["metadata"]["napari_unet"]["role"] == "prediction"
+
+
+def test_a_pyramidal_tif_opens_with_its_own_levels(tmp_path, small_blocks):
+    """An OME-TIFF with sub-resolutions (tiled, compressed): every level is read by tile, so
+    napari shows the one that fits the screen."""
+    from napari_unet._reader import read_layers
+
+    image = np.random.default_rng(2).integers(0, 255, (1024, 1536), dtype=np.uint8)
+    path = tmp_path / "pyramidal.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, subifds=2, tile=(256, 256), compression="zlib", photometric="minisblack")
+        for level in (image[::2, ::2], image[::4, ::4]):
+            tif.write(level, subfiletype=1, tile=(256, 256), compression="zlib", photometric="minisblack")
+    volume = open_volume(path)
+    assert [level.shape[:3] for level in volume.levels] == [(1, 1024, 1536), (1, 512, 768), (1, 256, 384)]
+    np.testing.assert_array_equal(np.asarray(volume.levels[1][0, ..., 0]), image[::2, ::2])
+    (data, meta, kind), = read_layers(str(path))
+    assert kind == "image" and meta["multiscale"] and len(data) == 3

@@ -137,3 +137,32 @@ def test_a_40000_px_montage_is_refused_only_where_it_must_be(widgets):
     assert widgets["correct"].rank_slices() is None
     assert "napari-unet suggest /data/montage.tif" in widgets["correct"].rank_status.value
     assert [layer.name for layer in viewer.layers] == ["montage", "edits"]
+
+
+def test_a_compressed_montage_is_offered_its_pyramid_instead_of_a_freeze(make_napari_viewer, qtbot, em_slices,  # noqa: F811
+                                                                        tmp_path, monkeypatch):
+    """A zlib-compressed tif of large slices has no levels to show: File ▸ Open says to use
+    Load; Load shows nothing that would read whole slices, offers the pyramid, writes it in
+    a worker and opens it."""
+    import napari_unet._reader as reader
+    import napari_unet.core.pyramid as pyramid
+
+    for module, name, value in ((volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512),
+                                (pyramid, "SCREEN", 512), (pyramid, "REGION", 512),
+                                (reader, "SHOW_FLAT_LIMIT", 1024**2)):
+        monkeypatch.setattr(module, name, value)
+    montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
+    path = tmp_path / "compressed.tif"
+    tifffile.imwrite(path, montage, photometric="minisblack", compression="zlib", rowsperstrip=64)
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="Open it with the napari-unet Load widget"):  # File ▸ Open: said, not frozen
+        viewer.open(str(path), plugin="napari-unet")
+    load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    load.path.value = str(path)
+    assert load.load() == [] and len(viewer.layers) == 0
+    assert "1,536 x 2,048 pixels without smaller levels" in load.status.value
+    assert not load.pyramid_button.native.isHidden()
+    wait_for(qtbot, load.write_pyramid(), 60)
+    image = viewer.layers["compressed"]
+    assert image.multiscale and [level.shape for level in image.data] == [(1536, 2048), (768, 1024), (384, 512)]
+    np.testing.assert_array_equal(np.asarray(image.data[0]), montage)
