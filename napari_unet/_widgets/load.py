@@ -22,7 +22,8 @@ from ..core.pyramid import pyramid_path, write_pyramid
 from ..core.volume import open_volume
 from .._reader import read_layers, too_large_to_show_flat, volume_contrast
 from ._jobs import BackgroundJob
-from ._layers import is_lazy, label_colormap, lazy_stack, linked_meta, plugin_meta
+from ._layers import is_lazy, is_montage, label_colormap, lazy_stack, linked_meta, plugin_meta
+from ._montage import montage_corrections
 from ._session import get_session, real_viewer
 from ._text import text_row
 
@@ -210,6 +211,9 @@ class LoadWidget(Container):
         store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))
         self._pending_restore = self._pending_volume = None
         self.restore_button.visible = False
+        if is_lazy(image) and not image.rgb and is_montage(lazy_stack(image).shape):
+            self._show_montage_corrections(image)
+            return
         if is_lazy(image):
             self._offer_volume_restore(store.folder, path, image)
             return
@@ -224,6 +228,28 @@ class LoadWidget(Container):
         self.status.value += f"\nSaved corrections found ({count} corrected slice(s), {state.get('saved', '')})."
         self.restore_button.visible = True
         self._pending_restore = (store, str(path), image)
+
+    def _show_montage_corrections(self, image) -> None:
+        """Outline the regions of a montage corrected in earlier sessions (a Shapes layer), so
+        the user finds them again: Predict with one in the centre of the view reopens it."""
+        shape = lazy_stack(image).shape
+        try:
+            regions = montage_corrections(image, shape, get_session(self.viewer).corrections_dir).regions()
+        except ValueError as exc:
+            self.status.value += f"\n{exc}"
+            return
+        if not regions:
+            return
+        planes = image.ndim == 3
+        boxes = [[([z] if planes else []) + corner for corner in ([y0, x0], [y1, x1])] for z, (y0, y1, x0, x1) in regions]
+        self.viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow", face_color="transparent",
+                               edge_width=max(4, max(shape[1:3]) // 600), scale=image.scale, translate=image.translate,
+                               name=f"{image.name} corrected regions", metadata=linked_meta("corrected regions", image))
+        self.viewer.layers.selection.active = image
+        where = "; ".join(f"slice {z}, y {y0:,}-{y1:,}, x {x0:,}-{x1:,}" for z, (y0, y1, x0, x1) in regions[:3])
+        more = f" and {len(regions) - 3} more" if len(regions) > 3 else ""
+        self.status.value += (f"\nCorrected before: {len(regions)} region(s) ({where}{more}), outlined in yellow. Centre "
+                              "the view on one and Predict to reopen it with your corrections.")
 
     def _offer_volume_restore(self, folder: Path, path: Path, image) -> None:
         """A volume's prediction lives in a zarr store beside it, its slice lists in

@@ -199,6 +199,22 @@ class MontageCorrections:
                            "saved": datetime.now().isoformat("T", "seconds")})
         atomic_write(self.folder / "state.json", lambda tmp: Path(tmp).write_text(text))
 
+    def regions(self) -> list[tuple[int, Region]]:
+        """The corrected regions: (z, box) around each group of touching corrected chunks."""
+        from scipy import ndimage
+
+        found = []
+        for z in sorted({chunk[0] for chunk in self.corrected}):
+            cells = np.array([chunk[1:] for chunk in self.corrected if chunk[0] == z])
+            grid = np.zeros(cells.max(axis=0) + 1, bool)
+            grid[tuple(cells.T)] = True
+            for rows, cols in ndimage.find_objects(ndimage.label(grid)[0]):
+                first, last = (z, rows.start, cols.start), (z, rows.stop - 1, cols.stop - 1)
+                y0, _, x0, _ = chunk_region(first, self.shape[1:])
+                _, y1, _, x1 = chunk_region(last, self.shape[1:])
+                found.append((z, (y0, y1, x0, x1)))
+        return found
+
     # ------------------------------------------------------------------ learning
 
     def training_windows(self, volume, context: int = CONTEXT, folds: int = MAX_FOLDS):

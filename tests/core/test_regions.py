@@ -67,6 +67,7 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
     assert store.write(1, region, labels, edited, painted, corrected=True) == 1
     again = MontageCorrections(tmp_path / "montage", shape)
     assert again.corrected == set(region_chunks(1, region))
+    assert again.regions() == [(1, region)]
     np.testing.assert_array_equal(again.levels(1)[1], [200.0])
     wider = (region[0] - CHUNK, region[1], region[2], region[3])
     saved, was_edited, corrected = again.read(1, wider)
