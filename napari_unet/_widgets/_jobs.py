@@ -140,7 +140,10 @@ class BackgroundJob:
             return
         self.state.abandoned = True
         self.state.cancel.set()
-        self.timer.stop()
+        try:
+            self.timer.stop()
+        except RuntimeError:  # the application is quitting and Qt deleted the timer first
+            pass
 
     def _poll(self) -> None:
         state = self.state

@@ -241,7 +241,8 @@ class LoadWidget(Container):
         if not regions:
             return
         planes = image.ndim == 3
-        boxes = [[([z] if planes else []) + corner for corner in ([y0, x0], [y1, x1])] for z, (y0, y1, x0, x1) in regions]
+        boxes = [[([z] if planes else []) + corner for corner in ([y0, x0], [y0, x1], [y1, x1], [y1, x0])]
+                 for z, (y0, y1, x0, x1) in regions]
         self.viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow", face_color="transparent",
                                edge_width=max(4, max(shape[1:3]) // 600), scale=image.scale, translate=image.translate,
                                name=f"{image.name} corrected regions", metadata=linked_meta("corrected regions", image))

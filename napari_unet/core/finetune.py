@@ -445,6 +445,8 @@ class FineTune:
         in_stack = [self.corrected[i] for i in record.get("train_slices", [])]  # indices into the stack
         record = dict(record, train_slices=in_stack, val_slices=[], data_hash=self.hash,
                       corrected_slices=self.corrected, fine_tune=dict(report))
+        if self.part_names is not None:  # e.g. a montage's chunks, not slices of a stack
+            record["corrected_parts"] = self.part_names(self.corrected)
         metadata.setdefault("history", []).append(record)
         if report["kept"]:
             metadata["fine_tuned_from"] = self.start_name
@@ -524,6 +526,7 @@ def describe_history(history: list[dict]) -> list[str]:
         if not report:
             continue
         slices = record.get("corrected_slices", record.get("train_slices", []))
+        learnt = record.get("corrected_parts") or f"slices {slices}"
         if report.get("folds"):  # cross-validated
             before = np.mean([f["start_dice"] for f in report["folds"]])
             after = np.mean([f["dice"] for f in report["folds"]])
@@ -534,5 +537,5 @@ def describe_history(history: list[dict]) -> list[str]:
             scores = "not checked"
         kept = report.get("kept", report.get("best_step", 0) > 0)
         outcome = "kept" if kept else "refused (the starting model was kept)"
-        lines.append(f"{str(record.get('date', ''))[:10]}: slices {slices}, {scores}, {outcome}")
+        lines.append(f"{str(record.get('date', ''))[:10]}: {learnt}, {scores}, {outcome}")
     return lines

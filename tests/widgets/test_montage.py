@@ -14,6 +14,7 @@ import napari_unet.core.volume as volume
 from napari_unet._widgets._session import get_session
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import load_checkpoint
+from napari_unet.core.finetune import describe_history
 
 from .conftest import paint_square, wait_for
 from .test_large_data import em_slices, tiny_512  # noqa: F401 (fixtures)
@@ -102,6 +103,8 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
                 for p in (tmp_path / "montage_finetuned.pt", tmp_path / "cli.pt"))
     assert (gui["outcome"], gui["folds"]) == (cli["outcome"], cli["folds"]) and cli["folds"]
     assert cli["folds"][0]["name"].startswith("slice 0, y ")
+    history = describe_history(load_checkpoint(tmp_path / "cli.pt").metadata["history"])
+    assert history[-1].split(": ", 1)[1].startswith("slice 0, y 512-1,536, x 512-1,536, held-out Dice")
 
     # The next day: the same region comes back as corrected.
     other, image = _open(make_napari_viewer, path, (1100.0, 1300.0), qtbot)
