@@ -243,13 +243,14 @@ class LoadWidget(Container):
         planes = image.ndim == 3
         boxes = [[([z] if planes else []) + corner for corner in ([y0, x0], [y0, x1], [y1, x1], [y1, x0])]
                  for z, (y0, y1, x0, x1) in regions]
-        self.viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow", face_color="transparent",
-                               edge_width=max(4, max(shape[1:3]) // 600), scale=image.scale, translate=image.translate,
+        # A light tint shows them far out (an edge would be under a screen pixel), a thin edge close up.
+        self.viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow", face_color=[1, 1, 0, 0.15],
+                               edge_width=max(2, max(shape[1:3]) // 4000), scale=image.scale, translate=image.translate,
                                name=f"{image.name} corrected regions", metadata=linked_meta("corrected regions", image))
         self.viewer.layers.selection.active = image
         where = "; ".join(f"slice {z}, y {y0:,}-{y1:,}, x {x0:,}-{x1:,}" for z, (y0, y1, x0, x1) in regions[:3])
         more = f" and {len(regions) - 3} more" if len(regions) > 3 else ""
-        self.status.value += (f"\nCorrected before: {len(regions)} region(s) ({where}{more}), outlined in yellow. Centre "
+        self.status.value += (f"\nCorrected before: {len(regions)} region(s) ({where}{more}), tinted yellow. Centre "
                               "the view on one and Predict to reopen it with your corrections.")
 
     def _offer_volume_restore(self, folder: Path, path: Path, image) -> None:

@@ -374,6 +374,7 @@ class FineTune:
         steps, threshold = self.config.steps, self.threshold
         total = steps * (len(self.folds) + 1)
         report = {"kept": False, "outcome": "stopped", "folds": [], "threshold": threshold,
+                  "part": "slice" if self.part_names is None else "region",
                   "start_threshold": threshold, "guard_name": "V_Rand" if self.task == "em" else "clDice",
                   "steps": 0, "stopped": True}
         model, record = self.start.model, None
@@ -483,13 +484,14 @@ def describe_plan(corrected: list[int], options: FineTuneOptions) -> str:
 def describe_outcome(report: dict) -> str:
     """One plain line on what the fine-tune kept and why, from `FineTuneResult.report`."""
     outcome, guard = report["outcome"], report["guard_name"]
+    part = report.get("part", "slice")  # what the user corrects: slices, or a montage's regions
     if outcome == "agree":
         return ("Your corrections agree with the model's prediction: there is nothing to learn, so the starting "
-                "model is kept. Correct a slice where it is clearly wrong.")
+                f"model is kept. Correct a {part} where it is clearly wrong.")
     if outcome == "stopped":
         return "Stopped before the fine-tune was checked: the starting model is kept."
     if outcome == "unverified":
-        return "Trained on all corrected slices and kept without a check (verification was off)."
+        return f"Trained on all corrected {part}s and kept without a check (verification was off)."
     folds = report["folds"]
     mean = {key: float(np.mean([f[key] for f in folds])) for key in ("start_dice", "dice", "start_guard", "guard")}
     scores = (f"Dice {mean['start_dice']:.3f} → {mean['dice']:.3f}, {guard} {mean['start_guard']:.3f} → "
@@ -499,20 +501,20 @@ def describe_outcome(report: dict) -> str:
         threshold = ""
         if report["threshold"] != report["start_threshold"]:
             threshold = f", threshold {report['start_threshold']:.2f} → {report['threshold']:.2f}"
-        return (f"Verified where it did not learn ({where}): {scores}{threshold}. Trained on all corrected slices "
+        return (f"Verified where it did not learn ({where}): {scores}{threshold}. Trained on all corrected {part}s "
                 f"and kept.")
     if outcome == "small":
         return (f"The starting model is kept: where the fine-tuned models did not learn, the gain is too small to "
-                f"trust ({scores}). Correct a slice where the model is clearly wrong.")
+                f"trust ({scores}). Correct a {part} where the model is clearly wrong.")
     worst = min(folds, key=lambda f: (f["dice"] - f["start_dice"]) if outcome == "no gain"
                 else (f["guard"] - f["start_guard"]))
     if outcome == "guard":
         broken = "cells merged" if guard == "V_Rand" else "vessels broken"
         return (f"The starting model is kept: trained without {worst['name']}, the model got worse there for the "
                 f"segmentation ({guard} {worst['start_guard']:.3f} → {worst['guard']:.3f}: {broken}), although "
-                f"Dice went {worst['start_dice']:.3f} → {worst['dice']:.3f}. Correct more slices.")
-    advice = ("your corrections agree with the model where it did not learn from them: correct a slice where it is "
-              "clearly wrong" if worst["start_dice"] >= 0.7 else "correct more slices, or train for more steps")
+                f"Dice went {worst['start_dice']:.3f} → {worst['dice']:.3f}. Correct more {part}s.")
+    advice = (f"your corrections agree with the model where it did not learn from them: correct a {part} where it is "
+              "clearly wrong" if worst["start_dice"] >= 0.7 else f"correct more {part}s, or train for more steps")
     return (f"The starting model is kept: trained without {worst['name']}, the model did not beat it there (Dice "
             f"{worst['start_dice']:.3f} → {worst['dice']:.3f}); {advice}.")
 
