@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import dask.array  # noqa: F401  (imported with the plugin: the first Load would pay 0.7 s for it)
 from magicgui.widgets import Container, FileEdit, PushButton
+from qtpy.QtCore import QTimer
 from napari.layers import Layer
 
 from ..core.corrections import (
@@ -243,11 +244,18 @@ class LoadWidget(Container):
         planes = image.ndim == 3
         boxes = [[([z] if planes else []) + corner for corner in ([y0, x0], [y0, x1], [y1, x1], [y1, x0])]
                  for z, (y0, y1, x0, x1) in regions]
-        # A light tint shows them far out (an edge would be under a screen pixel), a thin edge close up.
-        self.viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow", face_color=[1, 1, 0, 0.15],
-                               edge_width=max(2, max(shape[1:3]) // 4000), scale=image.scale, translate=image.translate,
-                               name=f"{image.name} corrected regions", metadata=linked_meta("corrected regions", image))
-        self.viewer.layers.selection.active = image
+
+        def outline() -> None:  # in the next turn of the event loop: Load's own call stays short
+            if image not in self.viewer.layers:
+                return
+            # A light tint shows them far out (an edge would be under a screen pixel), a thin edge close up.
+            self.viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow", face_color=[1, 1, 0, 0.15],
+                                   edge_width=max(2, max(shape[1:3]) // 4000), scale=image.scale,
+                                   translate=image.translate, name=f"{image.name} corrected regions",
+                                   metadata=linked_meta("corrected regions", image))
+            self.viewer.layers.selection.active = image
+
+        QTimer.singleShot(0, outline)
         where = "; ".join(f"slice {z}, y {y0:,}-{y1:,}, x {x0:,}-{x1:,}" for z, (y0, y1, x0, x1) in regions[:3])
         more = f" and {len(regions) - 3} more" if len(regions) > 3 else ""
         self.status.value += (f"\nCorrected before: {len(regions)} region(s) ({where}{more}), tinted yellow. Centre "

@@ -108,6 +108,7 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
 
     # The next day: the same region comes back as corrected.
     other, image = _open(make_napari_viewer, path, (1100.0, 1300.0), qtbot)
+    qtbot.waitUntil(lambda: "montage corrected regions" in other.layers, timeout=5000)
     outline = other.layers["montage corrected regions"]  # where the user worked, tinted
     np.testing.assert_array_equal(outline.data[0].min(axis=0), [512, 512])
     np.testing.assert_array_equal(outline.data[0].max(axis=0), [1536, 1536])
