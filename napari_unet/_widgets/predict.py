@@ -19,7 +19,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 
-from ..core.blocks import SliceOf, in_blocks, predict_region, region_tile_count, slice_levels
+from ..core.blocks import SliceOf, in_blocks, predict_region, refuse_whole, region_tile_count, slice_levels
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.corrections import corrections_folder, fine_tuned_models
 from ..core.data import data_hash, parse_slices
@@ -389,12 +389,13 @@ class PredictWidget(Container):
         corrected before come back as the user left them."""
         try:
             pipeline = self.pipeline(checkpoint, device)
+            refuse_whole(pipeline, tuple(volume.shape[1:3]))  # photographs this large; resampling too large
             if not in_blocks(pipeline, tuple(volume.shape[1:3])):
                 raise ValueError(f"'{layer.name}' is a montage: it is predicted a region at a time, which needs the "
                                  "model's own pixel size. Set Pixel size to 0, or resample the montage first.")
             corrections = montage_corrections(layer, volume.shape, self.session.corrections_dir)
             z, region = region_in_view(self.viewer, layer, volume.shape)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError) as exc:  # DataError is a ValueError
             self.status.value = str(exc)
             return None
         y0, y1, x0, x1 = region
@@ -413,7 +414,10 @@ class PredictWidget(Container):
             if levels is None:  # once per slice, read block by block, kept beside the montage
                 state.note = f"Measuring the intensities of slice {z} (once, {volume.shape[1] * volume.shape[2]:,} px)…"
                 levels = slice_levels(plane, checkpoint.info.normalization, f"Slice {z}")
-                corrections.set_levels(z, levels)
+                try:
+                    corrections.set_levels(z, levels)
+                except OSError:  # not kept (measured again next time); the autosave will say where it failed
+                    pass
             done = 0
 
             def progress(count: int) -> None:

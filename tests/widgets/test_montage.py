@@ -143,7 +143,13 @@ def test_a_40000_px_montage_is_refused_only_where_it_must_be(widgets):
     get_session(viewer).current = load_checkpoint("em-membranes")  # as after a prediction
     assert widgets["correct"].rank_slices() is None
     assert "napari-unet suggest /data/montage.tif" in widgets["correct"].rank_status.value
-    assert [layer.name for layer in viewer.layers] == ["montage", "edits"]
+    photo = da.zeros((40000, 40000, 3), dtype=np.uint8, chunks=(2048, 2048, 3))
+    photo = viewer.add_image([photo, photo[::32, ::32]], name="photo", rgb=True, multiscale=True)
+    predict.image.value = photo
+    predict.model.value = "fundus-vessels"
+    predict.pixel_size.value = 0.0
+    assert predict.predict() is None and "too large to predict whole: downscale them" in predict.status.value
+    assert [layer.name for layer in viewer.layers] == ["montage", "edits", "photo"]
 
 
 def test_a_compressed_montage_is_offered_its_pyramid_instead_of_a_freeze(make_napari_viewer, qtbot, em_slices,  # noqa: F811
