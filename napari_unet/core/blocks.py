@@ -401,8 +401,8 @@ def refuse_whole(pipeline, shape: tuple[int, int]) -> None:
                         "downscale them (the model works at about 565 pixels across the field of view).")
     raise DataError(f"Slices of {shape[0]:,} x {shape[1]:,} pixels are predicted block by block only at the "
                     f"model's own pixel size ({pipeline.info.pixel_size_nm[0]:g} nm), and resampled whole they "
-                    "would not fit in memory: resample the montage to the model's pixel size first, or leave the "
-                    "pixel size out to predict it as it is.")
+                    "would not fit in memory: resample the montage to the model's pixel size first, or predict it as "
+                    "it is (no pixel size given: 0 in Predict).")
 
 
 class SliceOf:

@@ -135,7 +135,7 @@ def test_a_40000_px_montage_is_refused_only_where_it_must_be(widgets):
     predict.image.value = image
     predict.pixel_size.value = 5.0
     assert predict.predict() is None
-    assert "a region at a time, which needs the model's own pixel size" in predict.status.value
+    assert "block by block only at the model's own pixel size" in predict.status.value
     widgets["finetune"].image.value = image
     widgets["finetune"].corrected_labels.value = labels
     assert widgets["finetune"].start() is None and "a region at a time" in widgets["finetune"].status.value
