@@ -125,14 +125,7 @@ class FineTuneWidget(Container):
             if not corrected:
                 raise ValueError("No corrected slice yet: paint your corrections on a slice (the Correct widget "
                                  "lists them), or mark a checked slice as corrected.")
-            checkpoint, start_name = self._starting_model(image)
-            if checkpoint.config.in_channels != stack.shape[-1]:
-                raise ValueError("The current model does not take this kind of image (grey vs RGB).")
-            device = resolve_device(self.device.value)
-            settings = self.session.predict_settings  # as Predict predicts: its tile and overlap
-            predicting = {key: settings[key] for key in ("tile", "overlap") if key in settings}
-            options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
-                                      **predicting)
+            checkpoint, start_name, device, options = self._model_and_options(image, stack.shape[-1])
             out = self._output_path(image)
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
@@ -144,12 +137,7 @@ class FineTuneWidget(Container):
         corrections_dir = self.session.corrections_dir
 
         def work(state):
-            try:
-                self.session.autosave()
-                tracker.save(corrections_dir)
-            except OSError as exc:
-                raise ValueError(f"Could not save your corrections before training ({exc}): choose a folder in "
-                                 "Correct.") from exc
+            self._save_before_training(tracker, corrections_dir)
             # Only the corrected slices are read and converted: painting during training changes nothing.
             raw = np.asarray(labels[corrected])
             note = labels_note(raw)
@@ -165,8 +153,8 @@ class FineTuneWidget(Container):
             updates = changed = None
             if uncorrected and report["kept"]:  # as Predict would predict them
                 fov = None if given_fov is None else given_fov[uncorrected]
-                mask = Pipeline(tuned, device=device, **predicting).run(stack[uncorrected], fov,
-                                                                          cancel=lambda: state.abandoned).mask
+                predicting = Pipeline(tuned, device=device, tile=options.tile, overlap=options.overlap)
+                mask = predicting.run(stack[uncorrected], fov, cancel=lambda: state.abandoned).mask
                 updates = slice_updates(labels, mask, uncorrected)
                 changed = np.zeros(labels.shape, np.uint8)  # shown in yellow
                 for z, (rows, cols, _values) in updates.items():
@@ -187,6 +175,31 @@ class FineTuneWidget(Container):
         self.job.start()
         return self.job
 
+    def _model_and_options(self, image: Image, channels: int):
+        """(starting model, its name, device, `FineTuneOptions`): this widget's steps, check and
+        device, and Predict's tile and overlap, so every check predicts as Predict does.
+
+        Raises:
+            ValueError, CheckpointError: with a message for the user.
+        """
+        checkpoint, start_name = self._starting_model(image)
+        if checkpoint.config.in_channels != channels:
+            raise ValueError("The current model does not take this kind of image (grey vs RGB).")
+        device = resolve_device(self.device.value)
+        settings = self.session.predict_settings
+        options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
+                                  **{key: settings[key] for key in ("tile", "overlap") if key in settings})
+        return checkpoint, start_name, device, options
+
+    def _save_before_training(self, tracker, corrections_dir) -> None:
+        """Save every tracker's corrections and this one's (worker thread): training reads them."""
+        try:
+            self.session.autosave()
+            tracker.save(corrections_dir)
+        except OSError as exc:
+            raise ValueError(f"Could not save your corrections before training ({exc}): choose a folder in "
+                             "Correct.") from exc
+
     def _start_on_montage(self, image: Image, labels_layer: Labels) -> BackgroundJob | None:
         """A montage region's labels: fine-tune on every corrected chunk of the montage (this
         region's and those corrected before), each read with its context, nothing else."""
@@ -201,13 +214,7 @@ class FineTuneWidget(Container):
             if not chunks:
                 raise ValueError("No corrected region yet: paint your corrections on the region (it then counts as "
                                  "corrected), or mark it corrected in Correct.")
-            checkpoint, start_name = self._starting_model(image)
-            if checkpoint.config.in_channels != volume.shape[-1]:
-                raise ValueError("The current model does not take this kind of image (grey vs RGB).")
-            device = resolve_device(self.device.value)
-            settings = self.session.predict_settings
-            options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
-                                      **{key: settings[key] for key in ("tile", "overlap") if key in settings})
+            checkpoint, start_name, device, options = self._model_and_options(image, volume.shape[-1])
             out = self._output_path(image)
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
@@ -215,12 +222,7 @@ class FineTuneWidget(Container):
         corrections_dir = self.session.corrections_dir
 
         def work(state):
-            try:
-                self.session.autosave()
-                tracker.save(corrections_dir)
-            except OSError as exc:
-                raise ValueError(f"Could not save your corrections before training ({exc}): choose a folder in "
-                                 "Correct.") from exc
+            self._save_before_training(tracker, corrections_dir)
             saved = montage_corrections(image, volume.shape, corrections_dir)  # as just saved
             run, learnt = fine_tune_on_chunks(checkpoint, volume, saved, options, start_name)
             slices = sorted({chunk[0] for chunk in learnt})
@@ -240,7 +242,8 @@ class FineTuneWidget(Container):
         held = "neighbouring chunks held out in turn" if len(chunks) > 1 else "each half of the chunk held out in turn"
         self.status.value = (f"Fine-tuning {start_name} on the {len(chunks)} corrected chunk(s) of '{image.name}' "
                              f"({CHUNK} px, read with {CONTEXT} px around): {folds} models trained with {held}, kept "
-                             f"only if they beat it there ({options.steps} steps each), on {describe_device(device)}…")
+                             f"only if they beat it there ({options.steps} steps each), on "
+                             f"{describe_device(device)}…")
         self.job.start()
         return self.job
 

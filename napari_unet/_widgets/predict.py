@@ -412,7 +412,8 @@ class PredictWidget(Container):
         def work(state):
             levels = corrections.levels(z)
             if levels is None:  # once per slice, read block by block, kept beside the montage
-                state.note = f"Measuring the intensities of slice {z} (once, {volume.shape[1] * volume.shape[2]:,} px)…"
+                pixels = volume.shape[1] * volume.shape[2]
+                state.note = f"Measuring the intensities of slice {z} (once, {pixels:,} px)…"
                 levels = slice_levels(plane, checkpoint.info.normalization, f"Slice {z}")
                 try:
                     corrections.set_levels(z, levels)

@@ -38,6 +38,25 @@ def _tiny(tmp_path, channels, task):
     return save_checkpoint(tmp_path / f"tiny_{task}.pt", model, meta)
 
 
+@pytest.fixture(scope="module")
+def em_slices(isbi_dir):
+    """(30, 1024, 1024) uint8: real ISBI slices, each tiled with its mirror images."""
+    import tifffile
+
+    raw = tifffile.imread(isbi_dir / "train-volume.tif")
+    return np.stack([np.block([[s, s[:, ::-1]], [s[::-1], s[::-1, ::-1]]]) for s in raw])
+
+
+@pytest.fixture
+def tiny_512(tmp_path):
+    """A tiny untrained model whose probability straddles 0.5 on EM (about half the pixels)."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_width=4, depth=2))
+    with torch.no_grad():
+        model.outc.conv.bias += 0.0272  # its raw output centres on 0.4932
+    return save_checkpoint(tmp_path / "tiny512.pt", model, default_metadata("em", tile_size=512))
+
+
 @pytest.fixture
 def tiny_em(tmp_path):
     return _tiny(tmp_path, 1, "em")

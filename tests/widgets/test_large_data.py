@@ -10,32 +10,9 @@ import zarr
 
 from napari_unet._widgets._session import get_session
 from napari_unet.cli import main
-from napari_unet.core.checkpoint import default_metadata, save_checkpoint
-from napari_unet.core.model import UNet, UNetConfig
 
 from .conftest import paint_square, reopen_in_new_window, wait_for
 from .test_workflow import _heartbeat
-
-
-@pytest.fixture(scope="module")
-def em_slices(isbi_dir):
-    """(30, 1024, 1024) uint8: real ISBI slices, each tiled with its mirror images."""
-    import tifffile
-
-    raw = tifffile.imread(isbi_dir / "train-volume.tif")
-    return np.stack([np.block([[s, s[:, ::-1]], [s[::-1], s[::-1, ::-1]]]) for s in raw])
-
-
-@pytest.fixture
-def tiny_512(tmp_path):
-    """A tiny untrained model whose probability straddles 0.5 on EM (about half the pixels)."""
-    import torch
-
-    torch.manual_seed(0)
-    model = UNet(UNetConfig(base_width=4, depth=2))
-    with torch.no_grad():
-        model.outc.conv.bias += 0.0272  # its raw output centres on 0.4932
-    return save_checkpoint(tmp_path / "tiny512.pt", model, default_metadata("em", tile_size=512))
 
 
 def _stalls(ticks, inserted) -> tuple[float, float]:

@@ -17,7 +17,6 @@ from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.finetune import describe_history
 
 from .conftest import paint_square, wait_for
-from .test_large_data import em_slices, tiny_512  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -53,8 +52,8 @@ def _predict(viewer, qtbot, image, model):
     return predict
 
 
-def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_napari_viewer, qtbot, em_slices,  # noqa: F811
-                                                                         tiny_512, tmp_path, small_limits):  # noqa: F811
+def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_napari_viewer, qtbot, em_slices,
+                                                                         tiny_512, tmp_path, small_limits):
     montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
     path = tmp_path / "montage.tif"
     tifffile.imwrite(path, montage, photometric="minisblack")
@@ -152,7 +151,7 @@ def test_a_40000_px_montage_is_refused_only_where_it_must_be(widgets):
     assert [layer.name for layer in viewer.layers] == ["montage", "edits", "photo"]
 
 
-def test_a_compressed_montage_is_offered_its_pyramid_instead_of_a_freeze(make_napari_viewer, qtbot, em_slices,  # noqa: F811
+def test_a_compressed_montage_is_offered_its_pyramid_instead_of_a_freeze(make_napari_viewer, qtbot, em_slices,
                                                                         tmp_path, monkeypatch):
     """A zlib-compressed tif of large slices has no levels to show: File ▸ Open says to use
     Load; Load shows nothing that would read whole slices, offers the pyramid, writes it in
