@@ -410,6 +410,10 @@ class PredictWidget(Container):
         tiles = region_tile_count(pipeline, tuple(volume.shape[1:3]), region)
 
         def work(state):
+            try:  # edits of open regions reach the disk first, so an overlapping region shows them
+                self.session.autosave()
+            except OSError:  # said by Correct's autosave; this region shows what is saved
+                pass
             levels = corrections.levels(z)
             if levels is None:  # once per slice, read block by block, kept beside the montage
                 pixels = volume.shape[1] * volume.shape[2]
@@ -433,7 +437,7 @@ class PredictWidget(Container):
             mask = (probability > pipeline.threshold).astype(np.uint8)
             saved, edited, corrected = corrections.read(z, region)
             mask[corrected] = saved[corrected]
-            return mask, edited, bool(corrected.any()), probability
+            return mask, edited, corrected, probability
 
         def done(result):
             if watch.changed:
@@ -451,14 +455,17 @@ class PredictWidget(Container):
             else:
                 target = add_region_layer(self.viewer, layer, z, region, mask, model_name, corrections)
             tracker = self.session.tracker(target)
-            if corrected or edited.any():
-                tracker.restore([0] if corrected else [], [0] if edited.any() else [], {0: edited} if edited.any() else {})
+            if corrected.any() or edited.any():
+                # Corrected as a whole only when all of it was: a region beside a corrected one shows
+                # those chunks as saved, and counts as corrected once the user paints it.
+                tracker.restore([0] if corrected.all() else [], [0] if edited.any() else [],
+                                {0: edited} if edited.any() else {})
             if self.show_probability.value:
                 self.viewer.add_image(probability, name=f"{target.name} probability", colormap="magma",
                                       blending="additive", contrast_limits=(0, 1), scale=target.scale[-2:],
                                       translate=target.translate[-2:], metadata=linked_meta("probability", target))
             self.viewer.layers.selection.active = target
-            kept = " with your saved corrections" if corrected else ""
+            kept = " with your saved corrections" if corrected.any() else ""
             self.status.value = (f"Predicted the region y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {z}{kept} with "
                                  f"{model_name} ({100 * mask.mean():.1f}% structure) into '{target.name}'. Correct it "
                                  "with the paint tools: it is saved by chunk and learnt by Fine-tune. The whole "

@@ -105,6 +105,15 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
     history = describe_history(load_checkpoint(tmp_path / "cli.pt").metadata["history"])
     assert history[-1].split(": ", 1)[1].startswith("slice 0, y 512-1,536, x 512-1,536, held-out Dice")
 
+    # A stroke not yet saved, then a region beside it: the overlap shows the stroke, and the new
+    # region is not counted as corrected until it is painted.
+    paint_square(region, 0, 900, 900, value=1)
+    (viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera).center = (1100.0, 1812.0)
+    wait_for(qtbot, predict.predict(), 120)
+    beside = viewer.layers["montage prediction y 512-1,536, x 1,024-2,048"]
+    assert beside.data[900, 388] == 1 and tuple(beside.translate) == (512.0, 1024.0)
+    assert session.tracker(beside).corrected == set()
+
     # The next day: the same region comes back as corrected.
     other, image = _open(make_napari_viewer, path, (1100.0, 1300.0), qtbot)
     qtbot.waitUntil(lambda: "montage corrected regions" in other.layers, timeout=5000)
@@ -113,7 +122,7 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
     np.testing.assert_array_equal(outline.data[0].max(axis=0), [1536, 1536])
     _predict(other, qtbot, image, tiny_512)
     back = other.layers["montage prediction y 512-1,536, x 512-1,536"]
-    np.testing.assert_array_equal(back.data, np.asarray(region.data))
+    np.testing.assert_array_equal(back.data, np.asarray(region.data))  # the unsaved stroke was saved too
     assert back.data[100, 100] == painted[100, 100] == 1
     assert get_session(other).tracker(back).corrected == {0} and get_session(other).tracker(back).edited == {0}
 
