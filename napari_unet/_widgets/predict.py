@@ -414,13 +414,14 @@ class PredictWidget(Container):
                 self.session.autosave()
             except OSError:  # said by Correct's autosave; this region shows what is saved
                 pass
-            levels = corrections.levels(z)
+            normalization = checkpoint.info.normalization
+            levels = corrections.levels(z, normalization)
             if levels is None:  # once per slice, read block by block, kept beside the montage
                 pixels = volume.shape[1] * volume.shape[2]
                 state.note = f"Measuring the intensities of slice {z} (once, {pixels:,} px)…"
-                levels = slice_levels(plane, checkpoint.info.normalization, f"Slice {z}")
+                levels = slice_levels(plane, normalization, f"Slice {z}")
                 try:
-                    corrections.set_levels(z, levels)
+                    corrections.set_levels(z, normalization, levels)
                 except OSError:  # not kept (measured again next time); the autosave will say where it failed
                     pass
             done = 0

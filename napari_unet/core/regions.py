@@ -8,7 +8,7 @@ kept per `CHUNK` x `CHUNK` chunk of the slice in `MontageCorrections`:
 * ``labels.zarr`` and ``edited.zarr``: (Z, Y, X) arrays of the montage's shape, chunked by
   `CHUNK`; only corrected chunks are ever written (the rest are no files at all);
 * ``state.json``: the corrected chunks (z, chunk row, chunk column) and each slice's
-  intensity levels (`core.blocks.slice_levels`, computed once).
+  intensity levels (`core.blocks.slice_levels`, computed once per model normalisation).
 
 A fine-tune reads only the corrected chunks and `CONTEXT` pixels of image around each
 (`MontageCorrections.training_windows`).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blocks import SliceOf, predict_region
+from .blocks import SliceOf, predict_region, slice_levels
 from .files import atomic_write
 from .finetune import MAX_FOLDS, FineTune, FineTuneOptions
 from .labels import IGNORE
@@ -38,8 +38,9 @@ REGION = 2048
 CONTEXT = 64
 
 Chunk = tuple[int, int, int]  # (z, chunk row, chunk column)
-_STATE_LOCK = threading.Lock()
 Region = tuple[int, int, int, int]  # (y0, y1, x0, x1) in slice pixels
+
+_STATE_LOCK = threading.Lock()  # one read-modify-write of a state.json at a time
 
 
 def region_around(shape: tuple[int, int], center: tuple[float, float], size: int | None = None) -> Region:
@@ -116,13 +117,17 @@ class MontageCorrections:
 
     # ------------------------------------------------------------------ levels
 
-    def levels(self, z: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Slice z's intensity levels (low, high), each (C,), if computed before."""
+    def levels(self, z: int, normalization: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        """Slice z's intensity levels (low, high), each (C,), if computed before for a model
+        with this ``normalization`` (its percentiles)."""
         saved = self._levels.get(int(z))
-        return None if saved is None else (np.asarray(saved[0], np.float32), np.asarray(saved[1], np.float32))
+        if saved is None or saved.get("normalization") != normalization:
+            return None
+        return np.asarray(saved["low"], np.float32), np.asarray(saved["high"], np.float32)
 
-    def set_levels(self, z: int, levels: tuple[np.ndarray, np.ndarray]) -> None:
-        saved = [np.asarray(level, float).tolist() for level in levels]
+    def set_levels(self, z: int, normalization: dict, levels: tuple[np.ndarray, np.ndarray]) -> None:
+        saved = {"normalization": dict(normalization), "low": np.asarray(levels[0], float).tolist(),
+                 "high": np.asarray(levels[1], float).tolist()}
         self._update(lambda: self._levels.__setitem__(int(z), saved))
 
     # ------------------------------------------------------------------ labels
@@ -217,12 +222,13 @@ class MontageCorrections:
 
     # ------------------------------------------------------------------ learning
 
-    def training_windows(self, volume, context: int = CONTEXT, folds: int = MAX_FOLDS):
+    def training_windows(self, volume, normalization: dict, context: int = CONTEXT, folds: int = MAX_FOLDS):
         """What a fine-tune learns from: each corrected chunk with ``context`` pixels of image
         around it, in an order that keeps neighbouring chunks in one fold (`fold_order`).
 
         Args:
             volume: (Z, Y, X, C) array-like of the montage read by region (dask, zarr).
+            normalization: the model's (`ModelDescription.normalization`): whose levels.
 
         Returns:
             images: (N, H, W, C) float32, each window normalised on its slice's own levels
@@ -233,7 +239,7 @@ class MontageCorrections:
             windows: their N (y0, y1, x0, x1) windows in their slices.
 
         Raises:
-            ValueError: no corrected chunk, or a slice whose levels were never computed.
+            ValueError: no corrected chunk.
         """
         if not self.corrected:
             raise ValueError("No corrected region yet: predict a region, correct it, and it counts as corrected.")
@@ -245,9 +251,10 @@ class MontageCorrections:
         images, labels, edited, windows = [], [], [], []
         for chunk in ordered:
             z = chunk[0]
-            levels = self.levels(z)
-            if levels is None:
-                raise ValueError(f"Slice {z}'s intensity levels are unknown: predict a region of it again.")
+            levels = self.levels(z, normalization)
+            if levels is None:  # a model with other percentiles than Predict's: measured now, kept
+                levels = slice_levels(SliceOf(volume, z), normalization, f"Slice {z}")
+                self.set_levels(z, normalization, levels)
             cy0, cy1, cx0, cx1 = chunk_region(chunk, (height, width))
             wy0 = max(0, min(cy0 - context, height - side[0]))
             wx0 = max(0, min(cx0 - context, width - side[1]))
@@ -290,7 +297,8 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
         (the fine-tune, to run; the chunks, in the order of its parts).
     """
     options = options or FineTuneOptions()
-    images, labels, edited, chunks, windows = corrections.training_windows(volume)
+    normalization = checkpoint.info.normalization
+    images, labels, edited, chunks, windows = corrections.training_windows(volume, normalization)
     channels = images.shape[-1]
     options = replace(options, levels=(np.zeros(channels, np.float32), np.ones(channels, np.float32)))
 
@@ -306,7 +314,7 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
             area = sum((windows[i][1] - windows[i][0]) * (windows[i][3] - windows[i][2]) for i in group)
             boxes = [(y0, y1, x0, x1)] if (y1 - y0) * (x1 - x0) <= 2 * area else [windows[i] for i in group]
             for box in boxes:
-                probability = predict_region(pipeline, SliceOf(volume, z), box, corrections.levels(z))
+                probability = predict_region(pipeline, SliceOf(volume, z), box, corrections.levels(z, normalization))
                 for i in group:
                     wy0, wy1, wx0, wx1 = windows[i]
                     if box[0] <= wy0 and wy1 <= box[1] and box[2] <= wx0 and wx1 <= box[3]:

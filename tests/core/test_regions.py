@@ -59,7 +59,8 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
     edited[10, 10] = True
     painted = chunks_touched(*np.nonzero(edited), 1, region[::2])
     assert store.write(1, region, labels, edited, set(region_chunks(1, region)), corrected=True) == 16
-    store.set_levels(1, (np.array([3.0]), np.array([200.0])))
+    norm = {"method": "percentile", "low": 1.0, "high": 99.0}
+    store.set_levels(1, norm, (np.array([3.0]), np.array([200.0])))
     files = [p for p in (tmp_path / "montage" / "labels.zarr").rglob("*") if p.is_file() and not p.name.startswith(".z")]
     assert len(files) == 16  # the region's chunks, nothing else of a 3000 x 2600 x 2 montage
 
@@ -68,7 +69,8 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
     again = MontageCorrections(tmp_path / "montage", shape)
     assert again.corrected == set(region_chunks(1, region))
     assert again.regions() == [(1, region)]
-    np.testing.assert_array_equal(again.levels(1)[1], [200.0])
+    np.testing.assert_array_equal(again.levels(1, norm)[1], [200.0])
+    assert again.levels(1, {**norm, "high": 99.8}) is None  # another model's percentiles: measured again
     wider = (region[0] - CHUNK, region[1], region[2], region[3])
     saved, was_edited, corrected = again.read(1, wider)
     assert not corrected[:CHUNK].any() and corrected[CHUNK:].all()
@@ -103,13 +105,13 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     shape = montage.shape[:3]
     store = MontageCorrections(tmp_path / "montage", shape)
     levels = blocks.slice_levels(montage[0], checkpoint.info.normalization)
-    store.set_levels(0, levels)
+    store.set_levels(0, checkpoint.info.normalization, levels)
     region = (0, 512, 512, 1536)
     probability = Pipeline(checkpoint, device="cpu", levels=levels).run(montage).probabilities[0]
     predicted = (probability > checkpoint.info.threshold).astype(np.uint8)[:512, 512:1536]
     store.write(0, region, predicted, np.zeros(predicted.shape, bool), set(region_chunks(0, region)), True)
 
-    images, labels, edited, chunks, windows = store.training_windows(montage)
+    images, labels, edited, chunks, windows = store.training_windows(montage, checkpoint.info.normalization)
     assert images.shape == (2, CHUNK + 2 * CONTEXT, CHUNK + 2 * CONTEXT, 1) and not edited.any()
     first = chunks.index((0, 0, 1))  # rows 0-512, columns 512-1024: its window starts at row 0
     assert windows[first] == (0, 640, 448, 1088)
@@ -118,6 +120,10 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     assert (labels[first][:512, 64:576] != IGNORE).all() and (labels[first][512:] == IGNORE).all()
     assert (labels[first][:, 576:] == IGNORE).all()  # its neighbour is learnt in its own window only
     assert (labels[first][:, :64] == IGNORE).all()
+    other = {"method": "percentile", "low": 1.0, "high": 99.0}  # a model with other percentiles
+    assert store.levels(0, other) is None
+    store.training_windows(montage, other)  # measures that slice's levels for it, and keeps them
+    np.testing.assert_allclose(store.levels(0, other), blocks.slice_levels(montage[0], other))
 
     run, _chunks = fine_tune_on_chunks(checkpoint, montage, store, FineTuneOptions(steps=5, device="cpu"))
     list(run.run())
