@@ -462,9 +462,9 @@ class PredictWidget(Container):
                 tracker.restore([0] if corrected.all() else [], [0] if edited.any() else [],
                                 {0: edited} if edited.any() else {})
             if self.show_probability.value:
-                self.viewer.add_image(probability, name=f"{target.name} probability", colormap="magma",
-                                      blending="additive", contrast_limits=(0, 1), scale=target.scale[-2:],
-                                      translate=target.translate[-2:], metadata=linked_meta("probability", target))
+                self.viewer.add_image(probability.reshape(target.data.shape), name=f"{target.name} probability",
+                                      colormap="magma", blending="additive", contrast_limits=(0, 1), scale=target.scale,
+                                      translate=target.translate, metadata=linked_meta("probability", target))
             self.viewer.layers.selection.active = target
             kept = " with your saved corrections" if corrected.any() else ""
             self.status.value = (f"Predicted the region y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {z}{kept} with "
