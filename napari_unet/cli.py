@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "chunked zarr store when it ends in .zarr (written slice by slice), an OME-Zarr pyramid napari browses "
                    "without reading whole slices when it ends in .ome.zarr (for montages)")
     p.add_argument("--probabilities", help="also write the float32 probability map here (.tif, .zarr or .ome.zarr)")
-    p.add_argument("--instances", help="also write one id per cell (EM; the model's instance method, else a seeded watershed) here (uint32, .tif or .zarr)")
+    p.add_argument("--instances", help="also write one id per cell (EM; the model's instance method, else a seeded watershed) here (uint32, .tif, .zarr or .ome.zarr)")
     p.add_argument("--slices", nargs="+", help="predict only these slices, e.g. 3 7 or 0-99 (streamed; the others "
                    "stay 0 in the outputs)")
     p.add_argument("--workers", type=WORKERS, help="predict a volume on a local dask cluster of N worker processes "
@@ -425,8 +425,10 @@ def _predict_cluster(args) -> int:
     if args.fov not in ("auto", "none"):
         raise UsageError("On a cluster the field of view is found in each image: use --fov auto or none.")
     out = Path(args.out)
-    if out.suffix.lower() != ".zarr":
-        raise UsageError(f"{out.name}: on a cluster the output is a zarr store, e.g. --out mask.zarr.")
+    if out.suffix.lower() != ".zarr" or any(str(p).lower().endswith(".ome.zarr") for p in
+                                            (args.out, args.probabilities, args.instances) if p):
+        raise UsageError(f"{out.name}: on a cluster the outputs are flat zarr stores, e.g. --out mask.zarr (a "
+                         "multiscale .ome.zarr is written by one process, without --workers).")
     if not out.parent.exists():
         raise UsageError(f"The folder {out.parent} does not exist: create it first.")
     _check_output(args.out, True, (".zarr",), _predict_inputs(args))  # never over an input, even with --force

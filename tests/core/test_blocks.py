@@ -313,6 +313,8 @@ def test_a_montage_prediction_is_written_as_a_pyramid_napari_browses(montage, sm
     np.testing.assert_array_equal(np.asarray(cells[1][0, ..., 0]), np.asarray(cells[0][0, ::2, ::2, 0]))
     (data, meta, kind), = read_layers(str(tmp_path / "mask.ome.zarr"))
     assert kind == "labels" and len(data) == 3 and meta["metadata"]["napari_unet"]["role"] == "prediction"
+    assert main([*args, "--out", str(tmp_path / "c.ome.zarr"), "--workers", "2"]) == 2  # a cluster writes flat stores
+    assert "without --workers" in capsys.readouterr().err
 
 
 def test_a_pyramidal_tif_opens_with_its_own_levels(tmp_path, small_blocks):
