@@ -7,7 +7,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ..core.corrections import corrections_folder
-from ..core.regions import MontageCorrections, region_around, region_chunks
+from ..core.regions import MontageCorrections, region_around
 from ._layers import label_colormap, layer_uid, linked_meta, plugin_meta, spatial_ndim
 
 
@@ -65,20 +65,16 @@ def region_layers(viewer, image: Image) -> list[Labels]:
             and plugin_meta(layer).get("link") == uid]
 
 
-def save_region(layer: Labels, corrected: bool, edited: np.ndarray | None, changed: set) -> MontageCorrections:
-    """Save a region layer's corrections by chunk: the chunks in ``changed`` (painted since the
-    last save) and, when the region is newly corrected, every chunk of it.
+def save_region(layer: Labels, corrected: bool, edited: np.ndarray | None, painted: np.ndarray) -> MontageCorrections:
+    """Save a region layer's corrections by chunk (`MontageCorrections.write`).
 
     Args:
         corrected: whether the region counts as corrected (learnt by a fine-tune).
-        edited: (h, w) bool painted pixels, or None.
-        changed: chunks (z, row, column) painted since the last save.
+        edited: (h, w) bool, every pixel painted, or None; painted: those since the last save.
     """
     meta = plugin_meta(layer)
     z, region = region_of(layer)
     store = MontageCorrections(meta["montage"], tuple(meta["montage_shape"]))
-    labels = np.asarray(layer.data).reshape(region[1] - region[0], region[3] - region[2])
-    inside = set(region_chunks(z, region))
-    todo = set(changed) | (inside - store.corrected if corrected else set())
-    store.write(z, region, labels, np.zeros(labels.shape, bool) if edited is None else edited, todo, corrected)
+    labels = np.asarray(layer.data).reshape(painted.shape)
+    store.write(z, region, labels, np.zeros(painted.shape, bool) if edited is None else edited, painted, corrected)
     return store

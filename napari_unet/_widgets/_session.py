@@ -15,7 +15,6 @@ from qtpy.QtCore import QTimer
 
 from ..core.checkpoint import Checkpoint
 from ..core.corrections import CorrectionStore, VolumeState, corrections_folder, save_volume_state
-from ..core.regions import chunks_touched
 from ._layers import layer_uid, plugin_meta
 from ._montage import region_of, save_region
 
@@ -36,8 +35,10 @@ class CorrectionTracker:
         self.edited_pixels: dict[int, np.ndarray] = {}  # z -> (Y, X) bool
         self.dirty = False
         self.unsaved_slices: set[int] = set()  # slices edited since the last save
-        self.unsaved_chunks: set = set()  # a montage region's chunks edited since the last save
         self.region = region_of(layer)  # (z, (y0, y1, x0, x1)) of a montage region layer, else None
+        # A montage region's pixels painted since the last save, and whether the user unmarked it.
+        self.unsaved_pixels = np.zeros(self._plane_shape(), bool) if self.region is not None else None
+        self._unmarked = False
         self.changed = _TrackerSignals()
         self._suspended = 0
         layer.events.paint.connect(self._on_paint)
@@ -63,8 +64,8 @@ class CorrectionTracker:
                 plane = self.edited_pixels.setdefault(z, np.zeros(self._plane_shape(), bool))
                 plane[rows, cols] = True
                 self.unsaved_slices.add(z)
-                if self.region is not None:
-                    self.unsaved_chunks |= chunks_touched(rows, cols, self.region[0], self.region[1][::2])
+                if self.unsaved_pixels is not None:
+                    self.unsaved_pixels[rows, cols] = True
                 if z not in self.edited:
                     self.edited.add(z)
                     self.corrected.add(z)
@@ -94,6 +95,7 @@ class CorrectionTracker:
 
     def set_corrected(self, z: int, corrected: bool) -> None:
         (self.corrected.add if corrected else self.corrected.discard)(int(z))
+        self._unmarked = not corrected
         self.dirty = True
         self.changed.emit()
 
@@ -101,6 +103,7 @@ class CorrectionTracker:
         """Bring back a saved state; ``edited_pixels`` is bool, the layer's shape, or
         {z: (Y, X) bool} for the edited slices only (volumes)."""
         self.corrected, self.edited = set(corrected), set(edited)
+        self._unmarked = False
         if isinstance(edited_pixels, dict):
             self.edited_pixels = {int(z): plane for z, plane in edited_pixels.items()}
         else:
@@ -134,12 +137,7 @@ class CorrectionTracker:
         layer = self.layer
         self.dirty = False  # an edit made while saving sets it again
         if self.region is not None:  # a montage's region: by chunk, beside the montage
-            changed, self.unsaved_chunks = self.unsaved_chunks, set()
-            try:
-                return save_region(layer, 0 in self.corrected, self.edited_pixels.get(0), changed).folder
-            except BaseException:
-                self.unsaved_chunks |= changed  # written next time
-                raise
+            return self._save_region()
         if not isinstance(layer.data, np.ndarray):
             folder = plugin_meta(layer).get("store") or self.store(root).folder  # e.g. a mask.zarr opened by hand
             return self._save_state(Path(folder))
@@ -147,6 +145,22 @@ class CorrectionTracker:
         store.save(np.asarray(layer.data), sorted(self.corrected), sorted(self.edited),
                    plugin_meta(layer).get("image_source", ""), self.edited_mask())
         return store.folder
+
+    def _save_region(self) -> Path:
+        """A montage region: its new strokes, and its chunks when it is corrected (or no longer
+        is, when the user unmarked it). A region left untouched writes nothing, so opening a
+        region beside a corrected one never unmarks that one's chunks."""
+        corrected, unmarked = 0 in self.corrected, self._unmarked
+        painted, self.unsaved_pixels = self.unsaved_pixels, np.zeros_like(self.unsaved_pixels)
+        self._unmarked = False
+        try:
+            if corrected or unmarked or painted.any():
+                save_region(self.layer, corrected, self.edited_pixels.get(0), painted)
+        except BaseException:
+            self.unsaved_pixels |= painted  # written next time
+            self._unmarked = self._unmarked or unmarked
+            raise
+        return Path(plugin_meta(self.layer)["montage"])
 
     def _save_state(self, folder: Path) -> Path:
         changed, self.unsaved_slices = self.unsaved_slices, set()
@@ -279,19 +293,20 @@ class Session:
         refresh, not raised; a save still running when the timer fires again is left to end."""
         if self._saving.locked():
             return
-
-        def save() -> None:
-            try:
-                self.autosave()
-                self.autosave_error = ""
-            except Exception as exc:  # noqa: BLE001 (a thread: shown in Correct, never lost in a log)
-                self.autosave_error = f"Autosave failed ({exc}): choose another folder in Correct."
-                for tracker in list(self._trackers.values()):
-                    if tracker.layer is not None:
-                        tracker.dirty = True  # try again next time
-
-        self.autosave_thread = threading.Thread(target=save, name="napari-unet autosave", daemon=True)
+        self.autosave_thread = threading.Thread(target=self.save_quietly, name="napari-unet autosave", daemon=True)
         self.autosave_thread.start()
+
+    def save_quietly(self) -> None:
+        """`autosave` without raising (a worker thread's): a failure is shown in the Correct
+        widget's next refresh and the edits are saved again next time."""
+        try:
+            self.autosave()
+            self.autosave_error = ""
+        except Exception as exc:  # noqa: BLE001 (a thread: shown in Correct, never lost in a log)
+            self.autosave_error = f"Autosave failed ({exc}): choose another folder in Correct."
+            for tracker in list(self._trackers.values()):
+                if tracker.layer is not None:
+                    tracker.dirty = True  # try again next time
 
     def set_fine_tuned(self, checkpoint: Checkpoint, path: Path) -> None:
         self.fine_tuned, self.fine_tuned_path = checkpoint, path

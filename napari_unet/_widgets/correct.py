@@ -172,7 +172,9 @@ class CorrectWidget(Container):
         layer = self.layer.value
         if layer is not None and spatial_ndim(layer) == 3:
             step = list(self.viewer.dims.current_step)
-            step[self.viewer.dims.ndim - 3] = item.data(Qt.ItemDataRole.UserRole)
+            region = self.tracker.region
+            # A montage region's layer has one plane, placed on its slice of the montage.
+            step[self.viewer.dims.ndim - 3] = item.data(Qt.ItemDataRole.UserRole) if region is None else region[0]
             self.viewer.dims.current_step = tuple(step)
 
     def _paint_with(self, value: int) -> None:

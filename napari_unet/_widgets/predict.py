@@ -410,10 +410,8 @@ class PredictWidget(Container):
         tiles = region_tile_count(pipeline, tuple(volume.shape[1:3]), region)
 
         def work(state):
-            try:  # edits of open regions reach the disk first, so an overlapping region shows them
-                self.session.autosave()
-            except OSError:  # said by Correct's autosave; this region shows what is saved
-                pass
+            self.session.save_quietly()  # edits of open regions reach the disk, so an overlapping region shows them
+            corrections.refresh()
             normalization = checkpoint.info.normalization
             levels = corrections.levels(z, normalization)
             if levels is None:  # once per slice, read block by block, kept beside the montage
@@ -437,7 +435,7 @@ class PredictWidget(Container):
                 return None
             mask = (probability > pipeline.threshold).astype(np.uint8)
             saved, edited, corrected = corrections.read(z, region)
-            mask[corrected] = saved[corrected]
+            mask[corrected | edited] = saved[corrected | edited]  # corrected chunks, and strokes anywhere
             return mask, edited, corrected, probability
 
         def done(result):
@@ -451,15 +449,20 @@ class PredictWidget(Container):
             self.session.current, self.session.current_label = checkpoint, model_name
             if shown and shown[-1] in self.viewer.layers:
                 target = shown[-1]
+                if self.session.tracker(target).edited or self.session.tracker(target).corrected:
+                    self.status.value = (f"You painted '{target.name}' while it was predicted: your strokes are kept "
+                                         "and nothing was replaced.")
+                    return None
                 with self.session.tracker(target).programmatic():
                     target.data = mask.reshape(target.data.shape)
             else:
                 target = add_region_layer(self.viewer, layer, z, region, mask, model_name, corrections)
             tracker = self.session.tracker(target)
             if corrected.any() or edited.any():
-                # Corrected as a whole only when all of it was: a region beside a corrected one shows
-                # those chunks as saved, and counts as corrected once the user paints it.
-                tracker.restore([0] if corrected.all() else [], [0] if edited.any() else [],
+                # Corrected (and listed as edited) only when all of it was: a region beside a corrected
+                # one shows those chunks as saved, and counts as corrected once the user paints it.
+                whole = bool(corrected.all())
+                tracker.restore([0] if whole else [], [0] if whole and edited.any() else [],
                                 {0: edited} if edited.any() else {})
             if self.show_probability.value:
                 self.viewer.add_image(probability.reshape(target.data.shape), name=f"{target.name} probability",

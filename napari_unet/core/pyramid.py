@@ -55,8 +55,6 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
         DataError: an RGB volume, or ``out`` exists.
         PredictionCancelled: ``cancel`` returned True.
     """
-    import zarr
-
     out = Path(out)
     if out.exists():
         raise DataError(f"{out} exists: choose another name or remove it first.")
@@ -66,9 +64,8 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
     shapes = level_shapes(tuple(data.shape[:3]))
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    group = zarr.open_group(str(partial), mode="w", zarr_format=2)
-    levels = [group.create_array(str(k), shape=shape, chunks=_chunks(shape), dtype=data.dtype, fill_value=0)
-              for k, shape in enumerate(shapes)]
+    group = _new_group(partial)
+    levels = [_new_array(group, str(k), shape, data.dtype) for k, shape in enumerate(shapes)]
     counter = _Progress(shapes, progress, cancel)
     try:
         for z in range(shapes[0][0]):
@@ -90,10 +87,7 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
 def multiscale_output(path: str | Path, shape: tuple[int, int, int], dtype):
     """A new OME-Zarr group at ``path`` and its level-0 (Z, Y, X) array, returned, for a
     prediction to be written into; `add_levels` then makes the coarser levels."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    return group.create_array("0", shape=shape, chunks=_chunks(shape), dtype=dtype, fill_value=0)
+    return _new_array(_new_group(path), "0", shape, dtype)
 
 
 def add_levels(path: str | Path, reduce: str, pixel_size_nm=None, name: str = "",
@@ -113,15 +107,25 @@ def add_levels(path: str | Path, reduce: str, pixel_size_nm=None, name: str = ""
     group = zarr.open_group(str(path), mode="r+")
     base = group["0"]
     shapes = level_shapes(tuple(base.shape))
-    levels = [base] + [group.create_array(str(k), shape=shape, chunks=_chunks(shape), dtype=base.dtype, fill_value=0)
-                       for k, shape in enumerate(shapes) if k > 0]
+    levels = [base] + [_new_array(group, str(k), shape, base.dtype) for k, shape in enumerate(shapes) if k > 0]
     _fill_levels(levels, reduce, _Progress(shapes[1:], None, cancel))
     group.attrs["multiscales"] = [_multiscale(len(shapes), pixel_size_nm, name or Path(path).name)]
     return shapes
 
 
-def _chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    return 1, min(shape[1], 1024), min(shape[2], 1024)
+def _new_group(path: Path):
+    """A new zarr group in zarr format 2 (which every OME-Zarr reader takes), with zarr 2 or 3."""
+    import zarr
+
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        return zarr.open_group(str(path), mode="w", zarr_format=2)
+    return zarr.open_group(str(path), mode="w")
+
+
+def _new_array(group, name: str, shape: tuple[int, int, int], dtype):
+    """A (Z, Y, X) array of ``group`` in chunks of one slice and at most 1,024² pixels."""
+    create = getattr(group, "create_array", None) or group.create_dataset  # zarr 3, zarr 2
+    return create(name, shape=shape, chunks=(1, min(shape[1], 1024), min(shape[2], 1024)), dtype=dtype, fill_value=0)
 
 
 class _Progress:

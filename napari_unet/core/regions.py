@@ -151,7 +151,8 @@ class MontageCorrections:
 
     def read(self, z: int, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels uint8, edited bool, corrected bool), each (h, w), of a region of slice z:
-        the saved labels and painted pixels, and which pixels lie in corrected chunks."""
+        the saved labels and painted pixels, and which pixels lie in corrected chunks (where
+        the saved labels hold; elsewhere only painted pixels were saved)."""
         y0, y1, x0, x1 = region
         corrected = np.zeros((y1 - y0, x1 - x0), bool)
         for chunk in set(region_chunks(z, region)) & self.corrected:
@@ -164,30 +165,47 @@ class MontageCorrections:
             out.append(part.astype(dtype))
         return out[0], out[1], corrected
 
-    def write(self, z: int, region: Region, labels: np.ndarray, edited: np.ndarray, chunks: set[Chunk],
+    def write(self, z: int, region: Region, labels: np.ndarray, edited: np.ndarray, painted: np.ndarray,
               corrected: bool) -> int:
-        """Save a region of slice z: write the labels and painted pixels of ``chunks`` (those
-        that changed), then count every chunk of the region as corrected or not.
+        """Save a region of slice z, by chunk.
+
+        The pixels painted since the last save are merged into what is saved (another region
+        layer may have saved the same chunk since), so nobody's edits are undone. Corrected:
+        its chunks not corrected before are also written whole (the labels as the user saw
+        and checked them) and all its chunks count as corrected. Not corrected (the user
+        unmarked it): its chunks stop counting as corrected.
 
         Args:
-            labels: (h, w) uint8; edited: (h, w) bool, the region's pixels.
-            chunks: chunks of the region to write (others are left as they are on disk).
+            labels: (h, w) uint8; edited: (h, w) bool, every pixel the user painted;
+            painted: (h, w) bool, those painted since the last save.
 
         Returns:
             The number of chunks written.
         """
         y0, y1, x0, x1 = region
         inside = set(region_chunks(z, region))
-        todo = sorted(set(chunks) & inside) if corrected else []  # an unmarked region's labels are not learnt
-        if todo:
-            for name, values in (("labels", labels), ("edited", edited)):
-                array = self._array(name, create=True)
-                for chunk in todo:  # one whole chunk per write: zarr rewrites only that file
-                    cy0, cy1, cx0, cx1 = chunk_region(chunk, self.shape[1:])
-                    part = values[max(cy0, y0) - y0 : min(cy1, y1) - y0, max(cx0, x0) - x0 : min(cx1, x1) - x0]
-                    array[z, max(cy0, y0) : min(cy1, y1), max(cx0, x0) : min(cx1, x1)] = part.astype(np.uint8)
+        self.refresh()
+        fresh = inside - self.corrected if corrected else set()
+        touched = chunks_touched(*np.nonzero(painted), z, (y0, x0)) & inside
+        arrays = {name: self._array(name, create=True) for name in ("labels", "edited")}
+        for chunk in sorted(fresh | touched):  # one whole chunk per write: zarr rewrites only that file
+            cy0, cy1, cx0, cx1 = chunk_region(chunk, self.shape[1:])
+            on_disk = (z, slice(max(cy0, y0), min(cy1, y1)), slice(max(cx0, x0), min(cx1, x1)))
+            here = tuple(slice(part.start - start, part.stop - start) for part, start in zip(on_disk[1:], (y0, x0)))
+            new_labels, new_edited = labels[here].astype(np.uint8), edited[here]
+            if chunk not in fresh:  # merge this layer's new strokes into what is saved
+                mine = painted[here]
+                new_labels = np.where(mine, new_labels, np.asarray(arrays["labels"][on_disk])).astype(np.uint8)
+                new_edited = mine | (np.asarray(arrays["edited"][on_disk]) != 0)
+            arrays["labels"][on_disk] = new_labels
+            arrays["edited"][on_disk] = new_edited.astype(np.uint8)
         self._update(lambda: setattr(self, "corrected", self.corrected | inside if corrected else self.corrected - inside))
-        return len(todo)
+        return len(fresh | touched)
+
+    def refresh(self) -> None:
+        """Read the corrected chunks and levels as they are on disk now (another writer's)."""
+        with _STATE_LOCK:
+            self._read_state()
 
     def _update(self, change) -> None:
         """Apply ``change`` to the state as it is on disk now and write it: two writers (a
@@ -254,7 +272,10 @@ class MontageCorrections:
             levels = self.levels(z, normalization)
             if levels is None:  # a model with other percentiles than Predict's: measured now, kept
                 levels = slice_levels(SliceOf(volume, z), normalization, f"Slice {z}")
-                self.set_levels(z, normalization, levels)
+                try:
+                    self.set_levels(z, normalization, levels)
+                except OSError:  # not kept: measured again next time
+                    pass
             cy0, cy1, cx0, cx1 = chunk_region(chunk, (height, width))
             wy0 = max(0, min(cy0 - context, height - side[0]))
             wx0 = max(0, min(cx0 - context, width - side[1]))

@@ -57,15 +57,18 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
     labels = np.ones((h, w), np.uint8)
     edited = np.zeros((h, w), bool)
     edited[10, 10] = True
-    painted = chunks_touched(*np.nonzero(edited), 1, region[::2])
-    assert store.write(1, region, labels, edited, set(region_chunks(1, region)), corrected=True) == 16
+    nothing = np.zeros((h, w), bool)
+    assert store.write(1, region, labels, edited, nothing, corrected=True) == 16  # newly corrected: written whole
     norm = {"method": "percentile", "low": 1.0, "high": 99.0}
     store.set_levels(1, norm, (np.array([3.0]), np.array([200.0])))
     files = [p for p in (tmp_path / "montage" / "labels.zarr").rglob("*") if p.is_file() and not p.name.startswith(".z")]
     assert len(files) == 16  # the region's chunks, nothing else of a 3000 x 2600 x 2 montage
 
     labels[100, 100] = 0  # an edit in one chunk: only that chunk is written again
-    assert store.write(1, region, labels, edited, painted, corrected=True) == 1
+    painted = np.zeros((h, w), bool)
+    painted[100, 100] = True
+    assert chunks_touched(*np.nonzero(painted), 1, region[::2]) == {(1, 1, 0)}
+    assert store.write(1, region, labels, edited | painted, painted, corrected=True) == 1
     again = MontageCorrections(tmp_path / "montage", shape)
     assert again.corrected == set(region_chunks(1, region))
     assert again.regions() == [(1, region)]
@@ -75,9 +78,19 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
     saved, was_edited, corrected = again.read(1, wider)
     assert not corrected[:CHUNK].any() and corrected[CHUNK:].all()
     assert saved[CHUNK + 100, 100] == 0 and saved[CHUNK:].sum() == h * w - 1
-    assert was_edited.sum() == 1 and was_edited[CHUNK + 10, 10]
+    assert was_edited.sum() == 2 and was_edited[CHUNK + 10, 10] and was_edited[CHUNK + 100, 100]
 
-    again.write(1, region, labels, edited, set(), corrected=False)  # unmarked: not learnt any more
+    # Another region layer opened before that edit shares the chunk: its own stroke there is
+    # merged in, and the edit above stays.
+    stale = np.ones((h, w), np.uint8)
+    stroke = np.zeros((h, w), bool)
+    stroke[300, 5] = True
+    stale[300, 5] = 0
+    assert again.write(1, region, stale, stroke, stroke, corrected=True) == 1
+    saved, was_edited, _ = again.read(1, region)
+    assert saved[100, 100] == 0 and saved[300, 5] == 0 and was_edited[100, 100] and was_edited[300, 5]
+
+    again.write(1, region, labels, edited, nothing, corrected=False)  # unmarked: not learnt any more
     assert MontageCorrections(tmp_path / "montage", shape).corrected == set()
     with pytest.raises(ValueError, match="another corrections folder"):
         MontageCorrections(tmp_path / "montage", (2, 3000, 2000))
@@ -109,7 +122,7 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     region = (0, 512, 512, 1536)
     probability = Pipeline(checkpoint, device="cpu", levels=levels).run(montage).probabilities[0]
     predicted = (probability > checkpoint.info.threshold).astype(np.uint8)[:512, 512:1536]
-    store.write(0, region, predicted, np.zeros(predicted.shape, bool), set(region_chunks(0, region)), True)
+    store.write(0, region, predicted, np.zeros(predicted.shape, bool), np.zeros(predicted.shape, bool), True)
 
     images, labels, edited, chunks, windows = store.training_windows(montage, checkpoint.info.normalization)
     assert images.shape == (2, CHUNK + 2 * CONTEXT, CHUNK + 2 * CONTEXT, 1) and not edited.any()
@@ -132,7 +145,7 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     truth = isbi_stack.labels[1, :512, :512]  # slice 1 sits at columns 512-1024 of the first row
     corrected = predicted.copy()
     corrected[:512, :512] = truth
-    store.write(0, region, corrected, np.zeros(predicted.shape, bool), {(0, 0, 1)}, True)
+    store.write(0, region, corrected, np.zeros(predicted.shape, bool), corrected != predicted, True)
     run, chunks = fine_tune_on_chunks(checkpoint, montage, store, FineTuneOptions(steps=3, device="cpu"))
     list(run.run())
     report = run.result.report

@@ -2,6 +2,8 @@
 autosave writes only the chunks that changed, Fine-tune learns from the corrected chunks,
 and the next session's Predict brings the corrections back."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -113,13 +115,20 @@ def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_nap
     beside = viewer.layers["montage prediction y 512-1,536, x 1,024-2,048"]
     assert beside.data[900, 388] == 1 and tuple(beside.translate) == (512.0, 1024.0)
     assert session.tracker(beside).corrected == set()
+    state = chunks.parent / "state.json"
+    session.autosave()  # left untouched, it writes nothing and unmarks nothing
+    assert len(json.loads(state.read_text())["corrected"]) == 4
+    paint_square(beside, 0, 100, 900, value=1)  # painted: it counts as corrected as a whole
+    assert session.tracker(beside).corrected == {0}
+    session.autosave()
+    assert len(json.loads(state.read_text())["corrected"]) == 6 and beside.data[900, 388] == 1
 
     # The next day: the same region comes back as corrected.
     other, image = _open(make_napari_viewer, path, (1100.0, 1300.0), qtbot)
     qtbot.waitUntil(lambda: "montage corrected regions" in other.layers, timeout=5000)
     outline = other.layers["montage corrected regions"]  # where the user worked, tinted
     np.testing.assert_array_equal(outline.data[0].min(axis=0), [512, 512])
-    np.testing.assert_array_equal(outline.data[0].max(axis=0), [1536, 1536])
+    np.testing.assert_array_equal(outline.data[0].max(axis=0), [1536, 2048])  # both regions, touching
     _predict(other, qtbot, image, tiny_512)
     back = other.layers["montage prediction y 512-1,536, x 512-1,536"]
     np.testing.assert_array_equal(back.data, np.asarray(region.data))  # the unsaved stroke was saved too
