@@ -8,7 +8,7 @@ import numpy as np
 import dask.array  # noqa: F401  (imported with the plugin: the first Load would pay 0.7 s for it)
 from magicgui.widgets import Container, FileEdit, PushButton
 from qtpy.QtCore import QTimer
-from napari.layers import Layer
+from napari.layers import Image, Layer
 
 from ..core.corrections import (
     CorrectionStore,
@@ -89,13 +89,14 @@ class LoadWidget(Container):
             return []
         layers = [self.viewer.add_layer(Layer.create(data, meta, kind)) for data, meta, kind in tuples]
         image = layers[0]
-        if is_lazy(image) and not getattr(image, "rgb", False):
+        if is_lazy(image) and isinstance(image, Image) and not image.rgb:
             self._sample_contrast(path, image)
         info = image.metadata.get("napari_unet", {})
         found = [f"{info.get('layout', 'file')}: {image.name}"]
-        z = image.data.shape[0] if image.data.ndim - (1 if image.rgb else 0) == 3 else 1
-        found.append(f"{z} slice(s) of {'x'.join(map(str, image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:]))}")
-        found.append("RGB (fundus)" if getattr(image, "rgb", False) else "grey (EM)")
+        rgb = getattr(image, "rgb", False)  # a Labels layer (a prediction store) has none
+        z = image.data.shape[0] if image.data.ndim - (1 if rgb else 0) == 3 else 1
+        found.append(f"{z} slice(s) of {'x'.join(map(str, image.data.shape[-3:-1] if rgb else image.data.shape[-2:]))}")
+        found.append("RGB (fundus)" if rgb else "grey (EM)")
         for layer in layers[1:]:
             found.append(f"+ {layer.name}")
         self.status.value = "Loaded " + ", ".join(found)
@@ -212,7 +213,7 @@ class LoadWidget(Container):
         store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))
         self._pending_restore = self._pending_volume = None
         self.restore_button.visible = False
-        if is_lazy(image) and not image.rgb and is_montage(lazy_stack(image).shape):
+        if isinstance(image, Image) and is_lazy(image) and not image.rgb and is_montage(lazy_stack(image).shape):
             self._show_montage_corrections(image)
             return
         if is_lazy(image):

@@ -196,3 +196,16 @@ def test_a_compressed_montage_is_offered_its_pyramid_instead_of_a_freeze(make_na
     image = viewer.layers["compressed"]
     assert image.multiscale and [level.shape for level in image.data] == [(1536, 2048), (768, 1024), (384, 512)]
     np.testing.assert_array_equal(np.asarray(image.data[0]), montage)
+
+
+def test_load_opens_a_prediction_store_as_labels(make_napari_viewer, tmp_path):
+    """A mask store written by napari-unet predict opens through Load as labels (no contrast
+    to sample on labels)."""
+    mask = zarr.open_array(str(tmp_path / "mask.zarr"), mode="w", shape=(2, 64, 64), chunks=(1, 64, 64), dtype="uint8",
+                           zarr_format=2)
+    mask[0, 10:20, 10:20] = 1
+    viewer = make_napari_viewer()
+    load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
+    load.path.value = str(tmp_path / "mask.zarr")
+    (layer,) = load.load()
+    assert layer.__class__.__name__ == "Labels" and int(np.asarray(layer.data[0]).sum()) == 100
