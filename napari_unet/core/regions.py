@@ -121,8 +121,8 @@ class MontageCorrections:
         """Slice z's intensity levels (low, high), each (C,), if computed before for a model
         with this ``normalization`` (its percentiles)."""
         saved = self._levels.get(int(z))
-        if saved is None or saved.get("normalization") != normalization:
-            return None
+        if not isinstance(saved, dict) or saved.get("normalization") != normalization:
+            return None  # none yet, another model's, or unreadable: measured again
         return np.asarray(saved["low"], np.float32), np.asarray(saved["high"], np.float32)
 
     def set_levels(self, z: int, normalization: dict, levels: tuple[np.ndarray, np.ndarray]) -> None:

@@ -1,6 +1,8 @@
 """A montage corrected region by region: regions on the chunk grid, corrections saved by
 chunk, predictions equal to the whole slice's, fine-tunes from the corrected chunks only."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,10 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
 
     again.write(1, region, labels, edited, nothing, corrected=False)  # unmarked: not learnt any more
     assert MontageCorrections(tmp_path / "montage", shape).corrected == set()
+    state = json.loads((tmp_path / "montage" / "state.json").read_text())
+    state["levels"]["1"] = [[3.0], [200.0]]  # levels in a form this version does not write
+    (tmp_path / "montage" / "state.json").write_text(json.dumps(state))
+    assert MontageCorrections(tmp_path / "montage", shape).levels(1, norm) is None  # measured again, no crash
     with pytest.raises(ValueError, match="another corrections folder"):
         MontageCorrections(tmp_path / "montage", (2, 3000, 2000))
 
