@@ -164,7 +164,7 @@ def timing(device: str, steps: int, kept: bool = False) -> dict:
         _shift.EM_SCALE = scale
     decide = finetune.decide
     if kept:
-        finetune.decide = lambda start, tuned: "gain"
+        finetune.decide = lambda start, tuned, **rule: "gain"
     try:
         tick = time.perf_counter()
         run = FineTune(load_checkpoint("em-membranes"), images, labels, [0, 1], None,

@@ -323,6 +323,8 @@ class FineTuneWidget(Container):
         new = state.events[len(self.history):]
         self.history.extend(new)
         for event in new:
+            if event.stage == "scale":  # no step or score to draw yet
+                continue
             self.plot.add(event.step, event.loss, event.val_dice, event.refused, event.stage, event.total,
                           event.best_dice if event.val_dice is not None else None)
         if not self.history:
@@ -332,6 +334,9 @@ class FineTuneWidget(Container):
         self.progress_bar.value = last.step
         if state.total == 0 and self.job and self.job.running:
             self.eta.value = "Re-predicting the uncorrected slices…"
+            return
+        if last.stage == "scale":
+            self.eta.value = "Checking the scale and threshold the model sees your corrected slices at…"
             return
         if last.stage.startswith("fold"):
             what = f"check {last.stage}: a model trained without one held-out part"

@@ -31,6 +31,9 @@ class ModelDescription:
         test_time_flips: axes ("x", "y") whose mirror images are averaged in.
         pixel_size_nm: (y, x) pixel size the model was trained at, or None.
         output_shift_px: (y, x) sub-pixel move onto the training labels' grid.
+        input_zoom: slices are resampled by this (both axes) before the model sees them,
+            and back: the scale a fine-tune found for the user's images, whose pixel size
+            it does not know; None = as they are.
         instance_method: how masks become cells ("components" or "watershed").
         fundus_reference: FOV diameter and colour statistics of the training
             photographs (``fov_diameter_px``, ``mean``, ``std``), or None.
@@ -47,6 +50,7 @@ class ModelDescription:
     test_time_flips: tuple[str, ...] = ()
     pixel_size_nm: tuple[float, float] | None = None
     output_shift_px: tuple[float, float] = (0.0, 0.0)
+    input_zoom: float | None = None
     instance_method: str = "watershed"
     fundus_reference: dict | None = None
     name: str = ""

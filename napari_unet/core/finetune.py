@@ -6,19 +6,25 @@ One recipe for the Fine-tune widget and ``napari-unet train --from``:
 1. **Edits.** The pixels the user painted (the widget tracks them) and the pixels where
    the starting model's mask, as Predict shows it, disagrees with the labels. Without
    any, there is nothing to learn: the starting model is kept at once.
-2. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
+2. **Scale and threshold** (`FineTune._recalibrate`). The starting weights may see the
+   user's slices at the wrong scale (another microscope's pixel size, which the user
+   need not know) or draw structures wider than their annotator does. Each fold (step 4)
+   chooses a zoom (grey slices, `ZOOMS`) and a threshold on the parts it learns from,
+   with the starting weights, and is scored on its held-out part; when `decide` keeps
+   them, they are chosen on every corrected part and become the baseline to beat.
+3. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
    others on labelled ones (never an unlabelled crop), and edited pixels weigh more.
-3. **Cross-validate.** Each corrected slice is held out in turn (at most `MAX_FOLDS`
+4. **Cross-validate.** Each corrected slice is held out in turn (at most `MAX_FOLDS`
    folds; with one corrected slice, each half of it): a model trained on the rest is
    scored on the whole held-out part, as Predict shows it, at the model's threshold:
    Dice, and V_Rand of the cells (EM) or clDice (vessels). No score is ever taken on a
-   pixel the scored model learnt from.
-4. **Decide** (`decide`): the recipe is kept only if the fine-tuned models beat the
-   starting model on every held-out part (Dice up, the cells or vessels not worse by
-   more than `TOLERANCE`) and by at least `MIN_GAIN` on average. A new threshold is
-   taken only when it is better in every fold by `MIN_GAIN` too. Otherwise the
-   starting model is kept, and the report says why.
-5. **Then use everything.** When kept, the model is trained from the start on all
+   pixel the scored model learnt from, or chose its setting on.
+5. **Decide** (`decide`): the recipe is kept only if the fine-tuned models beat the
+   baseline on every held-out part (Dice up, the cells or vessels not worse by more
+   than `TOLERANCE`) and by at least `MIN_GAIN` on average. A new threshold is taken
+   only when it is better in every fold by `MIN_GAIN` too. Otherwise the baseline (the
+   starting model, re-scaled when step 2 was verified) is kept, and the report says why.
+6. **Then use everything.** When kept, the model is trained from the start on all
    corrected slices with the same recipe (the one the folds verified).
 
 The slices are prepared as Predict prepares them (`core.pipeline`: pixel size, FOV
@@ -46,6 +52,17 @@ from .train import TrainEvent, TrainingData, fine_tune_recipe, train
 
 #: Thresholds a fine-tuned model may be given (only when every fold agrees, see `better_threshold`).
 THRESHOLDS = [round(float(t), 2) for t in np.arange(0.2, 0.81, 0.05)]
+
+#: Zooms the scale check tries on grey slices: 2**(k/3), from 0.5 (structures twice the
+#: model's size: another microscope's smaller pixels) to 1.6. Larger zooms cost their
+#: square in time; data with pixels more than 1.6 times the model's are best given
+#: their pixel size.
+ZOOMS = [round(2 ** (k / 3), 2) for k in range(-3, 3)]
+
+#: The scale check chooses on a window of at most this edge at the centre of each part a
+#: fold learns from (slice pixels), predicted alone at every zoom: a tenth of the time of
+#: whole slices; the held-out parts are scored whole, as Predict makes them.
+SEARCH_EDGE = 512
 
 #: The least gain, averaged over the folds, that counts: the benchmark's "never worse by
 #: more than 0.005" bound, so a smaller change is one the folds cannot tell from noise.
@@ -140,6 +157,19 @@ def half_mask(shape: tuple[int, int], half: int) -> np.ndarray:
     return mask
 
 
+def centre_window(region: np.ndarray, edge: int) -> tuple[slice, slice]:
+    """The (Y, X) slices of a window of at most ``edge`` x ``edge`` at the centre of the
+    bounding box of ``region`` ((Y, X) bool; the whole array when it is empty)."""
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    if not len(rows):
+        return slice(None), slice(None)
+    window = []
+    for first, last in ((rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)):
+        start = max(first, (first + last) // 2 - edge // 2)
+        window.append(slice(int(start), int(min(last, start + edge))))
+    return tuple(window)
+
+
 def better_threshold(dices: list[dict[float, float]], threshold: float) -> float:
     """The threshold to ship: the one with the best mean held-out Dice over the folds
     (``dices[k][t]``), but only if it beats ``threshold`` by `MIN_GAIN` in every fold (a
@@ -150,15 +180,15 @@ def better_threshold(dices: list[dict[float, float]], threshold: float) -> float
     return threshold
 
 
-def decide(start: list[tuple[float, float]], tuned: list[tuple[float, float]]) -> str:
+def decide(start: list[tuple[float, float]], tuned: list[tuple[float, float]], tolerance: float = TOLERANCE) -> str:
     """Whether the fine-tune is kept, from the held-out (Dice, guard) of the starting and
     the fine-tuned model in each fold: "gain" (keep it), or why not: "no gain" (Dice not
-    up in some fold), "guard" (the cells or vessels fell by more than `TOLERANCE` in some
-    fold), "small" (the mean gain is under `MIN_GAIN`)."""
+    up in some fold), "guard" (the cells or vessels fell by more than ``tolerance`` in
+    some fold), "small" (the mean gain is under `MIN_GAIN`)."""
     gains = np.asarray(tuned, float) - np.asarray(start, float)  # (folds, [Dice, guard])
     if (gains[:, 0] <= 0).any():
         return "no gain"
-    if (gains[:, 1] < -TOLERANCE).any():
+    if (gains[:, 1] < -tolerance).any():
         return "guard"
     if gains.mean(axis=0).max() < MIN_GAIN:
         return "small"
@@ -219,6 +249,7 @@ class FineTune:
         self.start_name = start_name or checkpoint.source
         self.device = resolve_device(options.device)
         self.threshold = checkpoint.info.threshold
+        self.zoom = checkpoint.info.input_zoom or 1.0  # changed only by a verified scale check
         self.task = checkpoint.task
         # The U-Net border weights keep thin membranes between cells whole (they raised V_Rand
         # on another lab's EM in benchmarks/finetune_gain.py) but lowered F1 on vessels.
@@ -235,7 +266,12 @@ class FineTune:
         self.images, self.labels = self._as_the_model_sees()
         # The pixels the user painted, on the slices' own grid (see `_edits`).
         self.painted = None if edited is None else np.array(edited[self.corrected], dtype=bool)
-        self._start_probability: np.ndarray | None = None
+        # The scale check tries zooms on grey slices of a stack (a montage's blocks are not
+        # resampled, `core.blocks`); photographs are standardised by their FOV already.
+        plain = not self.pipeline.uses_fov and predict_parts is None
+        self.zooms = [round(self.zoom * z, 3) for z in ZOOMS] if plain else []
+        self._windows: dict = {}  # (zoom, part, half) -> search window's probability
+        self._whole: dict = {}  # (zoom, part) -> whole part's probability, as Predict makes it
         self.result: FineTuneResult | None = None
         for z, label in zip(self.corrected, self.labels):
             if not np.any(label != IGNORE):
@@ -249,11 +285,13 @@ class FineTune:
 
     # ------------------------------------------------------------------ inputs
 
-    def predicting(self, model: UNet) -> Pipeline:
+    def predicting(self, model: UNet, zoom: float | None = None) -> Pipeline:
         """How Predict would predict with ``model`` (the starting model's description:
-        normalisation, flips, output shift; the user's tile, overlap and FOV)."""
+        normalisation, flips, output shift; the user's tile, overlap and FOV), at ``zoom``
+        (default the one in use)."""
         return Pipeline(self.start, device=self.device, tile=self.options.tile, overlap=self.options.overlap,
-                        fov=self.options.fov, levels=self.options.levels, model=model)
+                        fov=self.options.fov, levels=self.options.levels, model=model,
+                        zoom=self.zoom if zoom is None else zoom)
 
     def _as_the_model_sees(self):
         """The corrected slices prepared as Predict prepares them (`Pipeline.prepare`;
@@ -268,7 +306,18 @@ class FineTune:
                     for i, image in enumerate(self.raw)]
         images = np.stack([p.image for p in prepared])
         self.images_shape = images.shape[1:3]
-        return images, self.to_model_grid(self.raw_labels)
+        if self.raw_labels.shape[1:3] == self.images_shape:
+            return images, self.raw_labels
+        from skimage.transform import resize
+
+        # Labelled and structure fractions interpolated, not the nearest label: thin
+        # membranes stay whole when a slice is shrunk.
+        labels = []
+        for label in self.raw_labels:
+            unlabelled, structure = (resize((label == v).astype(np.float32), self.images_shape, order=1) >= 0.5
+                                     for v in (IGNORE, STRUCTURE))
+            labels.append(np.where(unlabelled, IGNORE, structure).astype(np.uint8))
+        return images, np.stack(labels)
 
     def to_model_grid(self, stack: np.ndarray | None) -> np.ndarray | None:
         """(N, Y, X) labels or masks of the corrected slices on the prepared images' grid
@@ -280,19 +329,25 @@ class FineTune:
         return np.stack([resize(m, self.images_shape, order=0, preserve_range=True, anti_aliasing=False)
                          for m in stack]).astype(stack.dtype)
 
-    def probabilities(self, model: UNet, parts: list[int]) -> np.ndarray:
+    def probabilities(self, model: UNet, parts: list[int], zoom: float | None = None) -> np.ndarray:
         """(n, Y, X) float32: ``model``'s probability on some corrected parts (indices into
-        ``corrected``), as Predict computes it (or as ``predict_parts`` does)."""
+        ``corrected``), as Predict computes it (or as ``predict_parts`` does), at ``zoom``."""
         if self.predict_parts is not None:
             return self.predict_parts(self.predicting(model), parts)
-        return self.predicting(model).probabilities(self.raw[parts], None if self.fov is None else self.fov[parts])
+        fov = None if self.fov is None else self.fov[parts]
+        return self.predicting(model, zoom).probabilities(self.raw[parts], fov)
 
-    def start_probability(self) -> np.ndarray:
-        """(N, Y, X) float32: the starting model's probability on the corrected slices, as
-        Predict computes it; computed once (the edits and every fold's baseline use it)."""
-        if self._start_probability is None:
-            self._start_probability = self.probabilities(self.start.model, list(range(len(self.corrected))))
-        return self._start_probability
+    def start_probability(self, parts: list[int] | None = None, zoom: float | None = None) -> np.ndarray:
+        """(n, Y, X) float32: the starting weights' probability on some corrected parts
+        (default all), as Predict computes it at ``zoom`` (default the one in use); each
+        part computed once (the edits, every fold's baseline and the scale check use them)."""
+        zoom = self.zoom if zoom is None else zoom
+        parts = list(range(len(self.corrected))) if parts is None else list(parts)
+        missing = [i for i in parts if (zoom, i) not in self._whole]
+        if missing:
+            for i, probability in zip(missing, self.probabilities(self.start.model, missing, zoom)):
+                self._whole[zoom, i] = probability
+        return np.stack([self._whole[zoom, i] for i in parts])
 
     def _shown(self, probability: np.ndarray, slices: list[int], threshold: float) -> np.ndarray:
         """(n, Y, X) bool: the mask Predict shows for ``probability`` of ``slices``."""
@@ -363,6 +418,95 @@ class FineTune:
             return vrand if np.isfinite(vrand) else em_challenge_scores(mask, truth, thresholds=[0.5])["vrand"]
         return cl_dice(mask, truth, labelled)
 
+    # ------------------------------------------------------------------ scale and threshold
+
+    def _search_data(self, fold: Fold, zoom: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(probability, truth, scored region) of each part ``fold`` learns from, for the
+        starting weights at ``zoom``: on grey slices a window of at most `SEARCH_EDGE`² at
+        the centre of what it learns, predicted alone; else the whole part as Predict made it."""
+        data = []
+        for i in fold.learn:
+            region = self.raw_labels[i] != IGNORE
+            if self.fov is not None:
+                region &= self.fov[i]
+            if fold.half is not None:
+                region &= half_mask(region.shape, fold.half)
+            if self.zooms:
+                window = centre_window(region, SEARCH_EDGE)
+                key = (zoom, i, fold.half)
+                if key not in self._windows:
+                    pipeline = self.predicting(self.start.model, zoom)
+                    self._windows[key] = pipeline.probabilities(self.raw[i][window][None])[0]
+                probability = self._windows[key]
+            else:
+                window = (slice(None), slice(None))
+                probability = self.start_probability([i], zoom)[0]
+            data.append((probability, self.raw_labels[i][window] == STRUCTURE, region[window]))
+        return data
+
+    def _search_scores(self, data: list, threshold: float, guard: bool = True) -> tuple[float, float | None]:
+        """Mean (Dice, guard) over `_search_data` at ``threshold`` (guard None when not asked for)."""
+        masks = [probability > threshold for probability, _, _ in data]
+        dices = [dice(m, truth, mask=region) for m, (_, truth, region) in zip(masks, data)]
+        guards = [self._guard(m, truth, region) for m, (_, truth, region) in zip(masks, data)] if guard else [None]
+        return float(np.mean(dices)), (float(np.mean(guards)) if guard else None)
+
+    def choose_setting(self, fold: Fold) -> tuple[float, float]:
+        """The (zoom, threshold) the starting weights do best at on the parts ``fold``
+        learns from: the best Dice among the settings whose guard (cells, vessels) is not
+        below the one in use, if it beats the one in use by `MIN_GAIN`; else the one in use.
+
+        A setting trades the cells for Dice more readily than training does (a threshold
+        near a cliff), so it must keep them whole on every part: no `TOLERANCE` here."""
+        in_use = self._search_scores(self._search_data(fold, self.zoom), self.threshold)
+        best = (in_use[0] + MIN_GAIN, self.zoom, self.threshold)
+        for zoom in self.zooms or [self.zoom]:
+            data = self._search_data(fold, zoom)
+            dices = {t: self._search_scores(data, t, guard=False)[0] for t in THRESHOLDS}
+            for t in sorted(dices, key=dices.get, reverse=True)[:3]:  # V_Rand is slow: the 3 best at most
+                if dices[t] <= best[0]:
+                    break
+                if self._search_scores(data, t)[1] >= in_use[1]:
+                    best = (dices[t], zoom, t)
+                    break
+        return best[1], best[2]
+
+    def _recalibrate(self, report: dict):
+        """Stage 1 (a generator of events): each fold chooses a zoom and threshold on the
+        parts it learns from and is scored on its held-out part, whole, as Predict makes
+        it; `decide` keeps them when every fold gains. Then they are chosen on every
+        corrected part and become the baseline the training must beat. Fills
+        ``report["calibration"]``; returns whether they changed."""
+        yield TrainEvent(0, self.config.steps * (len(self.folds) + 1), None, stage="scale")
+        start, after, chosen = [], [], []
+        for fold in self.folds:
+            zoom, threshold = self.choose_setting(fold)
+            if (zoom, threshold) == (self.zoom, self.threshold):
+                break  # this fold sees no better setting: the rule needs every fold better
+            before = self.start_probability(fold.scored)
+            start.append(self.scores(self._shown(before, fold.scored, self.threshold), fold))
+            probability = self.start_probability(fold.scored, zoom)
+            after.append(self.scores(self._shown(probability, fold.scored, threshold), fold))
+            chosen.append((zoom, threshold))
+        outcome = decide(start, after, tolerance=0.0) if len(after) == len(self.folds) else "no gain"
+        calibration = {"outcome": outcome, "start_zoom": self.zoom, "zoom": self.zoom, "threshold": self.threshold,
+                       "folds": [{"name": self.fold_name(f), "zoom": c[0], "threshold": c[1],
+                                  "start_dice": round(b[0], 4), "start_guard": round(b[1], 4),
+                                  "dice": round(a[0], 4), "guard": round(a[1], 4)}
+                                 for f, c, b, a in zip(self.folds, chosen, start, after)]}
+        report["calibration"] = calibration
+        if outcome != "gain":
+            return False
+        zoom, threshold = self.choose_setting(Fold(list(range(len(self.corrected))), []))
+        if (zoom, threshold) == (self.zoom, self.threshold):  # every fold moved, all parts together do not
+            calibration["outcome"] = "small"
+            return False
+        calibration.update(zoom=zoom, threshold=threshold)
+        self.zoom, self.threshold = zoom, threshold
+        self.pipeline = self.predicting(self.start.model)
+        self.images, self.labels = self._as_the_model_sees()
+        return True
+
     # ------------------------------------------------------------------ run
 
     def run(self) -> Iterator[TrainEvent]:
@@ -371,10 +515,10 @@ class FineTune:
         carries its held-out Dice). Closing the generator stops; the starting model is
         then kept. `result` is set at the end."""
         tick = time.perf_counter()
-        steps, threshold = self.config.steps, self.threshold
+        steps, threshold, zoom = self.config.steps, self.threshold, self.zoom
         total = steps * (len(self.folds) + 1)
-        report = {"kept": False, "outcome": "stopped", "folds": [], "threshold": threshold,
-                  "part": "slice" if self.part_names is None else "region",
+        report = {"kept": False, "trained": False, "outcome": "stopped", "folds": [], "threshold": threshold,
+                  "part": "slice" if self.part_names is None else "region", "zoom": zoom, "start_zoom": zoom,
                   "start_threshold": threshold, "guard_name": "V_Rand" if self.task == "em" else "clDice",
                   "steps": 0, "stopped": True}
         model, record = self.start.model, None
@@ -383,22 +527,25 @@ class FineTune:
             if not edits.any():
                 report.update(outcome="agree", stopped=False)
                 return
+            calibrated = False
             if self.folds:
+                calibrated = yield from self._recalibrate(report)
                 outcome = yield from self._cross_validate(edits, report, total)
             else:
                 outcome = "unverified"
-            report["outcome"] = outcome
+            report.update(outcome=outcome, threshold=self.threshold)
             if outcome in ("gain", "unverified"):
                 final, meta = copy.deepcopy(self.start.model), {}
                 events = train(final, self._training_data(None, edits), self.config, None, meta)
                 yield from _relay(events, "all slices", total - steps, total)
                 model, record = final, meta["history"][-1]
-                report.update(kept=True, steps=record["steps"])
-            report["stopped"] = False
+                report.update(trained=True, steps=record["steps"], threshold=report.get("shipped", self.threshold))
+            report.update(kept=report["trained"] or calibrated, zoom=self.zoom, stopped=False)
         finally:
+            report.pop("shipped", None)
             if report["stopped"]:  # nothing verified and finished: the starting model stays
                 model, record = self.start.model, None
-                report.update(kept=False, steps=0, threshold=threshold, outcome="stopped")
+                report.update(kept=False, trained=False, steps=0, threshold=threshold, zoom=zoom, outcome="stopped")
             report["seconds"] = round(time.perf_counter() - tick, 1)
             self.result = self._result(model, record, report)
 
@@ -412,7 +559,7 @@ class FineTune:
             model = copy.deepcopy(self.start.model)
             yield from _relay(train(model, self._training_data(fold, edits), self.config), stage, k * steps, total)
             tuned.append(self.probabilities(model, fold.scored))
-            start.append(self.scores(self._shown(self.start_probability()[fold.scored], fold.scored, threshold), fold))
+            start.append(self.scores(self._shown(self.start_probability(fold.scored), fold.scored, threshold), fold))
             dices.append({t: self.scores(self._shown(tuned[-1], fold.scored, t), fold, guard=False)[0]
                           for t in {*THRESHOLDS, threshold}})
             hopeless = max(dices[-1].values()) <= start[-1][0]  # no threshold makes it better here
@@ -436,7 +583,7 @@ class FineTune:
         gains = np.mean(np.asarray(after) - np.asarray(start), axis=0)
         report.update(dice_gain=round(float(gains[0]), 4), guard_gain=round(float(gains[1]), 4))
         if outcome == "gain":
-            report["threshold"] = shipped
+            report["shipped"] = shipped
         return outcome
 
     def _result(self, model: UNet, record: dict | None, report: dict) -> FineTuneResult:
@@ -453,9 +600,13 @@ class FineTune:
             metadata["fine_tuned_from"] = self.start_name
             metadata["threshold"] = float(report["threshold"])
             # It learnt from the user's slices, whose pixel size is not known here: predicting
-            # with it must not resample them to the starting model's.
+            # with it must not resample them to the starting model's, only by the zoom it
+            # was verified at.
             metadata.pop("pixel_size_nm", None)
-        model = model if report["kept"] else copy.deepcopy(self.start.model)
+            metadata.pop("input_zoom", None)
+            if report["zoom"] != 1.0:
+                metadata["input_zoom"] = float(report["zoom"])
+        model = model if report["trained"] else copy.deepcopy(self.start.model)
         return FineTuneResult(model.eval(), metadata, report)
 
 
@@ -492,15 +643,41 @@ def describe_outcome(report: dict) -> str:
         return "Stopped before the fine-tune was checked: the starting model is kept."
     if outcome == "unverified":
         return f"Trained on all corrected {part}s and kept without a check (verification was off)."
+    calibrated = report.get("calibration", {}).get("outcome") == "gain" and report["kept"]
+    if calibrated:  # the scale or threshold changed; then training on top was kept or not
+        text = _describe_weights(report, part).replace("The starting model is kept", "Training on top was not kept")
+        return f"{describe_calibration(report)} {text}"
+    return _describe_weights(report, part)
+
+
+def describe_calibration(report: dict) -> str:
+    """The verified change of scale and threshold, e.g. "Your slices are now shown to the
+    model at 0.63 x and its threshold is 0.80: ... Dice 0.354 → 0.412, V_Rand 0.739 → 0.950"."""
+    calibration, guard = report["calibration"], report["guard_name"]
+    folds = calibration["folds"]
+    mean = {key: float(np.mean([f[key] for f in folds])) for key in ("start_dice", "dice", "start_guard", "guard")}
+    changes = []
+    if calibration["zoom"] != calibration["start_zoom"]:
+        changes.append(f"your {report.get('part', 'slice')}s are shown to the model at {calibration['zoom']:.2f} x")
+    if calibration["threshold"] != report["start_threshold"]:
+        changes.append(f"its threshold is {report['start_threshold']:.2f} → {calibration['threshold']:.2f}")
+    return (f"Re-scaled: {' and '.join(changes)}, verified where it was not chosen ({len(folds)} held-out parts, "
+            f"better on each: Dice {mean['start_dice']:.3f} → {mean['dice']:.3f}, {guard} {mean['start_guard']:.3f} "
+            f"→ {mean['guard']:.3f}).")
+
+
+def _describe_weights(report: dict, part: str) -> str:
+    """The line on the training stage (`describe_outcome` after any re-scaling)."""
+    outcome, guard = report["outcome"], report["guard_name"]
     folds = report["folds"]
     mean = {key: float(np.mean([f[key] for f in folds])) for key in ("start_dice", "dice", "start_guard", "guard")}
     scores = (f"Dice {mean['start_dice']:.3f} → {mean['dice']:.3f}, {guard} {mean['start_guard']:.3f} → "
               f"{mean['guard']:.3f}")
     if outcome == "gain":
         where = folds[0]["name"] if len(folds) == 1 else f"{len(folds)} held-out parts, better on each"
-        threshold = ""
-        if report["threshold"] != report["start_threshold"]:
-            threshold = f", threshold {report['start_threshold']:.2f} → {report['threshold']:.2f}"
+        threshold, before = "", report.get("calibration", {}).get("threshold", report["start_threshold"])
+        if report["threshold"] != before:
+            threshold = f", threshold {before:.2f} → {report['threshold']:.2f}"
         return (f"Verified where it did not learn ({where}): {scores}{threshold}. Trained on all corrected {part}s "
                 f"and kept.")
     if outcome == "small":
@@ -529,9 +706,13 @@ def describe_history(history: list[dict]) -> list[str]:
             continue
         slices = record.get("corrected_slices", record.get("train_slices", []))
         learnt = record.get("corrected_parts") or f"slices {slices}"
-        if report.get("folds"):  # cross-validated
-            before = np.mean([f["start_dice"] for f in report["folds"]])
-            after = np.mean([f["dice"] for f in report["folds"]])
+        calibration = report.get("calibration", {})
+        rescaled = calibration.get("outcome") == "gain" and report.get("kept")
+        if report.get("folds"):  # cross-validated (after a verified re-scaling, from its baseline)
+            first = calibration["folds"] if rescaled else report["folds"]
+            before = np.mean([f["start_dice"] for f in first])
+            last = report["folds"] if report.get("trained", True) or not rescaled else calibration["folds"]
+            after = np.mean([f["dice"] for f in last])
             scores = f"held-out Dice {before:.3f} → {after:.3f}"
         elif "start_score" in report:  # models fine-tuned before cross-validation
             scores = f"Dice on the held-out edits {report['start_score']:.3f} → {report['best_score']:.3f}"
@@ -539,5 +720,9 @@ def describe_history(history: list[dict]) -> list[str]:
             scores = "not checked"
         kept = report.get("kept", report.get("best_step", 0) > 0)
         outcome = "kept" if kept else "refused (the starting model was kept)"
+        if rescaled:
+            trained = "trained" if report.get("trained") else "training refused"
+            outcome = (f"re-scaled ({calibration['zoom']:.2f} x, threshold {calibration['threshold']:.2f}), "
+                       f"{trained}, kept")
         lines.append(f"{str(record.get('date', ''))[:10]}: {learnt}, {scores}, {outcome}")
     return lines

@@ -101,6 +101,8 @@ class Pipeline:
         levels: (low, high), each (C,): the same intensities for every slice (a
             volume's, `core.volume.volume_levels`); default each slice's percentiles.
         resample_skip: see `RESAMPLE_SKIP` (benchmarks force resampling with (1, 1)).
+        zoom: without a pixel size, resample the slices by this (both axes) and back;
+            default the model's ``input_zoom`` (a fine-tune found it), else as they are.
         model: predict with these weights instead of the checkpoint's (a fine-tune's
             candidate), everything else as the checkpoint describes.
 
@@ -124,6 +126,7 @@ class Pipeline:
         levels: tuple[np.ndarray, np.ndarray] | None = None,
         resample_skip: tuple[float, float] = RESAMPLE_SKIP,
         model: torch.nn.Module | None = None,
+        zoom: float | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.info: ModelDescription = checkpoint.info
@@ -142,7 +145,7 @@ class Pipeline:
         wanted = int(tile or self.info.tile_size)
         self.tile = max(multiple, math.ceil(wanted / multiple) * multiple)
         self.pixel_size = pixel_size
-        self.scale, self.scale_note = self._pixel_scale(pixel_size, resample_skip)
+        self.scale, self.scale_note = self._pixel_scale(pixel_size, resample_skip, zoom)
 
     # ------------------------------------------------------------------ prepare
 
@@ -155,11 +158,16 @@ class Pipeline:
     def uses_fov(self) -> bool:
         return self.checkpoint.config.in_channels == 3
 
-    def _pixel_scale(self, pixel_size: float | None, skip: tuple[float, float]) -> tuple[tuple | None, str]:
-        """(y, x) zoom from the data's pixel size to the model's, or None, and a note."""
+    def _pixel_scale(self, pixel_size: float | None, skip: tuple[float, float],
+                     zoom: float | None) -> tuple[tuple | None, str]:
+        """(y, x) zoom from the data's pixel size to the model's (or the fine-tune's zoom),
+        or None, and a note."""
         trained_at = self.info.pixel_size_nm
         if pixel_size is None or trained_at is None:
-            return None, ""
+            zoom = self.info.input_zoom if zoom is None else zoom
+            if zoom is None or abs(zoom - 1) < 1e-6:
+                return None, ""
+            return (zoom, zoom), f"Resampled by {zoom:.2f}, the scale fine-tuning found for these images."
         if not (isinstance(pixel_size, (int, float)) and math.isfinite(pixel_size) and pixel_size > 0):
             raise DataError(f"Pixel size {pixel_size}: give the images' pixel size in nm, a positive number.")
         ratios = (pixel_size / trained_at[0], pixel_size / trained_at[1])

@@ -15,12 +15,13 @@ from napari_unet.core.finetune import (
     better_threshold,
     decide,
     describe_outcome,
+    centre_window,
     make_folds,
 )
 from napari_unet.core.labels import IGNORE
 from napari_unet.core.metrics import dice
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.pipeline import predict
+from napari_unet.core.pipeline import Pipeline, predict
 from napari_unet.core.train import TrainConfig, TrainingData, _CropCentres, _sample_batch, train
 
 # Quick on a CPU; plain loss weights, so a small model learns within a few steps.
@@ -75,7 +76,8 @@ def test_two_corrected_slices_cross_validate_then_learn_from_both(thick, small):
     events = list(run.run())
     report = run.result.report
     stages = [e.stage for e in events]
-    assert stages == ["fold 1/2"] * 7 + ["fold 2/2"] * 7 + ["all slices"] * 6  # 6 steps, then its score
+    # The scale and threshold are checked first, then 6 steps and a score per fold.
+    assert stages == ["scale"] + ["fold 1/2"] * 7 + ["fold 2/2"] * 7 + ["all slices"] * 6
     checks = [e for e in events if e.val_dice is not None]
     assert [e.step for e in checks] == [6, 12] and all(e.val_dice > e.best_dice for e in checks)
     assert report["outcome"] == "gain" and report["kept"] and not report["stopped"]
@@ -133,12 +135,50 @@ def test_decision_rule():
     assert better_threshold(dices, 0.5) == 0.5
 
 
+def test_a_stack_at_another_scale_is_rescaled_once_the_held_out_slices_confirm_it(isbi_stack, builtin):
+    """Real ISBI slices at 1.5x the magnification (another microscope; pixel size not
+    given): each fold chooses a zoom and threshold on one slice and is scored on the other,
+    whole, as Predict shows it. Verified, the zoom is stored in the model and Predict
+    resamples by it."""
+    from skimage.transform import rescale
+
+    crop = (slice(22, 24), slice(0, 320), slice(0, 320))
+    images = np.stack([rescale(i.astype(np.float32), 1.5, order=1, channel_axis=-1) for i in isbi_stack.images[crop]])
+    labels = np.stack([rescale((m == 1).astype(np.float32), 1.5, order=1) > 0.5 for m in isbi_stack.labels[crop]])
+    images, labels = images.astype(np.uint8), labels.astype(np.uint8)
+    run = FineTune(builtin, images, labels, [0, 1], options=FineTuneOptions(steps=2, device="cpu", recipe=QUICK))
+    assert run.zooms[0] == 0.5 and 1.0 in run.zooms
+    list(run.run())
+    report = run.result.report
+    calibration = report["calibration"]
+    assert calibration["outcome"] == "gain" and report["kept"], calibration
+    assert calibration["zoom"] < 1 and report["zoom"] == calibration["zoom"]  # the model's membranes were too thin
+    for fold in calibration["folds"]:  # better on each held-out slice, cells not worse
+        assert fold["dice"] > fold["start_dice"] and fold["guard"] >= fold["start_guard"]
+    assert run.result.metadata["input_zoom"] == calibration["zoom"] and "pixel_size_nm" not in run.result.metadata
+    assert describe_outcome(report).startswith("Re-scaled: your slices are shown to the model at")
+    tuned = Checkpoint(run.result.model, run.result.metadata, "tuned")
+    pipeline = Pipeline(tuned, device="cpu")
+    assert pipeline.scale == (calibration["zoom"],) * 2 and "fine-tuning found" in pipeline.scale_note
+    shown = predict(tuned, images, device="cpu").mask
+    assert dice(shown, labels == 1) > dice(predict(builtin, images, device="cpu").mask, labels == 1)
+
+
+def test_a_window_at_the_centre_of_what_a_fold_learns():
+    region = np.zeros((100, 300), bool)
+    region[:, 150:] = True  # the right half
+    assert centre_window(region, 64) == (slice(18, 82), slice(193, 257))
+    assert centre_window(region, 512) == (slice(0, 100), slice(150, 300))
+    assert centre_window(np.zeros((4, 4), bool), 2) == (slice(None), slice(None))
+
+
 def test_a_model_that_breaks_the_cells_is_refused(thick, small, monkeypatch):
     """Whatever its Dice, a fine-tune whose cells (V_Rand) got worse on a held-out slice
     than the starting model's is refused: the starting model is kept unchanged."""
     images, labels = thick
     guards = iter([0.9, 0.9] + [0.5] * 100)  # each fold's starting model is scored first, then the new ones
     monkeypatch.setattr(FineTune, "_guard", lambda self, *args: next(guards))
+    monkeypatch.setattr(FineTune, "choose_setting", lambda self, fold: (self.zoom, self.threshold))  # no re-scaling
     start = _weights(small.model)
     run = FineTune(small, images, labels, [0, 1], options=FineTuneOptions(steps=4, device="cpu", recipe=QUICK))
     events = list(run.run())
