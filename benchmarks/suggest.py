@@ -33,7 +33,7 @@ from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.labels import IGNORE, STRUCTURE
 from napari_unet.core.metrics import dice, fundus_scores
 from napari_unet.core.pipeline import Pipeline
-from napari_unet.core.uncertainty import DEFAULT_METHODS, METHODS, slice_uncertainty
+from napari_unet.core.uncertainty import DEFAULT_METHODS, METHODS, SCALE_ZOOM, slice_uncertainty
 
 EM_SIDE = 304  # every EM variant is cut to this (the x0.6 one is 307 px)
 
@@ -86,6 +86,7 @@ def measure(pipeline: Pipeline, slices, fundus: bool) -> list[dict]:
         stack = image[None] if fundus else image[None, ..., None]
         result = pipeline.run(stack)
         flipped = pipeline.run(np.ascontiguousarray(stack[:, ::-1])).probabilities[0, ::-1]
+        zoomed = pipeline.rescaled(SCALE_ZOOM).run(stack).probabilities[0]  # no other scale for photographs
         probability, mask = result.probabilities[0], result.mask[0].astype(bool)
         scored = labels != IGNORE
         truth = labels == STRUCTURE
@@ -96,7 +97,8 @@ def measure(pipeline: Pipeline, slices, fundus: bool) -> list[dict]:
         fov = None if result.fov is None else result.fov[0]
         row = {"slice": name, "error": error}
         for method in METHODS:
-            row[method] = slice_uncertainty(probability, pipeline.threshold, method, fov, flipped, cells=not fundus)
+            row[method] = slice_uncertainty(probability, pipeline.threshold, method, fov, flipped, cells=not fundus,
+                                            zoomed=zoomed)
         rows.append(row)
     return rows
 

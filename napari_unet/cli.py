@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="checkpoint file or built-in name (em-membranes, fundus-vessels)")
     s.add_argument("--top", type=WORKERS, default=10, help="how many slices to list (default 10)")
     s.add_argument("--corrected", nargs="+", help="slices already corrected, e.g. 3 7 or 0-4: left out of the order")
-    s.add_argument("--method", choices=("margin", "flips", "both", "objects"), help="the uncertainty (default: "
+    s.add_argument("--method", choices=("margin", "flips", "both", "scale", "objects"), help="the uncertainty (default: "
                    "the one that tracked the real error best for this kind of image, see README)")
     s.add_argument("--json", action="store_true", help="print one JSON object on the last line: 'uncertainty' "
                    "(one number per slice, in slice order) and 'order' (slices, most worth correcting first)")

@@ -628,13 +628,14 @@ def describe_plan(corrected: list[int], options: FineTuneOptions) -> str:
     if not options.verify:
         return f" on slice(s) {corrected}, kept unchecked ({options.steps} steps)"
     held = "each corrected slice" if len(corrected) > 1 else "each half of the corrected slice"
-    return (f": {len(make_folds(len(corrected)))} models trained with {held} held out in turn, kept only if they "
-            f"beat it there; then trained on slice(s) {corrected} ({options.steps} steps each)")
+    return (f": the scale and threshold checked, then {len(make_folds(len(corrected)))} models trained with {held} "
+            f"held out in turn, kept only if they beat it there; then trained on slice(s) {corrected} "
+            f"({options.steps} steps each)")
 
 
 def describe_outcome(report: dict) -> str:
     """One plain line on what the fine-tune kept and why, from `FineTuneResult.report`."""
-    outcome, guard = report["outcome"], report["guard_name"]
+    outcome = report["outcome"]
     part = report.get("part", "slice")  # what the user corrects: slices, or a montage's regions
     if outcome == "agree":
         return ("Your corrections agree with the model's prediction: there is nothing to learn, so the starting "

@@ -16,6 +16,7 @@ and the score a fine-tune reports is the score of the mask the user will see.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -182,6 +183,14 @@ class Pipeline:
                     "resampling (it would cost more than it gains).") if any(abs(r - 1) > 1e-6 for r in ratios) else ""
             return None, note
         return ratios, f"Resampled from {pixel_size:g} nm to the model's {trained_at[0]:g} nm pixels and back."
+
+    def rescaled(self, factor: float) -> Pipeline:
+        """The same pipeline looking at grey slices at ``factor`` times its scale (a second
+        look, `core.uncertainty`); photographs keep their FOV standardisation."""
+        other = copy.copy(self)
+        base = self.scale or (1.0, 1.0)
+        other.scale = (base[0] * factor, base[1] * factor)
+        return other
 
     def found_fov(self, image: np.ndarray) -> np.ndarray:
         """(Y, X) bool FOV of one (Y, X, 3) photograph, found from it (`core.fov`)."""

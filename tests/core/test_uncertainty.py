@@ -24,8 +24,19 @@ def test_a_sure_prediction_is_less_uncertain_than_a_hesitant_one():
     assert slice_uncertainty(sure, 0.5, "flips", flipped=1 - sure) > 1.0
     with pytest.raises(ValueError, match="flipped"):
         slice_uncertainty(sure, 0.5, "flips")
+    assert slice_uncertainty(sure, 0.5, "scale", zoomed=sure) == slice_uncertainty(sure, 0.5, "margin")
+    assert slice_uncertainty(sure, 0.5, "scale", zoomed=0.5 * sure) > slice_uncertainty(sure, 0.5, "margin")
+    with pytest.raises(ValueError, match="another scale"):
+        slice_uncertainty(sure, 0.5, "scale")
     with pytest.raises(ValueError, match="method"):
         slice_uncertainty(sure, 0.5, "magic")
+
+
+def test_the_second_look_of_the_scale_method_is_at_another_scale_only():
+    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
+    second = pipeline.rescaled(0.79)
+    assert second.scale == (0.79, 0.79) and pipeline.scale is None
+    assert second.threshold == pipeline.threshold and second.predictor is pipeline.predictor
 
 
 def test_rank_leaves_out_corrected_and_empty_slices():
