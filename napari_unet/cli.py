@@ -713,7 +713,7 @@ def _suggest(args) -> int:
     corrected = _parse_slices(args.corrected, shape[0], "--corrected") if args.corrected else []
     fov = _fov_mask(args.fov, shape)
     pipeline = _pipeline(args, load_checkpoint(args.model), volume)
-    method = args.method or default_method(pipeline)
+    method = args.method or default_method(pipeline, shape[1:])
     progress, bar = _tile_progress()
     try:
         result = suggest(pipeline, volume, corrected, method, fov, progress)

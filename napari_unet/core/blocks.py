@@ -399,6 +399,11 @@ def refuse_whole(pipeline, shape: tuple[int, int]) -> None:
     if pipeline.uses_fov:
         raise DataError(f"Photographs of {shape[0]:,} x {shape[1]:,} pixels are too large to predict whole: "
                         "downscale them (the model works at about 565 pixels across the field of view).")
+    if pipeline.info.pixel_size_nm is None:  # the zoom a fine-tune found for other images
+        raise DataError(f"Slices of {shape[0]:,} x {shape[1]:,} pixels are predicted block by block only as they "
+                        f"are, and this model resamples them by {pipeline.scale[0]:.2f} (the scale its fine-tune "
+                        "found for other images), which would not fit in memory: use the model it was fine-tuned "
+                        "from, or fine-tune on regions of this montage.")
     raise DataError(f"Slices of {shape[0]:,} x {shape[1]:,} pixels are predicted block by block only at the "
                     f"model's own pixel size ({pipeline.info.pixel_size_nm[0]:g} nm), and resampled whole they "
                     "would not fit in memory: resample the montage to the model's pixel size first, or predict it as "

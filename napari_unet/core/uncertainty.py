@@ -52,8 +52,12 @@ def _objects(mask: np.ndarray, cells: bool) -> int:
     return int(ndimage.label(~mask if cells else mask)[1])
 
 
-def default_method(pipeline: Pipeline) -> str:
-    """The measured best method for the pipeline's kind of image (`DEFAULT_METHODS`)."""
+def default_method(pipeline: Pipeline, shape: tuple[int, int] | None = None) -> str:
+    """The measured best method for the pipeline's kind of image (`DEFAULT_METHODS`);
+    "margin" for (Y, X) ``shape`` slices predicted in blocks (a montage), the only one
+    ranked block by block."""
+    if shape is not None and in_blocks(pipeline, shape):
+        return "margin"
     return DEFAULT_METHODS["fundus" if pipeline.uses_fov else "em"]
 
 
@@ -155,7 +159,7 @@ def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None,
     Raises:
         PredictionCancelled: ``cancel`` returned True.
     """
-    method = method or default_method(pipeline)
+    method = method or default_method(pipeline, volume.shape[1:3])
     refuse_whole(pipeline, volume.shape[1:3])
     count = volume.shape[0]
     passes = 2 if method in ("flips", "both", "scale") else 1

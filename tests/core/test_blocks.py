@@ -228,15 +228,15 @@ def test_a_large_flat_tif_opens_with_display_levels_read_from_the_file(tmp_path,
 
 
 def test_a_montage_is_ranked_block_by_block_as_whole(montage, small_blocks, monkeypatch):
-    """`suggest` ("margin", the EM default) scores a montage slice in blocks with the number
-    the whole slice gives; the other methods, which need whole slices, are refused."""
+    """`suggest` (by default "margin" on a montage) scores a montage slice in blocks with
+    the number the whole slice gives; the other methods, which need whole slices, are refused."""
     from napari_unet.core.uncertainty import suggest
 
     stack = np.concatenate([montage, montage[:, ::-1], np.zeros_like(montage)])
     pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
     in_blocks = suggest(pipeline, stack, corrected=[1])
     monkeypatch.setattr(blocks, "BLOCK_LIMIT", float("inf"))
-    whole = suggest(pipeline, stack, corrected=[1])
+    whole = suggest(pipeline, stack, corrected=[1], method="margin")
     np.testing.assert_allclose(in_blocks.uncertainty, whole.uncertainty, rtol=1e-6)
     assert in_blocks.order == whole.order == [0] and np.isnan(in_blocks.uncertainty[2])
     monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
@@ -255,6 +255,12 @@ def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read(m
     with pytest.raises(DataError, match="resample the montage to the model's pixel size"):
         predict_volume(pipeline, montage, outputs)
     assert blocks.in_blocks(Pipeline(load_checkpoint("em-membranes"), device="cpu"), (40000, 40000))
+    # A model re-scaled by a fine-tune on other images (no pixel size of its own) says so.
+    builtin = load_checkpoint("em-membranes")
+    metadata = {k: v for k, v in builtin.metadata.items() if k != "pixel_size_nm"}
+    tuned = Checkpoint(builtin.model, dict(metadata, input_zoom=0.79), "tuned")
+    with pytest.raises(DataError, match="resamples them by 0.79"):
+        predict_volume(Pipeline(tuned, device="cpu"), montage, outputs)
 
 
 def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, monkeypatch, capsys):
