@@ -6,13 +6,14 @@ One recipe for the Fine-tune widget and ``napari-unet train --from``:
 1. **Edits.** The pixels the user painted (the widget tracks them) and the pixels where
    the starting model's mask, as Predict shows it, disagrees with the labels. Without
    any, there is nothing to learn: the starting model is kept at once.
-2. **Scale and threshold** (`FineTune._recalibrate`). The starting weights may see the
-   user's slices at the wrong scale (another microscope's pixel size, which the user
-   need not know) or draw structures wider than their annotator does. Each fold (step 4)
-   chooses a zoom (grey slices, `ZOOMS`) and a threshold on the parts it learns from,
-   with the starting weights (best Dice + guard, both up), and is scored on its held-out
-   part; when `decide` keeps them (cells or vessels not down at all), the one of the
-   folds' settings best on every corrected part becomes the baseline to beat.
+2. **Scale and threshold** (`FineTune._recalibrate`; grey slices only). The starting
+   weights may see the user's slices at the wrong scale (another microscope's pixel
+   size, which the user need not know) or draw structures wider than their annotator
+   does. Each fold (step 4) chooses a zoom (`ZOOMS`; not on a montage) and a threshold
+   on the parts it learns from, with the starting weights (best Dice + guard, both up),
+   and is scored on its held-out part; when `decide` keeps them (the cells not down at
+   all), the one of the folds' settings best on every corrected part becomes the
+   baseline to beat.
 3. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
    others on labelled ones (never an unlabelled crop), and edited pixels weigh more.
 4. **Cross-validate.** Each corrected slice is held out in turn (at most `MAX_FOLDS`
@@ -267,10 +268,12 @@ class FineTune:
         self.images, self.labels = self._as_the_model_sees()
         # The pixels the user painted, on the slices' own grid (see `_edits`).
         self.painted = None if edited is None else np.array(edited[self.corrected], dtype=bool)
-        # The scale check tries zooms on grey slices of a stack (a montage's blocks are not
-        # resampled, `core.blocks`); photographs are standardised by their FOV already.
-        plain = not self.pipeline.uses_fov and predict_parts is None
-        self.zooms = [round(self.zoom * z, 3) for z in ZOOMS] if plain else []
+        # The scale check runs on grey slices: photographs are standardised by their FOV
+        # already, and a threshold chosen on two of them lowered F1 on the others
+        # (benchmarks/rounds.py, fundus: -0.031). It tries zooms on a stack's slices only:
+        # a montage's blocks are not resampled (`core.blocks`).
+        self.rescales = not self.pipeline.uses_fov
+        self.zooms = [round(self.zoom * z, 3) for z in ZOOMS] if self.rescales and predict_parts is None else []
         self._windows: dict = {}  # (zoom, part, half) -> search window's probability
         self._whole: dict = {}  # (zoom, part) -> whole part's probability, as Predict makes it
         self.result: FineTuneResult | None = None
@@ -534,8 +537,9 @@ class FineTune:
                 report.update(outcome="agree", stopped=False)
                 return
             calibrated = False
-            if self.folds:
+            if self.folds and self.rescales:
                 calibrated = yield from self._recalibrate(report)
+            if self.folds:
                 outcome = yield from self._cross_validate(edits, report, total)
             else:
                 outcome = "unverified"
