@@ -549,10 +549,9 @@ class FineTune:
                 events = train(final, self._training_data(None, edits), self.config, None, meta)
                 yield from _relay(events, "all slices", total - steps, total)
                 model, record = final, meta["history"][-1]
-                report.update(trained=True, steps=record["steps"], threshold=report.get("shipped", self.threshold))
+                report.update(trained=True, steps=record["steps"])
             report.update(kept=report["trained"] or calibrated, zoom=self.zoom, stopped=False)
         finally:
-            report.pop("shipped", None)
             if report["stopped"]:  # nothing verified and finished: the starting model stays
                 model, record = self.start.model, None
                 report.update(kept=False, trained=False, steps=0, threshold=threshold, zoom=zoom, outcome="stopped")
@@ -593,7 +592,7 @@ class FineTune:
         gains = np.mean(np.asarray(after) - np.asarray(start), axis=0)
         report.update(dice_gain=round(float(gains[0]), 4), guard_gain=round(float(gains[1]), 4))
         if outcome == "gain":
-            report["shipped"] = shipped
+            self.threshold = shipped  # the one the folds verified, shipped with the final model
         return outcome
 
     def _result(self, model: UNet, record: dict | None, report: dict) -> FineTuneResult:
@@ -655,7 +654,7 @@ def describe_outcome(report: dict) -> str:
         return f"Trained on all corrected {part}s and kept without a check (verification was off)."
     calibrated = report.get("calibration", {}).get("outcome") == "gain" and report["kept"]
     if calibrated:  # the scale or threshold changed; then training on top was kept or not
-        text = _describe_weights(report, part).replace("The starting model is kept", "Training on top was not kept")
+        text = _describe_weights(report, part, refused="Training on top was not kept")
         return f"{describe_calibration(report)} {text}"
     return _describe_weights(report, part)
 
@@ -677,8 +676,9 @@ def describe_calibration(report: dict) -> str:
             f"→ {mean['guard']:.3f}).")
 
 
-def _describe_weights(report: dict, part: str) -> str:
-    """The line on the training stage (`describe_outcome` after any re-scaling)."""
+def _describe_weights(report: dict, part: str, refused: str = "The starting model is kept") -> str:
+    """The line on the training stage (`describe_outcome` after any re-scaling);
+    ``refused`` opens it when the training was not kept."""
     outcome, guard = report["outcome"], report["guard_name"]
     folds = report["folds"]
     mean = {key: float(np.mean([f[key] for f in folds])) for key in ("start_dice", "dice", "start_guard", "guard")}
@@ -692,18 +692,18 @@ def _describe_weights(report: dict, part: str) -> str:
         return (f"Verified where it did not learn ({where}): {scores}{threshold}. Trained on all corrected {part}s "
                 f"and kept.")
     if outcome == "small":
-        return (f"The starting model is kept: where the fine-tuned models did not learn, the gain is too small to "
+        return (f"{refused}: where the fine-tuned models did not learn, the gain is too small to "
                 f"trust ({scores}). Correct a {part} where the model is clearly wrong.")
     worst = min(folds, key=lambda f: (f["dice"] - f["start_dice"]) if outcome == "no gain"
                 else (f["guard"] - f["start_guard"]))
     if outcome == "guard":
         broken = "cells merged" if guard == "V_Rand" else "vessels broken"
-        return (f"The starting model is kept: trained without {worst['name']}, the model got worse there for the "
+        return (f"{refused}: trained without {worst['name']}, the model got worse there for the "
                 f"segmentation ({guard} {worst['start_guard']:.3f} → {worst['guard']:.3f}: {broken}), although "
                 f"Dice went {worst['start_dice']:.3f} → {worst['dice']:.3f}. Correct more {part}s.")
     advice = (f"your corrections agree with the model where it did not learn from them: correct a {part} where it is "
               "clearly wrong" if worst["start_dice"] >= 0.7 else f"correct more {part}s, or train for more steps")
-    return (f"The starting model is kept: trained without {worst['name']}, the model did not beat it there (Dice "
+    return (f"{refused}: trained without {worst['name']}, the model did not beat it there (Dice "
             f"{worst['start_dice']:.3f} → {worst['dice']:.3f}); {advice}.")
 
 
