@@ -640,7 +640,8 @@ def _fine_tune(args, images, labels, out: Path, device) -> int:
         run = FineTune(checkpoint, images, labels, corrected, edited, options, start_name=args.from_model)
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    return _run_fine_tune(args, run, f"{describe_plan(corrected, options)} on {describe_device(device)}", out)
+    plan = describe_plan(corrected, options, run.anchored)
+    return _run_fine_tune(args, run, f"{plan} on {describe_device(device)}", out)
 
 
 def _fine_tune_options(args, device):

@@ -13,7 +13,14 @@ from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save
 from ..core.corrections import record_fine_tuned
 from ..core.export import export_package
 from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
-from ..core.finetune import FineTune, FineTuneOptions, describe_outcome, describe_plan, make_folds
+from ..core.finetune import (
+    FineTune,
+    FineTuneOptions,
+    anchor_slices,
+    describe_outcome,
+    describe_plan,
+    make_folds,
+)
 from ..core.labels import labels_from_array, labels_note
 from ..core.pipeline import Pipeline
 from ..core.regions import CHUNK, CONTEXT, fine_tune_on_chunks, region_chunks
@@ -170,7 +177,7 @@ class FineTuneWidget(Container):
         self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
                                  description=f"Fine-tuning on {len(corrected)} slice(s)", activity=False)
         self.run_button.text = "Stop"
-        plan = describe_plan(corrected, options)
+        plan = describe_plan(corrected, options, anchor_slices(stack.shape[0], corrected, options.anchors))
         self.status.value = f"Fine-tuning {start_name}{plan} on {describe_device(device)}…"
         self.job.start()
         return self.job
