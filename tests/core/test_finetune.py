@@ -9,7 +9,6 @@ from napari_unet.core import finetune
 from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint
 from napari_unet.core.data import Augmentation, normalize
 from napari_unet.core.finetune import (
-    ANCHOR_MARGIN,
     MAX_FOLDS,
     THRESHOLDS,
     FineTune,
@@ -262,17 +261,15 @@ def test_edits_are_the_painted_pixels_and_where_the_starting_model_disagrees(sli
 
 
 def test_uncorrected_slices_are_learnt_as_the_starting_model_showed_them(isbi_stack, builtin):
-    """Anchors: uncorrected slices of the stack, labelled with the starting model's mask
-    where it was sure, learnt alongside the corrections by every fold and the final model."""
+    """Anchors: uncorrected slices of the stack, labelled with the starting model's mask,
+    learnt alongside the corrections by every fold and the final model."""
     images, labels = isbi_stack.images[20:25, :128, :128], isbi_stack.labels[20:25, :128, :128]
     run = FineTune(builtin, images, labels, [1, 3], options=FineTuneOptions(steps=2, device="cpu", recipe=QUICK))
     assert run.anchored == [0, 2, 4]
     assert run._prepare_anchors() == [0, 2, 4]
     _images, taught = run.anchors
     probability = Pipeline(builtin, device="cpu").probabilities(images[[0, 2, 4]])
-    sure = np.abs(probability - builtin.info.threshold) >= ANCHOR_MARGIN
-    assert 0.5 < sure.mean() < 1 and (taught[~sure] == IGNORE).all()
-    np.testing.assert_array_equal(taught[sure], probability[sure] > builtin.info.threshold)
+    np.testing.assert_array_equal(taught, probability > builtin.info.threshold)
     data = run._training_data(run.folds[0], run._edits())
     assert data.train_slices == [1, 2, 3, 4]  # fold 1 learns corrected slice 3, then the anchors
     assert not data.focus[2:].any() and (data.labels[0] == IGNORE).all()  # slice 1 is held out
