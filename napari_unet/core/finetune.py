@@ -16,6 +16,8 @@ One recipe for the Fine-tune widget and ``napari-unet train --from``:
    baseline to beat.
 3. **Learn from the corrections.** Half of the crops are centred on edited pixels, the
    others on labelled ones (never an unlabelled crop), and edited pixels weigh more.
+   A few uncorrected slices of the stack are learnt too, labelled with the starting
+   model's own mask (`ANCHORS`), so the model keeps what it did well elsewhere.
 4. **Cross-validate.** Each corrected slice is held out in turn (at most `MAX_FOLDS`
    folds; with one corrected slice, each half of it): a model trained on the rest is
    scored on the whole held-out part, as Predict shows it, at the model's threshold:
@@ -86,8 +88,8 @@ MAX_FOLDS = 3
 #: on average and worse at worst (-0.005 against -0.003).
 ANCHORS = 4
 
-#: Of a grey slice, the anchor is a window of at most this edge at its centre: 4 whole
-#: 1,024² slices would add 23 s to a 35 s fine-tune on a 2-core CPU.
+#: Of a grey slice, the anchor is a window of at most this edge at its centre, so the
+#: anchors cost at most one 1,024² prediction whatever the slices' size.
 ANCHOR_EDGE = 512
 
 
@@ -137,7 +139,7 @@ class FineTuneResult:
     dict per fold run: name, held_out (stack indices), start_dice, dice, start_guard,
     guard, on the held-out part at the threshold shipped), dice_gain / guard_gain (their
     means), threshold (shipped), start_threshold, guard_name, steps (of the kept model),
-    stopped, seconds.
+    stopped, seconds; anchors (stack indices of the anchors learnt, when there were any).
     """
 
     model: UNet
@@ -295,14 +297,12 @@ class FineTune:
         self.images, self.labels = self._as_the_model_sees(self.raw, self.raw_labels, self.fov)
         # Anchors: a few uncorrected slices of a stack (a montage's parts are not slices).
         self.anchored = anchor_slices(images.shape[0], self.corrected, options.anchors) if predict_parts is None else []
-        self.anchor_raw = None
+        self.anchor_raw = self.anchor_fov = None
         if self.anchored:
             window = (slice(None), slice(None))
             if not self.pipeline.uses_fov:  # photographs are standardised by their whole FOV
                 window = centre_window(np.ones(images.shape[1:3], bool), ANCHOR_EDGE)
             self.anchor_raw = np.asarray(images[self.anchored][(slice(None), *window)])
-        self.anchor_fov = None
-        if self.anchored:
             given = None if fov is None else np.asarray(fov[self.anchored])
             self.anchor_fov = self.pipeline.fov_for(self.anchor_raw, given)[0]
         self.anchors: tuple[np.ndarray, np.ndarray] | None = None  # prepared in `run` (a prediction each)
