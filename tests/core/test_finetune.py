@@ -9,6 +9,7 @@ from napari_unet.core import finetune
 from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint
 from napari_unet.core.data import Augmentation, normalize
 from napari_unet.core.finetune import (
+    ANCHOR_EDGE,
     MAX_FOLDS,
     THRESHOLDS,
     FineTune,
@@ -279,6 +280,21 @@ def test_uncorrected_slices_are_learnt_as_the_starting_model_showed_them(isbi_st
     assert report["anchors"] == [0, 2, 4]
     assert run.result.metadata["history"][-1]["train_slices"] in ([1, 3], [])
     assert FineTune(builtin, images, labels, [1, 3], options=FineTuneOptions(anchors=0)).anchored == []
+
+
+def test_an_anchor_of_a_large_slice_is_a_window_at_its_centre(isbi_stack, small):
+    """Of a slice larger than `ANCHOR_EDGE`, the centre window is predicted and learnt; it
+    is mirrored out to the slice's size, and the mirrored pixels are not learnt."""
+    images = np.pad(isbi_stack.images[20:23], [(0, 0), (100, 100), (60, 60), (0, 0)], mode="reflect")  # 712 x 632
+    labels = np.pad(isbi_stack.labels[20:23], [(0, 0), (100, 100), (60, 60)], mode="reflect")
+    run = FineTune(small, images, labels, [0, 1], options=FineTuneOptions(steps=2, device="cpu", recipe=QUICK))
+    assert run.anchor_raw.shape[1:3] == (ANCHOR_EDGE, ANCHOR_EDGE)
+    assert run._prepare_anchors() == [2]
+    anchor_images, taught = run.anchors
+    assert anchor_images.shape == run.images[:1].shape
+    learnt = taught[0] != IGNORE
+    rows, cols = np.nonzero(learnt.any(axis=1))[0], np.nonzero(learnt.any(axis=0))[0]
+    assert (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) == (ANCHOR_EDGE, ANCHOR_EDGE)
 
 
 def test_anchors_are_spread_over_the_uncorrected_slices():
