@@ -437,6 +437,8 @@ class FineTune:
         labels = np.pad(labels, [(0, 0), *missing], constant_values=IGNORE)
         kept = [i for i, label in enumerate(labels) if np.any(label != IGNORE)]
         self.anchors = (images[kept], labels[kept]) if kept else None
+        # Every fold and the final model learn the same images: joined once.
+        self.learnt_images = np.concatenate([self.images, images[kept]])
         return [self.anchored[i] for i in kept]
 
     def _training_data(self, fold: Fold | None, edits: np.ndarray) -> TrainingData:
@@ -448,9 +450,9 @@ class FineTune:
         slices = fold.learn if fold is not None else list(range(len(self.corrected)))
         images = self.images
         if self.anchors is not None:
-            anchor_images, anchor_labels = self.anchors
-            slices = slices + list(range(len(images), len(images) + len(anchor_images)))
-            images = np.concatenate([images, anchor_images])
+            _anchor_images, anchor_labels = self.anchors
+            images = self.learnt_images
+            slices = slices + list(range(len(self.images), len(images)))
             labels = np.concatenate([labels, anchor_labels])
             edited = np.concatenate([edited, np.zeros(anchor_labels.shape, bool)])
             weights = np.concatenate([weights, np.ones(anchor_labels.shape, np.float32)])
