@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert-labels", action="store_true", help="structure is 0 in the label files (ISBI 2012)")
     t.add_argument("--from", dest="from_model", help="checkpoint or built-in name to fine-tune")
     t.add_argument("--out", required=True, help="checkpoint file to write (the best model)")
-    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch; to fine-tune, 40 per model)")
+    t.add_argument("--steps", type=STEPS, help="training steps (default 1500 from scratch; to fine-tune, 30 per model)")
     t.add_argument("--val-slices", nargs="+", help="held-out slices, e.g. 25 26 or 25-29 (default: last 10%% of >=4 "
                    "slices; not with --from, which holds out each corrected slice in turn)")
     t.add_argument("--no-val", action="store_true", help="train on every slice, without validation (with --from: keep the model unchecked)")

@@ -38,6 +38,7 @@ diameter and colour of photographs), so the model learns from what it will be sh
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -64,7 +65,7 @@ THRESHOLDS = [round(float(t), 2) for t in np.arange(0.2, 0.81, 0.05)]
 ZOOMS = [round(2 ** (k / 3), 2) for k in range(-3, 3)]
 
 #: The scale check chooses on a window of at most this edge at the centre of each part a
-#: fold learns from (slice pixels), predicted alone at every zoom: a tenth of the time of
+#: fold learns from (slice pixels), predicted alone in one tile at every zoom: a tenth of the time of
 #: whole slices; the held-out parts are scored whole, as Predict makes them.
 SEARCH_EDGE = 512
 
@@ -115,7 +116,7 @@ class FineTuneOptions:
             model's own mask as labels (see `ANCHORS`); 0: none.
     """
 
-    steps: int = 40
+    steps: int = 30
     verify: bool = True
     edit_weight: float = 3.0
     focus_fraction: float = 0.5
@@ -329,11 +330,11 @@ class FineTune:
 
     # ------------------------------------------------------------------ inputs
 
-    def predicting(self, model: UNet, zoom: float | None = None) -> Pipeline:
+    def predicting(self, model: UNet, zoom: float | None = None, tile: int | None = None) -> Pipeline:
         """How Predict would predict with ``model`` (the starting model's description:
         normalisation, flips, output shift; the user's tile, overlap and FOV), at ``zoom``
-        (default the one in use)."""
-        return Pipeline(self.start, device=self.device, tile=self.options.tile, overlap=self.options.overlap,
+        (default the one in use); ``tile`` overrides the tile edge."""
+        return Pipeline(self.start, device=self.device, tile=tile or self.options.tile, overlap=self.options.overlap,
                         fov=self.options.fov, levels=self.options.levels, model=model,
                         zoom=self.zoom if zoom is None else zoom)
 
@@ -513,7 +514,12 @@ class FineTune:
                 window = centre_window(region, SEARCH_EDGE)
                 key = (zoom, i, fold.half)
                 if key not in self._windows:
-                    pipeline = self.predicting(self.start.model, zoom)
+                    # One tile covering the resampled window and its mirrored margin: at
+                    # zoom 1.6, 0.8 million pixels where overlapping tiles take 1.3.
+                    edge = math.ceil(max(s.stop - s.start for s in window) * zoom)
+                    margin = self.start.info.tile_margin
+                    tile = edge + 2 * margin if margin is not None else math.ceil(edge * 4 / 3)  # tile // 8 each side
+                    pipeline = self.predicting(self.start.model, zoom, tile=max(tile, self.pipeline.tile))
                     self._windows[key] = pipeline.probabilities(self.raw[i][window][None])[0]
                 probability = self._windows[key]
             else:
@@ -710,7 +716,7 @@ def _relay(events: Iterator[TrainEvent], stage: str, offset: int, total: int) ->
 
 def describe_plan(corrected: list[int], options: FineTuneOptions, anchors: list[int] = ()) -> str:
     """What the fine-tune will do, e.g. ": 2 models trained with each corrected slice held out
-    in turn, kept only if they beat it there; then trained on slices [3, 7] (40 steps each),
+    in turn, kept only if they beat it there; then trained on slices [3, 7] (30 steps each),
     keeping the model's own mask on slices [0, 29]"."""
     keeping = f", keeping the model's own mask on slice(s) {list(anchors)}" if anchors else ""
     if not options.verify:
