@@ -65,8 +65,8 @@ THRESHOLDS = [round(float(t), 2) for t in np.arange(0.2, 0.81, 0.05)]
 ZOOMS = [round(2 ** (k / 3), 2) for k in range(-3, 3)]
 
 #: The scale check chooses on a window of at most this edge at the centre of each part a
-#: fold learns from (slice pixels), predicted alone in one tile at every zoom: a tenth of the time of
-#: whole slices; the held-out parts are scored whole, as Predict makes them.
+#: fold learns from (slice pixels), predicted alone, in one tile, at every zoom: a tenth
+#: of the time of whole slices; the held-out parts are scored whole, as Predict makes them.
 SEARCH_EDGE = 512
 
 #: The least gain, averaged over the folds, that counts: the benchmark's "never worse by
