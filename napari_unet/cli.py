@@ -684,7 +684,7 @@ def _run_fine_tune(args, run, plan: str, out: Path) -> int:
     main_process = not args.distributed or _rank() == 0
     if main_process:
         print(f"fine-tuning {args.from_model}{plan}", file=sys.stderr)
-    bar = _progress_bar(run.options.steps, "step", disable=not main_process)
+    bar = _progress_bar(run.options.steps * (len(run.folds) + 1), "step", disable=not main_process)  # folds + final
     for event in run.run():
         bar.total = event.total
         bar.update(event.step - bar.n)
