@@ -423,42 +423,36 @@ class FineTune:
         return labels
 
     def _prepare_anchors(self) -> list[int]:
-        """Sets `anchors`: (M, Y, X, C) images and (M, Y, X) labels of the anchor slices on
-        the model's grid, the starting model's mask as Predict shows it (at the zoom and
-        threshold in use; nothing learnt outside the FOV); an anchor left with no labelled
-        pixel is dropped. Returns the stack indices of the anchors kept."""
+        """Sets `anchors`: (M, Y', X', C) images and (M, Y', X') labels of the anchors on the
+        model's grid (a grey slice's centre window, a whole photograph), the starting
+        model's mask as Predict shows it (at the zoom and threshold in use; nothing learnt
+        outside the FOV); an anchor left with no labelled pixel is dropped. Returns the
+        stack indices of the anchors kept."""
         probability = self.predicting(self.start.model).probabilities(self.anchor_raw, self.anchor_fov)
         labels = (probability > self.threshold).astype(np.uint8)
         if self.anchor_fov is not None:
             labels[~self.anchor_fov] = IGNORE
         images, labels = self._as_the_model_sees(self.anchor_raw, labels, self.anchor_fov)
-        # A window of a grey slice is mirrored out to the corrected slices' size, so they
-        # stack; the mirrored pixels are not learnt.
-        missing = [(total // 2, total - total // 2) for total in np.subtract(self.images.shape[1:3], images.shape[1:3])]
-        images = np.pad(images, [(0, 0), *missing, (0, 0)], mode="reflect")
-        labels = np.pad(labels, [(0, 0), *missing], constant_values=IGNORE)
         kept = [i for i, label in enumerate(labels) if np.any(label != IGNORE)]
         self.anchors = (images[kept], labels[kept]) if kept else None
-        # Every fold and the final model learn the same images: joined once.
-        self.learnt_images = np.concatenate([self.images, images[kept]])
         return [self.anchored[i] for i in kept]
 
     def _training_data(self, fold: Fold | None, edits: np.ndarray) -> TrainingData:
         """What a fold's model (all corrected slices without one) learns: the corrections,
-        edited pixels weighing more and centring crops, then the anchors."""
+        edited pixels weighing more and centring crops, then the anchors (slices of their
+        own size: a window of a grey slice is smaller)."""
         labels = self._learnt_labels(fold)
         edited = self.to_model_grid(edits) & (labels != IGNORE)  # crops centred on what it may learn
         weights = np.where(edited, self.options.edit_weight, 1.0).astype(np.float32)
         slices = fold.learn if fold is not None else list(range(len(self.corrected)))
-        images = self.images
-        if self.anchors is not None:
-            _anchor_images, anchor_labels = self.anchors
-            images = self.learnt_images
-            slices = slices + list(range(len(self.images), len(images)))
-            labels = np.concatenate([labels, anchor_labels])
-            edited = np.concatenate([edited, np.zeros(anchor_labels.shape, bool)])
-            weights = np.concatenate([weights, np.ones(anchor_labels.shape, np.float32)])
-        return TrainingData(images, labels, slices, weights=weights, focus=edited)
+        if self.anchors is None:
+            return TrainingData(self.images, labels, slices, weights=weights, focus=edited)
+        images, anchor_labels = self.anchors
+        first = len(self.images)
+        return TrainingData([*self.images, *images], [*labels, *anchor_labels],
+                            slices + list(range(first, first + len(images))),
+                            weights=[*weights, *np.ones(anchor_labels.shape, np.float32)],
+                            focus=[*edited, *np.zeros(anchor_labels.shape, bool)])
 
     # ------------------------------------------------------------------ scores
 

@@ -126,6 +126,10 @@ class TrainEvent:
 class TrainingData:
     """Normalised slices split into training and validation.
 
+    Each field holds one entry per slice: an array stacked along its first axis, or a
+    list of arrays when the slices differ in size (e.g. the fine-tune's anchors, windows
+    of larger slices). Validation slices must share one size.
+
     Attributes:
         images: (N, Y, X, C) float32 in [0, 1].
         labels: (N, Y, X) uint8, project convention (IGNORE pixels are not learnt).
@@ -136,20 +140,23 @@ class TrainingData:
             ``TrainConfig.focus_fraction`` of the time (e.g. the user's edits).
     """
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: np.ndarray | list[np.ndarray]
+    labels: np.ndarray | list[np.ndarray]
     train_slices: list[int]
     val_slices: list[int] = field(default_factory=list)
-    weights: np.ndarray | None = None
-    focus: np.ndarray | None = None
+    weights: np.ndarray | list[np.ndarray] | None = None
+    focus: np.ndarray | list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        if self.images.shape[:3] != self.labels.shape:
-            raise ValueError(f"images {self.images.shape[:3]} and labels {self.labels.shape} differ in (Z, Y, X).")
-        for name in ("weights", "focus"):
-            extra = getattr(self, name)
-            if extra is not None and extra.shape != self.labels.shape:
-                raise ValueError(f"{name} {extra.shape} and labels {self.labels.shape} differ in shape.")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images and {len(self.labels)} labels: give one label per image.")
+        for z, label in enumerate(self.labels):
+            if self.images[z].shape[:2] != label.shape:
+                raise ValueError(f"Slice {z}: image {self.images[z].shape[:2]} and labels {label.shape} differ in (Y, X).")
+            for name in ("weights", "focus"):
+                extra = getattr(self, name)
+                if extra is not None and extra[z].shape != label.shape:
+                    raise ValueError(f"Slice {z}: {name} {extra[z].shape} and labels {label.shape} differ in shape.")
         if not self.train_slices:
             raise ValueError("No slice to train on: label (correct) at least one slice.")
         for z in self.train_slices:
@@ -262,8 +269,9 @@ def train(
     train_weights = [_loss_weights(data, z, config) for z in data.train_slices]
     sampler = _CropCentres(data, config, rng)
     tile = max(config.crop_size, 256)
-    if validate is None and data.val_slices and np.any(data.labels[data.val_slices] == STRUCTURE):
-        val_images, val_labels = data.images[data.val_slices], data.labels[data.val_slices]
+    if validate is None and any(np.any(data.labels[z] == STRUCTURE) for z in data.val_slices):
+        val_images = np.stack([data.images[z] for z in data.val_slices])
+        val_labels = np.stack([data.labels[z] for z in data.val_slices])
 
         def validate(model: UNet, device: torch.device) -> tuple[float, bool]:
             return validation_dice(model, val_images, val_labels, device, tile), True

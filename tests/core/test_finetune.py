@@ -122,7 +122,7 @@ def test_the_folds_never_score_a_pixel_their_model_learnt(thick, small, monkeypa
 
     def spy(self, fold, edits):
         data = original(self, fold, edits)
-        learnt.append((fold, data.labels.copy()))
+        learnt.append((fold, np.stack(data.labels[:len(self.corrected)])))  # the corrected slices' labels
         return data
 
     monkeypatch.setattr(FineTune, "_training_data", spy)
@@ -274,7 +274,7 @@ def test_uncorrected_slices_are_learnt_as_the_starting_model_showed_them(isbi_st
     np.testing.assert_array_equal(taught, probability > builtin.info.threshold)
     data = run._training_data(run.folds[0], run._edits())
     assert data.train_slices == [1, 2, 3, 4]  # fold 1 learns corrected slice 3, then the anchors
-    assert not data.focus[2:].any() and (data.labels[0] == IGNORE).all()  # slice 1 is held out
+    assert not np.any(data.focus[2:]) and (data.labels[0] == IGNORE).all()  # slice 1 is held out
 
     list(run.run())
     report = run.result.report
@@ -284,18 +284,20 @@ def test_uncorrected_slices_are_learnt_as_the_starting_model_showed_them(isbi_st
 
 
 def test_an_anchor_of_a_large_slice_is_a_window_at_its_centre(isbi_stack, small):
-    """Of a slice larger than `ANCHOR_EDGE`, the centre window is predicted and learnt; it
-    is mirrored out to the slice's size, and the mirrored pixels are not learnt."""
+    """Of a slice larger than `ANCHOR_EDGE`, the centre window is predicted and learnt, at
+    its own size beside the whole corrected slices."""
     images = np.pad(isbi_stack.images[20:23], [(0, 0), (100, 100), (60, 60), (0, 0)], mode="reflect")  # 712 x 632
     labels = np.pad(isbi_stack.labels[20:23], [(0, 0), (100, 100), (60, 60)], mode="reflect")
     run = FineTune(small, images, labels, [0, 1], options=FineTuneOptions(steps=2, device="cpu", recipe=QUICK))
     assert run.anchor_raw.shape[1:3] == (ANCHOR_EDGE, ANCHOR_EDGE)
     assert run._prepare_anchors() == [2]
     anchor_images, taught = run.anchors
-    assert anchor_images.shape == run.images[:1].shape
-    learnt = taught[0] != IGNORE
-    rows, cols = np.nonzero(learnt.any(axis=1))[0], np.nonzero(learnt.any(axis=0))[0]
-    assert (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) == (ANCHOR_EDGE, ANCHOR_EDGE)
+    assert anchor_images.shape == (1, ANCHOR_EDGE, ANCHOR_EDGE, 1) and (taught != IGNORE).all()
+    data = run._training_data(run.folds[0], run._edits())
+    assert [image.shape[:2] for image in data.images] == [(712, 632), (712, 632), (ANCHOR_EDGE, ANCHOR_EDGE)]
+    assert data.train_slices == [1, 2]  # fold 1 learns corrected slice 1, then the anchor
+    list(run.run())  # trains on slices of two sizes
+    assert run.result.report["anchors"] == [2]
 
 
 def test_anchors_are_spread_over_the_uncorrected_slices():
