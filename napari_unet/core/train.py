@@ -152,7 +152,8 @@ class TrainingData:
             raise ValueError(f"{len(self.images)} images and {len(self.labels)} labels: give one label per image.")
         for z, label in enumerate(self.labels):
             if self.images[z].shape[:2] != label.shape:
-                raise ValueError(f"Slice {z}: image {self.images[z].shape[:2]} and labels {label.shape} differ in (Y, X).")
+                raise ValueError(f"Slice {z}: image {self.images[z].shape[:2]} and labels {label.shape} "
+                                 "differ in (Y, X).")
             for name in ("weights", "focus"):
                 extra = getattr(self, name)
                 if extra is not None and extra[z].shape != label.shape:
