@@ -154,6 +154,38 @@ def test_decision_rule():
     assert better_threshold(dices, 0.5) == 0.5
 
 
+@pytest.fixture()
+def folds_agree_on_0_3(monkeypatch):
+    """Every fold finds threshold 0.3 better and the fine-tuned models better everywhere."""
+    calls = iter(range(10**6))
+    monkeypatch.setattr(FineTune, "scores", lambda self, mask, fold, guard=True: (next(calls) * 1e-4, 0.5))
+    monkeypatch.setattr(finetune, "better_threshold", lambda dices, threshold: 0.3)
+    monkeypatch.setattr(finetune, "decide", lambda start, after, tolerance=0.0: "gain")
+    monkeypatch.setattr(FineTune, "choose_setting", lambda self, fold: (self.zoom, self.threshold))  # no re-scaling
+
+
+def test_grey_slices_take_the_threshold_every_fold_agrees_on(thick, small, folds_agree_on_0_3):
+    images, labels = thick
+    run = FineTune(small, images, labels, [0, 1], options=FineTuneOptions(steps=2, device="cpu", recipe=QUICK))
+    list(run.run())
+    assert run.result.report["kept"] and run.result.metadata["threshold"] == 0.3
+
+
+def test_photographs_keep_their_threshold(drive_dir, folds_agree_on_0_3):
+    """Even when every fold agrees on another threshold: one chosen on two photographs
+    lowered F1 on the others (see `FineTune.recalibrates`)."""
+    from napari_unet.core.data import load_dataset
+
+    drive = load_dataset(drive_dir / "test")
+    labels = np.where(drive.fov[:2], drive.labels[:2], IGNORE).astype(np.uint8)
+    model = load_checkpoint("fundus-vessels")
+    run = FineTune(model, drive.images[:2], labels, [0, 1],
+                   options=FineTuneOptions(steps=2, device="cpu", recipe={"crop_size": 64, "batch_size": 2}))
+    list(run.run())
+    assert run.result.report["kept"] and run.result.report["trained"]
+    assert run.result.report["threshold"] == run.result.metadata["threshold"] == model.metadata["threshold"]
+
+
 def test_a_stack_at_another_scale_is_rescaled_once_the_held_out_slices_confirm_it(isbi_stack, builtin):
     """Real ISBI slices at 1.5x the magnification (another microscope; pixel size not
     given): each fold chooses a zoom and threshold on one slice and is scored on the other,
