@@ -129,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     pool, scored, also = data(args.task)
     start = load_checkpoint("em-membranes" if args.task == "em" else "fundus-vessels")
-    names = POOLS[args.task]
+    names = POOLS[args.task] if args.task == "em" else [z + 1 for z in POOLS[args.task]]  # ISBI 0-29, DRIVE 01-20
     rows = run_arm("suggested", start, pool, scored, also, args.rounds, args.device, None, names)
     for seed in args.seeds:
         rows += run_arm(f"random {seed}", start, pool, scored, also, args.rounds, args.device, seed, names)
