@@ -314,10 +314,11 @@ class FineTune:
         # The scale and threshold move on grey slices only. Photographs are standardised by
         # their FOV already, and a threshold chosen on two of them lowered F1 on the others:
         # by the scale check (benchmarks/rounds.py, fundus: -0.031), and by the folds after
-        # training (pairs of DRIVE test 01-10 as another camera's photographs, scored on
-        # 11-14: of 23 fine-tunes kept, the one whose folds moved the threshold, 0.50 →
-        # 0.35, changed F1 by -0.010; the 22 at 0.50 by -0.0002 to +0.0035). The zooms are
-        # tried on a stack's slices only: a montage's blocks are not resampled (`core.blocks`).
+        # training (benchmarks/finetune_pairs.py, a choosing split: of 23 pairs kept, the
+        # one whose folds moved the threshold, 0.50 → 0.35, changed F1 on the other
+        # photographs by -0.010; kept at 0.50 it gains +0.0009, and no kept pair then loses
+        # more than 0.0002). The zooms are tried on a stack's slices only: a montage's
+        # blocks are not resampled (`core.blocks`).
         self.recalibrates = not self.pipeline.uses_fov
         self.zooms = [round(self.zoom * z, 3) for z in ZOOMS] if self.recalibrates and predict_parts is None else []
         self._windows: dict = {}  # (zoom, part, half) -> search window's probability
