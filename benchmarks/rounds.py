@@ -8,9 +8,10 @@ photographs (`_shift.foreign_fundus` of DRIVE test images); pool 01-14, scored o
 (F1 inside the FOV). Also scored, as a larger set of untouched slices: DRIVE training
 21-40 shifted the same way (20 photographs) or ISBI 0-7 (EM); the built-in models learnt
 from these in their own colours and pixel size, so they tell forgetting more than
-generalisation. The built-in model starts. Each round takes 2 slices of the pool, "corrects" them by copying their ground truth into the labels, fine-tunes
-with the default recipe from the previous round's model on every slice corrected so
-far, and re-predicts. Suggested: the 2 slices `core.uncertainty.suggest` ranks first;
+generalisation. The built-in model starts. Each round takes 2 slices of the pool,
+"corrects" them by copying their ground truth into the labels, fine-tunes with the
+default recipe from the previous round's model on every slice corrected so far, and
+re-predicts. Suggested: the 2 slices `core.uncertainty.suggest` ranks first;
 random: 2 random uncorrected slices (one run per seed). Scored after every round on
 slices no arm may pick, at the model's own threshold. Prints the table and writes
 docs/rounds_<task>.png.
