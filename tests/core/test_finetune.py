@@ -109,6 +109,31 @@ def test_two_corrected_slices_cross_validate_then_learn_from_both(thick, small, 
     assert "Verified where it did not learn" in describe_outcome(report)
 
 
+def test_every_model_goes_half_way_from_the_start_to_the_trained_weights(thick, small, dice_decides, monkeypatch):
+    """The model shipped is start + UPDATE_SHARE x (trained - start), and so is every
+    fold's model, scored as it would ship."""
+    images, labels = thick
+    shipped = {}
+    for share in (1.0, finetune.UPDATE_SHARE):
+        options = FineTuneOptions(steps=4, device="cpu", recipe=QUICK, anchors=0, verify=False, update_share=share)
+        run = FineTune(small, images, labels, [0, 2], options=options)
+        list(run.run())
+        shipped[share] = _weights(run.result.model)
+    start = _weights(small.model)
+    assert finetune.UPDATE_SHARE == 0.5 and not _same(shipped[1.0], start)
+    for name, value in start.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(shipped[0.5][name], value + 0.5 * (shipped[1.0][name] - value))
+
+    moved = []
+    monkeypatch.setattr(finetune, "move_toward", lambda s, t, share: moved.append(share))
+    run = FineTune(small, images, labels, [0, 2], options=FineTuneOptions(steps=6, device="cpu", recipe=QUICK, anchors=0))
+    list(run.run())
+    assert run.result.report["kept"] and moved == [finetune.UPDATE_SHARE] * 3  # 2 folds, then the final model
+    with pytest.raises(ValueError, match="update_share"):
+        FineTune(small, images, labels, [0], options=FineTuneOptions(update_share=0.0))
+
+
 def test_the_folds_never_score_a_pixel_their_model_learnt(thick, small, monkeypatch):
     images, labels = thick
     for count in range(1, 8):
