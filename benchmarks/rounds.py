@@ -1,6 +1,6 @@
 """Rounds of correct -> fine-tune -> re-predict: the slices `suggest` ranks first vs random ones.
 
-    python benchmarks/rounds.py [--task em|fundus] [--rounds 3] [--seeds 0 1 2] [--device auto]
+    python benchmarks/rounds.py [--task em|fundus] [--split report|choose] [--rounds 3] [--seeds 0 1 2]
 
 EM: another lab's EM (`_shift.foreign_em` of ISBI slices: rescaled x1.5, softer, noisier,
 labels 2 px wide); pool ISBI 8-24, scored on ISBI 25-29. Fundus: another camera's
@@ -15,6 +15,10 @@ re-predicts. Suggested: the 2 slices `core.uncertainty.suggest` ranks first;
 random: 2 random uncorrected slices (one run per seed). Scored after every round on
 slices no arm may pick, at the model's own threshold. Prints the table and writes
 docs/rounds_<task>.png.
+
+``--split choose`` runs the same rounds on slices choices may be made on (fundus: pool
+DRIVE test 01-10, scored on 11-14, as benchmarks/finetune_pairs.py; EM: pool ISBI 8-19,
+scored on 20-24), without the larger set, and writes no plot.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from napari_unet.core.uncertainty import suggest
 
 POOLS = {"em": list(range(8, 25)), "fundus": list(range(0, 14))}
 SCORED = {"em": list(range(25, 30)), "fundus": list(range(14, 20))}
+#: The choosing split (``--split choose``): inside the report split's pool.
+CHOOSE_POOLS = {"em": list(range(8, 20)), "fundus": list(range(0, 10))}
+CHOOSE_SCORED = {"em": list(range(20, 25)), "fundus": list(range(10, 14))}
 ALSO_SCORED = {"em": list(range(0, 8)), "fundus": list(range(20))}  # ISBI 0-7; DRIVE training 21-40
 PER_ROUND = 2
 
@@ -45,18 +52,21 @@ def score(checkpoint: Checkpoint, images, labels, device: str) -> float:
     return dice(mask, labels == STRUCTURE, mask=labels != IGNORE)
 
 
-def data(task: str):
-    """(pool images, labels), (scored images, labels), (also scored images, labels) of
-    another lab's EM or camera's fundus."""
+def data(task: str, pool: list[int], scored: list[int], with_also: bool = True):
+    """(pool images, labels), (scored images, labels), (also scored images, labels, or
+    None) of another lab's EM or camera's fundus."""
     if task == "em":
         em = isbi()
-        return (foreign_em(em.images[POOLS[task]], em.labels[POOLS[task]]),
-                foreign_em(em.images[SCORED[task]], em.labels[SCORED[task]], seed=1),
-                foreign_em(em.images[ALSO_SCORED[task]], em.labels[ALSO_SCORED[task]], seed=2))
-    test, training = drive("test"), drive("training")
+        return (foreign_em(em.images[pool], em.labels[pool]),
+                foreign_em(em.images[scored], em.labels[scored], seed=1),
+                foreign_em(em.images[ALSO_SCORED[task]], em.labels[ALSO_SCORED[task]], seed=2) if with_also else None)
+    test = drive("test")
     images, labels, _fov = foreign_fundus(test.images, test.labels, test.fov)
-    also = foreign_fundus(training.images, training.labels, training.fov)[:2]
-    return (images[POOLS[task]], labels[POOLS[task]]), (images[SCORED[task]], labels[SCORED[task]]), also
+    also = None
+    if with_also:
+        training = drive("training")
+        also = foreign_fundus(training.images, training.labels, training.fov)[:2]
+    return (images[pool], labels[pool]), (images[scored], labels[scored]), also
 
 
 def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, device: str, seed: int | None,
@@ -66,7 +76,7 @@ def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, devic
     rng = np.random.default_rng(seed)
     model, corrected, rows = start, [], []
     rows.append({"arm": name, "round": 0, "corrected": 0, "dice": score(model, *scored, device),
-                 "also": score(model, *also, device), "seconds": 0.0})
+                 "also": score(model, *also, device) if also else float("nan"), "seconds": 0.0})
     for r in range(1, rounds + 1):
         tick = time.perf_counter()
         if seed is None:
@@ -83,7 +93,7 @@ def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, devic
         rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [names[z] for z in chosen],
                      "dice": score(model, *scored, device), "seconds": time.perf_counter() - tick,
                      "outcome": run.result.report["outcome"]})
-        rows[-1]["also"] = score(model, *also, device)  # not timed: no user waits for it
+        rows[-1]["also"] = score(model, *also, device) if also else float("nan")  # not timed: no user waits
         print(rows[-1], flush=True)
     return rows
 
@@ -124,24 +134,29 @@ def plot(rows: list[dict], path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("em", "fundus"), default="em")
+    parser.add_argument("--split", choices=("report", "choose"), default="report")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    pool, scored, also = data(args.task)
+    choose = args.split == "choose"
+    pool_slices = (CHOOSE_POOLS if choose else POOLS)[args.task]
+    pool, scored, also = data(args.task, pool_slices, (CHOOSE_SCORED if choose else SCORED)[args.task], not choose)
     start = load_checkpoint("em-membranes" if args.task == "em" else "fundus-vessels")
-    names = POOLS[args.task] if args.task == "em" else [z + 1 for z in POOLS[args.task]]  # ISBI 0-29, DRIVE 01-20
+    names = pool_slices if args.task == "em" else [z + 1 for z in pool_slices]  # ISBI 0-29, DRIVE 01-20
     rows = run_arm("suggested", start, pool, scored, also, args.rounds, args.device, None, names)
     for seed in args.seeds:
         rows += run_arm(f"random {seed}", start, pool, scored, also, args.rounds, args.device, seed, names)
     print(table(rows, ["arm", "round", "corrected", "picked", "dice", "also", "seconds", "outcome"]))
-    for key, what in (("dice", "scored slices"), ("also", "also scored")):
+    for key, what in (("dice", "scored slices"), ("also", "also scored"))[:1 if choose else 2]:
         random_mean = {k: np.mean([r[key] for r in rows if r["arm"] != "suggested" and r["round"] == k])
                        for k in range(args.rounds + 1)}
         suggested = {r["round"]: r[key] for r in rows if r["arm"] == "suggested"}
         print(f"\n{what}\nround  suggested  random (mean)  difference")
         for k in range(args.rounds + 1):
             print(f"{k:5d}  {suggested[k]:.4f}     {random_mean[k]:.4f}         {suggested[k] - random_mean[k]:+.4f}")
+    if choose:
+        return
     path = ROOT / "docs" / f"rounds_{args.task}.png"
     title = ("membrane Dice on ISBI 25-29 (another lab's EM)" if args.task == "em"
              else "vessel F1 on DRIVE test 15-20 (another camera)")

@@ -102,8 +102,8 @@ ANCHORS = 8
 #: photographs, 3 training seeds each, F1 on 11-14), the trained weights of the 20 runs
 #: the folds kept changed F1 by -0.0059 to +0.0035 (mean +0.0004) depending on the seed;
 #: halfway, by +0.0020 to +0.0048 (mean +0.0033). With the folds scoring half-way models
-#: too (benchmarks/finetune_pairs.py --pairs 14): 9 of 14 pairs kept, +0.0022 to +0.0043
-#: (trained weights: 6 of 14, +0.0004 to +0.0029).
+#: too (benchmarks/finetune_pairs.py, 45 pairs): 30 kept, +0.0011 to +0.0048 (trained
+#: weights: 23 kept, -0.0002 to +0.0035).
 UPDATE_SHARE = 0.5
 
 #: Of a grey slice, the anchor is a window of at most this edge at its centre, so the
