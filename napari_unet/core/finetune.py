@@ -160,7 +160,8 @@ class FineTuneResult:
     dict per fold run: name, held_out (stack indices), start_dice, dice, start_guard,
     guard, on the held-out part at the threshold shipped), dice_gain / guard_gain (their
     means), threshold (shipped), start_threshold, guard_name, steps (of the kept model),
-    stopped, seconds; anchors (stack indices of the anchors learnt, when there were any).
+    stopped, seconds, update_share (see `UPDATE_SHARE`); anchors (stack indices of the
+    anchors learnt, when there were any).
     """
 
     model: UNet
@@ -629,7 +630,7 @@ class FineTune:
         report = {"kept": False, "trained": False, "outcome": "stopped", "folds": [], "threshold": threshold,
                   "part": "slice" if self.part_names is None else "region", "zoom": zoom, "start_zoom": zoom,
                   "start_threshold": threshold, "guard_name": "V_Rand" if self.task == "em" else "clDice",
-                  "steps": 0, "stopped": True}
+                  "steps": 0, "stopped": True, "update_share": self.options.update_share}
         model, record = self.start.model, None
         try:
             edits = self._edits()

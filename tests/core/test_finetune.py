@@ -130,6 +130,7 @@ def test_every_model_goes_half_way_from_the_start_to_the_trained_weights(thick, 
     run = FineTune(small, images, labels, [0, 2], options=FineTuneOptions(steps=6, device="cpu", recipe=QUICK, anchors=0))
     list(run.run())
     assert run.result.report["kept"] and moved == [finetune.UPDATE_SHARE] * 3  # 2 folds, then the final model
+    assert run.result.metadata["history"][-1]["fine_tune"]["update_share"] == finetune.UPDATE_SHARE
     with pytest.raises(ValueError, match="update_share"):
         FineTune(small, images, labels, [0], options=FineTuneOptions(update_share=0.0))
 
