@@ -98,12 +98,12 @@ ANCHORS = 8
 #: The model a fine-tune ships, and each fold scores, is the starting weights moved this
 #: share of the way to the trained ones, w0 + share x (w1 - w0): "WiSE-FT" (Wortsman et
 #: al. 2022), at 0.5, their default, taken without tuning. 30 steps on 2 photographs
-#: overshoot: on a choosing split (8 pairs of DRIVE test 01-10 as another camera's
-#: photographs, 3 training seeds each, F1 on 11-14), the trained weights of the 20 runs
-#: the folds kept changed F1 by -0.0059 to +0.0035 (mean +0.0004) depending on the seed;
-#: halfway, by +0.0020 to +0.0048 (mean +0.0033). With the folds scoring half-way models
-#: too (benchmarks/finetune_pairs.py, 45 pairs): 30 kept, +0.0011 to +0.0048 (trained
-#: weights: 23 kept, -0.0002 to +0.0035).
+#: overshoot: on a choosing split (benchmarks/finetune_seeds.py: 8 pairs of DRIVE test
+#: 01-10 as another camera's photographs, 3 training seeds each, F1 on 11-14), the trained
+#: weights of the 22 runs the folds kept changed F1 by -0.0059 to +0.0035 (mean +0.0005)
+#: depending on the seed; half-way, by +0.0015 to +0.0048 (mean +0.0032). With the folds
+#: scoring half-way models too (benchmarks/finetune_pairs.py, 45 pairs): 30 kept, +0.0011
+#: to +0.0048 (trained weights: 23 kept, -0.0002 to +0.0035).
 UPDATE_SHARE = 0.5
 
 #: Of a grey slice, the anchor is a window of at most this edge at its centre, so the
