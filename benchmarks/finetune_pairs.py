@@ -19,14 +19,11 @@ import itertools
 import time
 
 import numpy as np
-from _common import drive, table
-from _shift import foreign_fundus
-from rounds import score
+from _common import table
+from rounds import CHOOSE_POOLS, CHOOSE_SCORED, data, score
 
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import FineTune, FineTuneOptions
-
-POOL, SCORED = list(range(10)), list(range(10, 14))  # DRIVE test 01-10, 11-14
 
 
 def main() -> None:
@@ -34,17 +31,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=45, help="how many pairs, in a fixed shuffled order")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    test = drive("test")
-    images, labels, _fov = foreign_fundus(test.images[:14], test.labels[:14], test.fov[:14])
-    scored = (images[SCORED], labels[SCORED])
+    (images, labels), scored, _ = data("fundus", CHOOSE_POOLS["fundus"], CHOOSE_SCORED["fundus"], with_also=False)
     start = load_checkpoint("fundus-vessels")
     before = score(start, *scored, args.device)
-    pairs = list(itertools.combinations(POOL, 2))
+    pairs = list(itertools.combinations(range(len(images)), 2))
     np.random.default_rng(0).shuffle(pairs)
     rows = []
     for pair in pairs[:args.pairs]:
         tick = time.perf_counter()
-        run = FineTune(start, images[POOL], labels[POOL], list(pair), options=FineTuneOptions(device=args.device))
+        run = FineTune(start, images, labels, list(pair), options=FineTuneOptions(device=args.device))
         for _event in run.run():
             pass
         report = run.result.report

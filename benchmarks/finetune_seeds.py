@@ -18,9 +18,8 @@ import argparse
 import copy
 
 import numpy as np
-from _common import drive, table
-from _shift import foreign_fundus
-from rounds import score
+from _common import table
+from rounds import CHOOSE_POOLS, CHOOSE_SCORED, data, score
 
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import UPDATE_SHARE, FineTune, FineTuneOptions, move_toward
@@ -33,16 +32,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    test = drive("test")
-    images, labels, _fov = foreign_fundus(test.images[:14], test.labels[:14], test.fov[:14])
-    scored = (images[10:14], labels[10:14])
+    (images, labels), scored, _ = data("fundus", CHOOSE_POOLS["fundus"], CHOOSE_SCORED["fundus"], with_also=False)
     start = load_checkpoint("fundus-vessels")
     before = score(start, *scored, args.device)
     rows = []
     for pair in PAIRS:
         for seed in args.seeds:
             options = FineTuneOptions(device=args.device, seed=seed, update_share=1.0)
-            run = FineTune(start, images[:10], labels[:10], [p - 1 for p in pair], options=options)
+            run = FineTune(start, images, labels, [p - 1 for p in pair], options=options)
             for _event in run.run():
                 pass
             row = {"pair": list(pair), "seed": seed, "outcome": run.result.report["outcome"]}
