@@ -138,7 +138,7 @@ def test_ignore_unedited_parts(widgets, qtbot, isbi_folder, tiny_em):
 def test_save_and_export_fields_refuse_an_input(widgets, qtbot, isbi_folder, tiny_em):
     """Fine-tune's "Save model to" and "Export to" never write over (or into) what is being
     used: the model in Predict, the image's file or folder. One message, nothing written."""
-    viewer, finetune = widgets["viewer"], widgets["finetune"]
+    finetune = widgets["finetune"]
     image, truth, labels = _predicted(widgets, qtbot, isbi_folder, tiny_em)
     paint_square(labels, 1, 100, 100)
     finetune.image.value, finetune.corrected_labels.value = image, labels
