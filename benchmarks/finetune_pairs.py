@@ -6,7 +6,7 @@ Every pair of the pool of benchmarks/rounds.py is "corrected" (ground truth copi
 the labels) and fine-tuned from the built-in model with the default recipe
 (`core.finetune`; other slices of the pool are its anchors). The model it ships is
 scored on the scored slices at its own threshold (F1 inside the FOV for photographs,
-membrane Dice for EM). By default on the choosing split (fundus: another camera's
+membrane Dice for EM, and V_Rand of its cells, reported, not ranked on). By default on the choosing split (fundus: another camera's
 photographs, DRIVE test 01-10, scored on 11-14; EM: another lab's ISBI 8-19, scored on
 20-24): fine-tune and ranking choices may be made on it, never on the rounds benchmark's
 report split. Prints one row per pair (the folds' held-out Dice, the outcome, the
@@ -59,29 +59,33 @@ def main() -> None:
     name = (lambda z: z + 1) if fundus else (lambda z: z)  # DRIVE 01-20, ISBI 0-29
     where = f"{'photographs' if fundus else 'ISBI'} {name(scored_slices[0])}-{name(scored_slices[-1])}"
     start = load_checkpoint("fundus-vessels" if fundus else "em-membranes")
-    before = score(start, *scored, args.device)
+    before = np.atleast_1d(score(start, *scored, args.device, cells=not fundus))  # (Dice,) or (Dice, V_Rand)
     firsts = first_pairs(Pipeline(start, device=args.device), images)
     print({method: [name(pool_slices[z]) for z in pair] for method, pair in firsts.items()}, flush=True)
     others = list(itertools.combinations(range(len(images)), 2))
     np.random.default_rng(0).shuffle(others)
     sample = others[:args.pairs]  # random pairs: the mean over them is the random arm's expectation
     pairs = list(dict.fromkeys([*firsts.values(), *sample]))
-    rows, changes = [], {}
+    rows, changes, cells = [], {}, {}  # changes of Dice (F1) and of V_Rand (EM; fundus: Dice again)
     for pair in pairs:
         tick = time.perf_counter()
         run = FineTune(start, images, labels, list(pair), options=FineTuneOptions(device=args.device))
         for _event in run.run():
             pass
         report = run.result.report
-        changes[pair] = score(Checkpoint(run.result.model, run.result.metadata, "tuned"), *scored,
-                              args.device) - before
+        after = np.atleast_1d(score(Checkpoint(run.result.model, run.result.metadata, "tuned"), *scored,
+                                    args.device, cells=not fundus))
+        changes[pair] = float(after[0] - before[0])
+        cells[pair] = float(after[-1] - before[-1])
         rows.append({"pair": [name(pool_slices[z]) for z in pair], "outcome": report["outcome"],
                      "threshold": report["threshold"], "zoom": report.get("zoom", 1.0),
                      "folds": " ".join(f"{f['start_dice']:.3f}→{f['dice']:.3f}" for f in report["folds"]),
-                     "change": changes[pair], "seconds": time.perf_counter() - tick})
+                     "change": changes[pair], "V_Rand change": cells[pair] if not fundus else "-",
+                     "seconds": time.perf_counter() - tick})
         print(rows[-1], flush=True)
-    print(f"{'F1' if fundus else 'Dice'} of the built-in model on {where}: {before:.4f}")
-    print(table(rows, ["pair", "outcome", "threshold", "zoom", "folds", "change", "seconds"]))
+    print(f"{'F1' if fundus else 'Dice, V_Rand'} of the built-in model on {where}: "
+          f"{', '.join(f'{b:.4f}' for b in before)}")
+    print(table(rows, ["pair", "outcome", "threshold", "zoom", "folds", "change", "V_Rand change", "seconds"]))
     kept = np.array([r["change"] for r in rows if r["outcome"] == "gain"])
     if len(kept):
         print(f"\nkept {len(kept)} of {len(rows)}: change on {where} min {kept.min():+.4f}, "
@@ -96,6 +100,13 @@ def main() -> None:
         better = sum(changes[other] > changes[pair] for other in sample)
         print(f"{method:8s} first pair {[name(pool_slices[z]) for z in pair]}: change {changes[pair]:+.4f} "
               f"({changes[pair] - mean:+.4f} against the mean; {better} of {len(sample)} pairs gain more)")
+    if not fundus:
+        mean = np.mean([cells[pair] for pair in sample])
+        print(f"V_Rand of the cells: mean change {mean:+.4f}")
+        for method, pair in firsts.items():
+            better = sum(cells[other] > cells[pair] for other in sample)
+            print(f"{method:8s} first pair: V_Rand change {cells[pair]:+.4f} ({better} of {len(sample)} pairs "
+                  f"gain more)")
 
 
 if __name__ == "__main__":

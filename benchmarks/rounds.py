@@ -33,7 +33,7 @@ from _shift import foreign_em, foreign_fundus
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import FineTune, FineTuneOptions
 from napari_unet.core.labels import IGNORE, STRUCTURE
-from napari_unet.core.metrics import dice
+from napari_unet.core.metrics import dice, em_challenge_scores
 from napari_unet.core.pipeline import Pipeline
 from napari_unet.core.uncertainty import suggest
 
@@ -46,10 +46,16 @@ ALSO_SCORED = {"em": list(range(0, 8)), "fundus": list(range(20))}  # ISBI 0-7; 
 PER_ROUND = 2
 
 
-def score(checkpoint: Checkpoint, images, labels, device: str) -> float:
-    """Dice (F1) of the mask at the model's threshold, over labelled pixels (fundus: the FOV)."""
+def score(checkpoint: Checkpoint, images, labels, device: str, cells: bool = False):
+    """Dice (F1) of the mask at the model's threshold, over labelled pixels (fundus: the FOV);
+    with ``cells``, (Dice, mean V_Rand of the cells per slice after border thinning)."""
     mask = Pipeline(checkpoint, device=device).run(images).mask.astype(bool)
-    return dice(mask, labels == STRUCTURE, mask=labels != IGNORE)
+    overlap = dice(mask, labels == STRUCTURE, mask=labels != IGNORE)
+    if not cells:
+        return overlap
+    vrand = [em_challenge_scores(m.astype(np.uint8), truth == STRUCTURE, thresholds=[0.5], mask=truth != IGNORE)["vrand"]
+             for m, truth in zip(mask, labels)]
+    return overlap, float(np.mean(vrand))
 
 
 def data(task: str, pool: list[int], scored: list[int], with_also: bool = True):
