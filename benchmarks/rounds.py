@@ -53,8 +53,8 @@ def score(checkpoint: Checkpoint, images, labels, device: str, cells: bool = Fal
     overlap = dice(mask, labels == STRUCTURE, mask=labels != IGNORE)
     if not cells:
         return overlap
-    vrand = [em_challenge_scores(m.astype(np.uint8), truth == STRUCTURE, thresholds=[0.5], mask=truth != IGNORE)["vrand"]
-             for m, truth in zip(mask, labels)]
+    vrand = [em_challenge_scores(m.astype(np.uint8), truth == STRUCTURE, thresholds=[0.5],
+                                 mask=truth != IGNORE)["vrand"] for m, truth in zip(mask, labels)]
     return overlap, float(np.mean(vrand))
 
 
