@@ -6,11 +6,12 @@ Every pair of the pool of benchmarks/rounds.py is "corrected" (ground truth copi
 the labels) and fine-tuned from the built-in model with the default recipe
 (`core.finetune`; other slices of the pool are its anchors). The model it ships is
 scored on the scored slices at its own threshold (F1 inside the FOV for photographs,
-membrane Dice for EM, and V_Rand of its cells, reported, not ranked on). By default on the choosing split (fundus: another camera's
-photographs, DRIVE test 01-10, scored on 11-14; EM: another lab's ISBI 8-19, scored on
-20-24): fine-tune and ranking choices may be made on it, never on the rounds benchmark's
-report split. Prints one row per pair (the folds' held-out Dice, the outcome, the
-threshold shipped, the change on the scored slices) and a summary of the kept ones.
+membrane Dice for EM, and the V_Rand of its cells beside it). By default on the
+choosing split (fundus: another camera's photographs, DRIVE test 01-10, scored on
+11-14; EM: another lab's ISBI 8-19, scored on 20-24): fine-tune and ranking choices may
+be made on it, never on the rounds benchmark's report split. Prints one row per pair
+(the folds' held-out Dice, the outcome, the threshold shipped, the change on the scored
+slices) and a summary of the kept ones.
 
 Then the first round of benchmarks/rounds.py without its sampling noise: for each
 ranking method of `core.uncertainty` (the default first), the pair it ranks first and
@@ -45,6 +46,18 @@ def first_pairs(pipeline: Pipeline, images: np.ndarray) -> dict[str, tuple[int, 
     return {m: tuple(sorted(suggest(pipeline, images, method=m).order[:PER_ROUND])) for m in methods}
 
 
+def compare(what: str, changes: dict, sample: list, total: int, firsts: dict, name) -> None:
+    """Print the mean of ``changes`` over the random ``sample`` of ``total`` pairs (the random
+    arm's first-round expectation) and each method's first pair against it."""
+    mean = np.mean([changes[pair] for pair in sample])
+    print(f"\n{what}, first round: mean change over {len(sample)} of {total} pairs {mean:+.4f} (the random arm's "
+          f"expectation{'' if len(sample) == total else ', estimated'})")
+    for method, pair in firsts.items():
+        better = sum(changes[other] > changes[pair] for other in sample)
+        print(f"{method:8s} first pair {[name(z) for z in pair]}: change {changes[pair]:+.4f} "
+              f"({changes[pair] - mean:+.4f} against the mean; {better} of {len(sample)} pairs gain more)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("fundus", "em"), default="fundus")
@@ -66,7 +79,7 @@ def main() -> None:
     np.random.default_rng(0).shuffle(others)
     sample = others[:args.pairs]  # random pairs: the mean over them is the random arm's expectation
     pairs = list(dict.fromkeys([*firsts.values(), *sample]))
-    rows, changes, cells = [], {}, {}  # changes of Dice (F1) and of V_Rand (EM; fundus: Dice again)
+    rows, changes, cells = [], {}, {}  # pair -> change of Dice (F1); of V_Rand (EM)
     for pair in pairs:
         tick = time.perf_counter()
         run = FineTune(start, images, labels, list(pair), options=FineTuneOptions(device=args.device))
@@ -76,11 +89,12 @@ def main() -> None:
         after = np.atleast_1d(score(Checkpoint(run.result.model, run.result.metadata, "tuned"), *scored,
                                     args.device, cells=not fundus))
         changes[pair] = float(after[0] - before[0])
-        cells[pair] = float(after[-1] - before[-1])
+        if not fundus:
+            cells[pair] = float(after[1] - before[1])
         rows.append({"pair": [name(pool_slices[z]) for z in pair], "outcome": report["outcome"],
                      "threshold": report["threshold"], "zoom": report.get("zoom", 1.0),
                      "folds": " ".join(f"{f['start_dice']:.3f}→{f['dice']:.3f}" for f in report["folds"]),
-                     "change": changes[pair], "V_Rand change": cells[pair] if not fundus else "-",
+                     "change": changes[pair], "V_Rand change": cells.get(pair, "-"),
                      "seconds": time.perf_counter() - tick})
         print(rows[-1], flush=True)
     print(f"{'F1' if fundus else 'Dice, V_Rand'} of the built-in model on {where}: "
@@ -93,20 +107,10 @@ def main() -> None:
               f"{int((kept < -0.005).sum())} worse by more than 0.005")
     if not sample:
         return
-    mean = np.mean([changes[pair] for pair in sample])
-    print(f"\nfirst round: mean change over {len(sample)} of {len(others)} pairs {mean:+.4f} (the random arm's "
-          f"expectation{'' if len(sample) == len(others) else ', estimated'})")
-    for method, pair in firsts.items():
-        better = sum(changes[other] > changes[pair] for other in sample)
-        print(f"{method:8s} first pair {[name(pool_slices[z]) for z in pair]}: change {changes[pair]:+.4f} "
-              f"({changes[pair] - mean:+.4f} against the mean; {better} of {len(sample)} pairs gain more)")
-    if not fundus:
-        mean = np.mean([cells[pair] for pair in sample])
-        print(f"V_Rand of the cells: mean change {mean:+.4f}")
-        for method, pair in firsts.items():
-            better = sum(cells[other] > cells[pair] for other in sample)
-            print(f"{method:8s} first pair: V_Rand change {cells[pair]:+.4f} ({better} of {len(sample)} pairs "
-                  f"gain more)")
+    pool_name = lambda z: name(pool_slices[z])  # noqa: E731
+    compare("F1" if fundus else "Dice", changes, sample, len(others), firsts, pool_name)
+    if cells:
+        compare("V_Rand of the cells", cells, sample, len(others), firsts, pool_name)
 
 
 if __name__ == "__main__":
