@@ -13,8 +13,9 @@ generalisation. The built-in model starts. Each round takes 2 slices of the pool
 default recipe from the previous round's model on every slice corrected so far, and
 re-predicts. Suggested: the 2 slices `core.uncertainty.suggest` ranks first;
 random: 2 random uncorrected slices (one run per seed). Scored after every round on
-slices no arm may pick, at the model's own threshold. Prints the table and writes
-docs/rounds_<task>.png.
+slices no arm may pick, at the model's own threshold; for EM also the mean V_Rand of the
+cells there, beside the Dice (the fine-tune chooses its settings by both; the target is
+on Dice). Prints the table and writes docs/rounds_<task>.png.
 
 ``--split choose`` runs the same rounds on slices choices may be made on (fundus: pool
 DRIVE test 01-10, scored on 11-14, as benchmarks/finetune_pairs.py; EM: pool ISBI 8-19,
@@ -75,14 +76,24 @@ def data(task: str, pool: list[int], scored: list[int], with_also: bool = True):
     return (images[pool], labels[pool]), (images[scored], labels[scored]), also
 
 
+def scores(model: Checkpoint, scored, also, device: str, cells: bool) -> dict:
+    """"dice" on the scored slices, "also" on the larger set (nan without it) and, with
+    ``cells`` (EM), "cells": the mean V_Rand on the scored slices."""
+    row = {"also": score(model, *also, device) if also else float("nan")}
+    if cells:
+        row["dice"], row["cells"] = score(model, *scored, device, cells=True)
+    else:
+        row["dice"] = score(model, *scored, device)
+    return row
+
+
 def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, device: str, seed: int | None,
-            names: list[int]) -> list[dict]:
-    """One sequence of rounds; ``seed`` None = the suggested slices."""
+            names: list[int], cells: bool = False) -> list[dict]:
+    """One sequence of rounds; ``seed`` None = the suggested slices; ``cells``: score V_Rand too."""
     images, labels = pool
     rng = np.random.default_rng(seed)
     model, corrected, rows = start, [], []
-    rows.append({"arm": name, "round": 0, "corrected": 0, "dice": score(model, *scored, device),
-                 "also": score(model, *also, device) if also else float("nan"), "seconds": 0.0})
+    rows.append({"arm": name, "round": 0, "corrected": 0, **scores(model, scored, also, device, cells), "seconds": 0.0})
     for r in range(1, rounds + 1):
         tick = time.perf_counter()
         if seed is None:
@@ -96,10 +107,10 @@ def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, devic
         for _event in run.run():
             pass
         model = Checkpoint(run.result.model, run.result.metadata, f"{name} round {r}")
+        seconds = time.perf_counter() - tick  # scoring not timed: no user waits for it
         rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [names[z] for z in chosen],
-                     "dice": score(model, *scored, device), "seconds": time.perf_counter() - tick,
+                     **scores(model, scored, also, device, cells), "seconds": seconds,
                      "outcome": run.result.report["outcome"]})
-        rows[-1]["also"] = score(model, *also, device) if also else float("nan")  # not timed: no user waits
         print(rows[-1], flush=True)
     return rows
 
@@ -150,11 +161,14 @@ def main() -> None:
     pool, scored, also = data(args.task, pool_slices, (CHOOSE_SCORED if choose else SCORED)[args.task], not choose)
     start = load_checkpoint("em-membranes" if args.task == "em" else "fundus-vessels")
     names = pool_slices if args.task == "em" else [z + 1 for z in pool_slices]  # ISBI 0-29, DRIVE 01-20
-    rows = run_arm("suggested", start, pool, scored, also, args.rounds, args.device, None, names)
+    cells = args.task == "em"
+    rows = run_arm("suggested", start, pool, scored, also, args.rounds, args.device, None, names, cells)
     for seed in args.seeds:
-        rows += run_arm(f"random {seed}", start, pool, scored, also, args.rounds, args.device, seed, names)
-    print(table(rows, ["arm", "round", "corrected", "picked", "dice", "also", "seconds", "outcome"]))
-    for key, what in (("dice", "scored slices"), ("also", "also scored"))[:1 if choose else 2]:
+        rows += run_arm(f"random {seed}", start, pool, scored, also, args.rounds, args.device, seed, names, cells)
+    print(table(rows, ["arm", "round", "corrected", "picked", "dice"] + ["cells"] * cells
+                + ["also", "seconds", "outcome"]))
+    summaries = [("dice", "scored slices")] + [("cells", "V_Rand of the cells, scored slices")] * cells
+    for key, what in summaries + [("also", "also scored")] * (not choose):
         random_mean = {k: np.mean([r[key] for r in rows if r["arm"] != "suggested" and r["round"] == k])
                        for k in range(args.rounds + 1)}
         suggested = {r["round"]: r[key] for r in rows if r["arm"] == "suggested"}
