@@ -36,6 +36,7 @@ from rounds import CHOOSE_POOLS, CHOOSE_SCORED, PER_ROUND, POOLS, SCORED, data, 
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import FineTune, FineTuneOptions
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.uncertainty import METHODS, default_method, suggest
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     where = f"{'photographs' if fundus else 'ISBI'} {name(scored_slices[0])}-{name(scored_slices[-1])}"
     start = load_checkpoint("fundus-vessels" if fundus else "em-membranes")
     before = np.atleast_1d(score(start, *scored, args.device, cells=not fundus))  # (Dice,) or (Dice, V_Rand)
-    firsts = first_pairs(Pipeline(start, device=args.device), images)
+    firsts = first_pairs(Pipeline(start, PredictSettings(device=args.device)), images)
     print({method: [name(pool_slices[z]) for z in pair] for method, pair in firsts.items()}, flush=True)
     others = list(itertools.combinations(range(len(images)), 2))
     np.random.default_rng(0).shuffle(others)

@@ -31,6 +31,7 @@ from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.metrics import dice, em_challenge_scores
 
 from napari_unet.core.pipeline import RESAMPLE_SKIP, Pipeline
+from napari_unet.core.settings import PredictSettings
 
 SPLITS = {"validation 22-24": [22, 23, 24], "held-out 25-29": ISBI_VAL}
 CHOOSE_ON = "validation 22-24"
@@ -39,13 +40,14 @@ COLUMNS = ["r", "pixel (nm)", "side", "dice as-is", "dice resampled", "gain", "v
 
 def predict_as_is(checkpoint, images: np.ndarray, device: str = "auto") -> np.ndarray:
     """The slices as they are (no pixel size given)."""
-    return Pipeline(checkpoint, device=device).probabilities(images)
+    return Pipeline(checkpoint, PredictSettings(device=device)).probabilities(images)
 
 
 def predict_resampled(checkpoint, images: np.ndarray, pixel_size: float, device: str = "auto") -> np.ndarray:
     """Resample to the model's pixel size, predict, resample back: always, whatever the
-    ratio (the pipeline's skip band switched off)."""
-    return Pipeline(checkpoint, device=device, pixel_size=pixel_size, resample_skip=(1.0, 1.0)).probabilities(images)
+    ratio (the pipeline's skip band bypassed: the ratio is given as the zoom)."""
+    zoom = pixel_size / checkpoint.info.pixel_size_nm[0]
+    return Pipeline(checkpoint, PredictSettings(device=device), zoom=zoom).probabilities(images)
 
 
 def simulate(data, slices: list[int], ratio: float) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from napari_unet.core.finetune import FineTune, FineTuneOptions
 from napari_unet.core.labels import IGNORE, STRUCTURE
 from napari_unet.core.metrics import dice, em_challenge_scores
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.uncertainty import suggest
 
 POOLS = {"em": list(range(8, 25)), "fundus": list(range(0, 14))}
@@ -50,7 +51,7 @@ PER_ROUND = 2
 def score(checkpoint: Checkpoint, images, labels, device: str, cells: bool = False):
     """Dice (F1) of the mask at the model's threshold, over labelled pixels (fundus: the FOV);
     with ``cells``, (Dice, mean V_Rand of the cells per slice after border thinning)."""
-    mask = Pipeline(checkpoint, device=device).run(images).mask.astype(bool)
+    mask = Pipeline(checkpoint, PredictSettings(device=device)).run(images).mask.astype(bool)
     overlap = dice(mask, labels == STRUCTURE, mask=labels != IGNORE)
     if not cells:
         return overlap
@@ -97,7 +98,7 @@ def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, devic
     for r in range(1, rounds + 1):
         tick = time.perf_counter()
         if seed is None:
-            chosen = suggest(Pipeline(model, device=device), images, corrected).order[:PER_ROUND]
+            chosen = suggest(Pipeline(model, PredictSettings(device=device)), images, corrected).order[:PER_ROUND]
         else:
             left = [z for z in range(len(images)) if z not in corrected]
             chosen = [int(z) for z in rng.choice(left, PER_ROUND, replace=False)]

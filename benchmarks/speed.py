@@ -38,6 +38,7 @@ from _common import CLI_RUN, ROOT, drive, isbi, table
 from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import TilePredictor, describe_device, inference_dtype, resolve_device
 
 
@@ -85,7 +86,7 @@ def classic_loop(model: torch.nn.Module, slices: np.ndarray, device) -> float:
 
 def pipeline_seconds(checkpoint: Checkpoint, slices: np.ndarray, device, compile_model: bool = False) -> float:
     """Seconds for `Pipeline.run` on the slices (after one warm-up slice)."""
-    pipeline = Pipeline(checkpoint, device=device)
+    pipeline = Pipeline(checkpoint, PredictSettings(device=device))
     if compile_model:
         pipeline.predictor = TilePredictor(checkpoint.model, device, compile=True)
     images = slices[..., None]

@@ -33,6 +33,7 @@ from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.labels import IGNORE, STRUCTURE
 from napari_unet.core.metrics import dice, fundus_scores
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.uncertainty import DEFAULT_METHODS, METHODS, SCALE_ZOOM, slice_uncertainty
 
 EM_SIDE = 304  # every EM variant is cut to this (the x0.6 one is 307 px)
@@ -110,8 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     em = isbi()
-    em_pipeline = Pipeline(load_checkpoint("em-membranes"), device=args.device)
-    fundus_pipeline = Pipeline(load_checkpoint("fundus-vessels"), device=args.device)
+    em_pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device=args.device))
+    fundus_pipeline = Pipeline(load_checkpoint("fundus-vessels"), PredictSettings(device=args.device))
     train, test = drive("training"), drive("test")
 
     def em_stack(slices):

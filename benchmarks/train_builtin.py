@@ -25,6 +25,7 @@ from napari_unet.core.data import Augmentation, apply_fov, data_hash, normalize
 from napari_unet.core.fov import fundus_reference
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import describe_device, resolve_device
 from napari_unet.core.train import TrainConfig, TrainingData, train
 
@@ -84,7 +85,7 @@ def standardised_photographs(metadata: dict, name: str, raw: np.ndarray, labels:
 
     # Preparation reads only the description: any 3-channel model stands in for the one to train.
     stand_in = UNet(UNetConfig(in_channels=3, base_width=4, depth=2))
-    pipeline = Pipeline(Checkpoint(stand_in, metadata, name), device="cpu")
+    pipeline = Pipeline(Checkpoint(stand_in, metadata, name), PredictSettings(device="cpu"))
     fovs = [pipeline.found_fov(image) for image in raw]
     zoom = float(np.median([pipeline.fundus_zoom(fov) for fov in fovs]))
     images = np.stack([pipeline.prepare(image, fov, zoom=zoom).image for image, fov in zip(raw, fovs)])
@@ -100,7 +101,7 @@ def em_threshold(checkpoint, data: Path) -> float:
 
     stack = isbi(data)
     val = RECIPES["em-membranes"]["val_slices"]
-    prob = Pipeline(checkpoint, device="cpu").probabilities(stack.images[val])
+    prob = Pipeline(checkpoint, PredictSettings(device="cpu")).probabilities(stack.images[val])
     truth = stack.labels[val] == 1
     candidates = np.round(np.arange(0.3, 0.71, 0.05), 2)
     return float(max(candidates, key=lambda t: dice(prob > t, truth)))

@@ -299,6 +299,7 @@ def _pipeline(args, checkpoint, volume, instances: bool = False):
         volume: (Z, Y, X, C) array-like: the input, for ``--levels volume``.
     """
     from .core.pipeline import Pipeline
+    from .core.settings import PredictSettings
     from .core.volume import pixel_size_of, volume_levels
 
     pixel_size = args.pixel_size
@@ -309,9 +310,7 @@ def _pipeline(args, checkpoint, volume, instances: bool = False):
                   "(--pixel-size overrides it)", file=sys.stderr)
     levels = volume_levels(volume, checkpoint.normalization) if args.levels == "volume" else None
     fov = args.fov if args.fov in ("auto", "none") else "auto"  # a mask file is given to `run`
-    pipeline = Pipeline(checkpoint, device=args.device, tile=args.tile, overlap=args.overlap,
-                        batch_size=args.batch_size, pixel_size=pixel_size, fov=fov, threshold=args.threshold,
-                        instances=instances, levels=levels)
+    pipeline = Pipeline(checkpoint, PredictSettings(device=args.device, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, pixel_size=pixel_size, fov=fov, threshold=args.threshold, instances=instances, levels=levels))
     if instances and pipeline.uses_fov:
         raise UsageError("--instances is for grey (EM) images: cells of vessels are not defined.")
     return pipeline

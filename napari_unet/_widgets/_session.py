@@ -14,6 +14,7 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 
 from ..core.checkpoint import Checkpoint
+from ..core.settings import PredictSettings
 from ..core.corrections import CorrectionStore, VolumeState, corrections_folder, save_volume_state
 from ._layers import layer_uid, plugin_meta
 from ._montage import region_of, save_region
@@ -233,7 +234,8 @@ class Session:
         # Predict's last choices: tile, overlap, pixel_size, threshold, device, and the model
         # they were made with. The fine-tune re-predicts with its tile and overlap (keeping its
         # own threshold); Correct ranks slices by predicting as Predict did.
-        self.predict_settings: dict = {}
+        self.predict_settings: PredictSettings | None = None
+        self.predicted_with: Checkpoint | None = None  # the model of the last Predict
         self.fine_tuned: Checkpoint | None = None
         self.fine_tuned_path: Path | None = None
         self.corrections_dir: Path | None = None  # None = beside the image

@@ -17,6 +17,7 @@ from ..core.checkpoint import Checkpoint
 from ..core.corrections import ignore_unedited
 from ..core.labels import IGNORE, STRUCTURE
 from ..core.pipeline import Pipeline
+from ..core.settings import PredictSettings
 from ..core.predict import PredictionCancelled
 from ..core.regions import CHUNK, region_chunks
 from ..core.uncertainty import pixel_uncertainty, rank, suggest
@@ -305,12 +306,12 @@ class CorrectWidget(Container):
         return images[0]
 
     def _pipeline(self, checkpoint: Checkpoint) -> Pipeline:
-        """Predict as Predict did: its tile, overlap, pixel size and device; its threshold
-        when it predicted with this model (a fine-tuned model brings its own)."""
-        settings = self.session.predict_settings
-        threshold = settings.get("threshold") if settings.get("model") is checkpoint else None
-        return Pipeline(checkpoint, device=settings.get("device", "auto"), tile=settings.get("tile"),
-                        overlap=settings.get("overlap", 0.25), pixel_size=settings.get("pixel_size"), threshold=threshold)
+        """Predict as Predict did (its `PredictSettings`), with its threshold only when it
+        predicted with this model (a fine-tuned model brings its own)."""
+        settings = self.session.predict_settings or PredictSettings()
+        if self.session.predicted_with is not checkpoint:
+            settings = settings.but(threshold=None)
+        return Pipeline(checkpoint, settings.but(instances=False))
 
     def rank_slices(self) -> BackgroundJob | None:
         """Rank the slices of the chosen Labels layer's image by the uncertainty of the

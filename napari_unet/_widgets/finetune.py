@@ -23,6 +23,7 @@ from ..core.finetune import (
 )
 from ..core.labels import labels_from_array, labels_note
 from ..core.pipeline import Pipeline
+from ..core.settings import PredictSettings
 from ..core.regions import CHUNK, CONTEXT, fine_tune_on_chunks, region_chunks
 from ..core.predict import describe_device, resolve_device
 from ._jobs import BackgroundJob
@@ -160,7 +161,7 @@ class FineTuneWidget(Container):
             updates = changed = None
             if uncorrected and report["kept"]:  # as Predict would predict them
                 fov = None if given_fov is None else given_fov[uncorrected]
-                predicting = Pipeline(tuned, device=device, tile=options.tile, overlap=options.overlap)
+                predicting = Pipeline(tuned, PredictSettings(device=device, tile=options.tile, overlap=options.overlap))
                 mask = predicting.run(stack[uncorrected], fov, cancel=lambda: state.abandoned).mask
                 updates = slice_updates(labels, mask, uncorrected)
                 changed = np.zeros(labels.shape, np.uint8)  # shown in yellow
@@ -195,7 +196,7 @@ class FineTuneWidget(Container):
         device = resolve_device(self.device.value)
         settings = self.session.predict_settings
         options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
-                                  **{key: settings[key] for key in ("tile", "overlap") if key in settings})
+                                  **({} if settings is None else {"tile": settings.tile, "overlap": settings.overlap}))
         return checkpoint, start_name, device, options
 
     def _save_before_training(self, tracker, corrections_dir) -> None:

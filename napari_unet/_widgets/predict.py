@@ -26,6 +26,7 @@ from ..core.data import data_hash, parse_slices
 from ..core.finetune import describe_history
 from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.pipeline import Pipeline
+from ..core.settings import PredictSettings
 from ..core.predict import PredictionCancelled, describe_device, resolve_device
 from ..core.stream import VolumeOutputs, predict_volume
 from ..core.volume import create_output
@@ -202,16 +203,18 @@ class PredictWidget(Container):
         return load_checkpoint(choice), choice
 
     def pipeline(self, checkpoint: Checkpoint, device, instances: bool = False) -> Pipeline:
-        """The prediction `Pipeline` of this widget's choices; the tile and overlap are
-        remembered in the session, so the fine-tune re-predicts the same way.
+        """The prediction `Pipeline` of this widget's choices; its `PredictSettings` are
+        remembered in the session, so Correct and the fine-tune predict the same way.
 
         Raises:
             ValueError: a choice that cannot work (e.g. an absurd pixel size), said for the user.
         """
-        settings = {"tile": self.tile.value or None, "overlap": self.overlap.value,
-                    "pixel_size": self.pixel_size.value or None, "threshold": self.threshold.value}
-        self.session.predict_settings = {**settings, "device": str(device), "model": checkpoint}
-        return Pipeline(checkpoint, device=device, instances=instances, **settings)
+        settings = PredictSettings(model=str(self.model.value), device=str(device), tile=self.tile.value or None,
+                                   overlap=self.overlap.value, pixel_size=self.pixel_size.value or None,
+                                   threshold=self.threshold.value, instances=instances)
+        pipeline = Pipeline(checkpoint, settings)
+        self.session.predict_settings, self.session.predicted_with = settings, checkpoint
+        return pipeline
 
     def _run_clicked(self) -> None:
         if self.job is not None and self.job.running:

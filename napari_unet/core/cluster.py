@@ -40,6 +40,7 @@ from .blocks import refuse_whole
 from .checkpoint import Checkpoint
 from .data import DataError
 from .pipeline import Pipeline
+from .settings import PredictSettings
 from .volume import create_output, open_volume
 
 try:
@@ -103,10 +104,7 @@ def _worker_pipeline(model: str, settings: dict, levels, instances: bool = False
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
     blocks.BLOCK, blocks.BLOCK_LIMIT = settings["block_sizes"]
-    return Pipeline(get_worker().plugins[model].checkpoint, device="cpu" if settings["cpu"] else "auto",
-                    tile=settings["tile"], overlap=settings["overlap"], batch_size=settings["batch_size"],
-                    pixel_size=settings["pixel_size"], fov=settings["fov"], threshold=settings["threshold"],
-                    instances=instances, levels=levels)
+    return Pipeline(get_worker().plugins[model].checkpoint, PredictSettings(device="cpu" if settings["cpu"] else "auto", tile=settings["tile"], overlap=settings["overlap"], batch_size=settings["batch_size"], pixel_size=settings["pixel_size"], fov=settings["fov"], threshold=settings["threshold"], instances=instances, levels=levels))
 
 
 def _montage_levels(model: str, source: str, z: int, settings: dict) -> list | None:
@@ -221,7 +219,7 @@ def predict_on_cluster(
                 "batch_size": batch_size, "fov": fov, "threads": threads, "cpu": cpu,
                 "block_sizes": [blocks.BLOCK, blocks.BLOCK_LIMIT]}
     # Montage slices go to the workers block by block, each block whole chunks of the stores.
-    probe = Pipeline(checkpoint, device="cpu", tile=tile, overlap=overlap, pixel_size=pixel_size, fov=fov)
+    probe = Pipeline(checkpoint, PredictSettings(device="cpu", tile=tile, overlap=overlap, pixel_size=pixel_size, fov=fov))
     refuse_whole(probe, shape[1:3])
     edge = blocks.prediction_edge(probe, shape[1:3]) if blocks.in_blocks(probe, shape[1:3]) else None
     job = _job(checkpoint, source, shape, levels, {k: v for k, v in settings.items() if k not in ("threads", "cpu")})

@@ -35,6 +35,7 @@ from .checkpoint import Checkpoint
 from .description import ModelDescription
 from .files import BUILTIN_DIR, BUILTIN_MODELS
 from .pipeline import Pipeline
+from .settings import PredictSettings
 
 TEST_SIZE = 256  # test image edge (cropped from the sample); bioimage.io runs it at once
 MIN_SIZE = 64  # smallest input edge declared in the package
@@ -50,7 +51,7 @@ def as_packaged(checkpoint: Checkpoint, size: int) -> Pipeline:
     info.test_time_flips, info.output_shift_px, info.fundus_reference = (), (0.0, 0.0), None
     info.tile_size, info.tile_margin = size, 0
     described = Checkpoint(checkpoint.model, info.to_metadata(), checkpoint.source)
-    return Pipeline(described, device="cpu", precision="float32", overlap=0.0, fov="none")
+    return Pipeline(described, PredictSettings(device="cpu", precision="float32", overlap=0.0, fov="none"))
 
 
 def centre_crop(image: np.ndarray, multiple: int) -> np.ndarray:

@@ -57,6 +57,7 @@ from .labels import IGNORE, STRUCTURE
 from .metrics import cl_dice, dice, em_challenge_scores
 from .model import UNet
 from .pipeline import Pipeline
+from .settings import PredictSettings
 from .predict import resolve_device
 from .train import TrainEvent, TrainingData, fine_tune_recipe, train
 
@@ -361,9 +362,7 @@ class FineTune:
         """How Predict would predict with ``model`` (the starting model's description:
         normalisation, flips, output shift; the user's tile, overlap and FOV), at ``zoom``
         (default the one in use); ``tile`` overrides the tile edge."""
-        return Pipeline(self.start, device=self.device, tile=tile or self.options.tile, overlap=self.options.overlap,
-                        fov=self.options.fov, levels=self.options.levels, model=model,
-                        zoom=self.zoom if zoom is None else zoom)
+        return Pipeline(self.start, PredictSettings(device=self.device, tile=tile or self.options.tile, overlap=self.options.overlap, fov=self.options.fov, levels=self.options.levels), model=model, zoom=self.zoom if zoom is None else zoom)
 
     def _photo_zoom(self) -> float | None:
         """Photographs: the one zoom all slices are prepared at (the corrected ones' median),

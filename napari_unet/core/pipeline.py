@@ -27,6 +27,7 @@ from .calibration import shift_output
 from .checkpoint import Checkpoint
 from .data import DataError, check_images, normalize
 from .description import ModelDescription
+from .settings import PredictSettings
 from .predict import (
     FLIP_AXES,
     GROUP_BYTES,
@@ -44,8 +45,6 @@ RESAMPLE_SKIP = (0.95, 1.15)
 PIXEL_RATIO_LIMITS = (0.1, 10.0)
 #: A fundus photograph within this much of the training FOV diameter is not resampled.
 FUNDUS_ZOOM_TOLERANCE = 0.05
-
-FOV_MODES = ("auto", "none")
 
 
 @dataclass
@@ -91,62 +90,35 @@ class Pipeline:
 
     Args:
         checkpoint: the model and its description.
-        device, precision: see `core.predict.resolve_device` / `inference_dtype`.
-        tile: tile edge (default: the model's), rounded up to a multiple of 2**depth.
-        overlap, batch_size, blend: see `core.predict.sliding_window`.
-        pixel_size: the images' pixel size in nm (EM); None = predict as they are.
-        fov: fundus: "auto" (found in each photograph) or "none" (no field of view:
-            predicted and scored everywhere). A mask given to `run` wins over both.
-        threshold: mask threshold (default: the model's).
-        instances: also label cells (EM).
-        levels: (low, high), each (C,): the same intensities for every slice (a
-            volume's, `core.volume.volume_levels`); default each slice's percentiles.
-        resample_skip: see `RESAMPLE_SKIP` (benchmarks force resampling with (1, 1)).
-        zoom: without a pixel size, resample the slices by this (both axes) and back;
-            default the model's ``input_zoom`` (a fine-tune found it), else as they are.
+        settings: the user's choices (`core.settings.PredictSettings`); default all defaults.
         model: predict with these weights instead of the checkpoint's (a fine-tune's
             candidate), everything else as the checkpoint describes.
+        zoom: without a pixel size, resample the slices by this (both axes) and back;
+            default the model's ``input_zoom`` (a fine-tune found it), else as they are.
 
     Raises:
         ValueError / DataError: a choice that cannot work, with what to change.
     """
 
-    def __init__(
-        self,
-        checkpoint: Checkpoint,
-        device: str | torch.device = "auto",
-        tile: int | None = None,
-        overlap: float = 0.25,
-        batch_size: int | None = None,
-        blend: str = "gaussian",
-        precision: str = "auto",
-        pixel_size: float | None = None,
-        fov: str = "auto",
-        threshold: float | None = None,
-        instances: bool = False,
-        levels: tuple[np.ndarray, np.ndarray] | None = None,
-        resample_skip: tuple[float, float] = RESAMPLE_SKIP,
-        model: torch.nn.Module | None = None,
-        zoom: float | None = None,
-    ) -> None:
+    def __init__(self, checkpoint: Checkpoint, settings: PredictSettings | None = None, *,
+                 model: torch.nn.Module | None = None, zoom: float | None = None) -> None:
+        settings = settings or PredictSettings()
         self.checkpoint = checkpoint
+        self.settings = settings
         self.info: ModelDescription = checkpoint.info
-        if fov not in FOV_MODES:
-            raise ValueError(f"fov={fov!r}: choose 'auto', 'none' or give a mask.")
-        self.threshold = self.info.threshold if threshold is None else float(threshold)
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold={self.threshold}: choose a value between 0 and 1.")
-        self.fov_mode = fov
-        self.instances = instances
-        self.levels = levels
-        self.overlap, self.blend, self.batch_size = overlap, blend, batch_size
-        self.predictor = TilePredictor(model if model is not None else checkpoint.model, device, precision)
+        self.threshold = self.info.threshold if settings.threshold is None else float(settings.threshold)
+        self.fov_mode = settings.fov
+        self.instances = settings.instances
+        self.levels = settings.levels
+        self.overlap, self.blend, self.batch_size = settings.overlap, settings.blend, settings.batch_size
+        self.predictor = TilePredictor(model if model is not None else checkpoint.model, settings.device,
+                                       settings.precision)
         self.device = self.predictor.device
         multiple = checkpoint.config.size_multiple
-        wanted = int(tile or self.info.tile_size)
+        wanted = int(settings.tile or self.info.tile_size)
         self.tile = max(multiple, math.ceil(wanted / multiple) * multiple)
-        self.pixel_size = pixel_size
-        self.scale, self.scale_note = self._pixel_scale(pixel_size, resample_skip, zoom)
+        self.pixel_size = settings.pixel_size
+        self.scale, self.scale_note = self._pixel_scale(settings.pixel_size, zoom)
 
     # ------------------------------------------------------------------ prepare
 
@@ -159,8 +131,7 @@ class Pipeline:
     def uses_fov(self) -> bool:
         return self.checkpoint.config.in_channels == 3
 
-    def _pixel_scale(self, pixel_size: float | None, skip: tuple[float, float],
-                     zoom: float | None) -> tuple[tuple | None, str]:
+    def _pixel_scale(self, pixel_size: float | None, zoom: float | None) -> tuple[tuple | None, str]:
         """(y, x) zoom from the data's pixel size to the model's (or the fine-tune's zoom),
         or None, and a note."""
         trained_at = self.info.pixel_size_nm
@@ -178,7 +149,7 @@ class Pipeline:
                 f"Pixel size {pixel_size:g} nm is {ratios[0]:.3g} times the model's ({trained_at[0]:g} nm): "
                 f"resampling that far would make nonsense. Check the unit (nm, not µm or Å); this model takes "
                 f"{low * trained_at[0]:g}-{high * trained_at[0]:g} nm, or leave the pixel size empty.")
-        if all(skip[0] <= r <= skip[1] for r in ratios):
+        if all(RESAMPLE_SKIP[0] <= r <= RESAMPLE_SKIP[1] for r in ratios):
             note = (f"Pixel size {pixel_size:g} nm is close to the model's {trained_at[0]:g} nm: predicted without "
                     "resampling (it would cost more than it gains).") if any(abs(r - 1) > 1e-6 for r in ratios) else ""
             return None, note
@@ -394,11 +365,11 @@ class Pipeline:
 
 def predict(checkpoint: Checkpoint, images: np.ndarray, fov: np.ndarray | str | None = None,
             progress: ProgressCallback | None = None, **options) -> PipelineResult:
-    """``Pipeline(checkpoint, **options).run(images, fov, progress)``: one call for scripts
-    and tests; ``fov`` is a mask, or "auto" / "none" (see `Pipeline`)."""
+    """``Pipeline(checkpoint, PredictSettings(**options)).run(images, fov, progress)``: one
+    call for scripts and tests; ``fov`` is a mask, or "auto" / "none" (see `PredictSettings`)."""
     if isinstance(fov, str):
         options["fov"], fov = fov, None
-    return Pipeline(checkpoint, **options).run(images, fov, progress)
+    return Pipeline(checkpoint, PredictSettings(**options)).run(images, fov, progress)
 
 
 def channel_message(got: int, expected: int) -> str:

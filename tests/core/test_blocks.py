@@ -18,6 +18,7 @@ from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_check
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import PredictionCancelled
 from napari_unet.core.stream import VolumeOutputs, predict_volume
 from napari_unet.core.volume import open_volume
@@ -84,8 +85,8 @@ def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, m
     checkpoint = load_checkpoint(model) if model == "em-membranes" else _tiny(model.split("-")[1])
     threshold = None
     if model != "em-membranes":  # a random model's probabilities hover near 0.5: a mask of a quarter
-        threshold = float(np.quantile(Pipeline(checkpoint, device="cpu").run(montage).probabilities, 0.75))
-    pipeline = Pipeline(checkpoint, device="cpu", instances=True, threshold=threshold)
+        threshold = float(np.quantile(Pipeline(checkpoint, PredictSettings(device="cpu")).run(montage).probabilities, 0.75))
+    pipeline = Pipeline(checkpoint, PredictSettings(device="cpu", instances=True, threshold=threshold))
     assert blocks.in_blocks(pipeline, montage.shape[1:3])
     whole = pipeline.run(montage)
     pipeline.predictor = _Counting(pipeline.predictor)
@@ -106,7 +107,7 @@ def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, m
 
 def test_the_cells_of_the_next_slice_follow_on(montage, small_blocks):
     stack = np.concatenate([montage, montage[:, ::-1]])
-    outputs, report = _streamed(Pipeline(_tiny("components"), device="cpu", instances=True), stack)
+    outputs, report = _streamed(Pipeline(_tiny("components"), PredictSettings(device="cpu", instances=True)), stack)
     first, second = (set(np.unique(outputs.instances[z])) - {0} for z in (0, 1))
     assert max(first) == report.cells[0] == len(first) and min(second) == report.cells[0] + 1
     assert len(second) == report.cells[1]
@@ -134,7 +135,7 @@ def test_levels_of_float_slices_come_from_a_sample(small_blocks, monkeypatch):
 
 def test_a_slice_with_one_value_is_left_empty_and_cancel_keeps_the_blocks_done(montage, small_blocks):
     stack = np.concatenate([np.full_like(montage, 9), montage])
-    pipeline = Pipeline(_tiny("components"), device="cpu", instances=True)
+    pipeline = Pipeline(_tiny("components"), PredictSettings(device="cpu", instances=True))
     with pytest.raises(DataError, match="same value"):
         blocks.slice_levels(stack[0], pipeline.info.normalization)
     outputs = VolumeOutputs(np.full(stack.shape[:3], 7, np.uint8), instances=np.full(stack.shape[:3], 7, np.uint32))
@@ -164,7 +165,7 @@ def test_the_cli_predicts_a_large_slice_in_blocks_into_a_tif(montage, small_bloc
     assert volume_module.is_volume_path(tmp_path / "montage.tif")
     assert main(["predict", str(tmp_path / "montage.tif"), "--out", str(tmp_path / "mask.tif"),
                  "--instances", str(tmp_path / "cells.zarr"), "--model", "em-membranes"]) == 0
-    whole = Pipeline(load_checkpoint("em-membranes"), instances=True).run(montage)
+    whole = Pipeline(load_checkpoint("em-membranes"), PredictSettings(instances=True)).run(montage)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tif").reshape(montage.shape[1:3]), whole.mask[0])
     assert _same_partition(zarr.open_array(str(tmp_path / "cells.zarr"), mode="r")[0], whole.cells[0])
 
@@ -182,6 +183,7 @@ def _peak_growth(tmp_path, model_path: str, size: int) -> float:
         import napari_unet.core.blocks as blocks
         from napari_unet.core.checkpoint import load_checkpoint
         from napari_unet.core.pipeline import Pipeline
+        from napari_unet.core.settings import PredictSettings
         from napari_unet.core.stream import VolumeOutputs, predict_volume
         from napari_unet.core.volume import create_output, open_volume
         blocks.BLOCK, blocks.BLOCK_LIMIT = 512, 2 * 512 * 512
@@ -190,7 +192,7 @@ def _peak_growth(tmp_path, model_path: str, size: int) -> float:
         def status(key):  # this process's own figures (ru_maxrss would count the parent's)
             return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
         before = status("VmHWM:")
-        report = predict_volume(Pipeline(load_checkpoint({model_path!r}), device="cpu", tile=256), volume.data,
+        report = predict_volume(Pipeline(load_checkpoint({model_path!r}), PredictSettings(device="cpu", tile=256)), volume.data,
                                 VolumeOutputs(out))
         print(json.dumps({{"grew_mb": (status("VmHWM:") - before) / 2**20, "done": len(report.done)}}))
     """)
@@ -233,7 +235,7 @@ def test_a_montage_is_ranked_block_by_block_as_whole(montage, small_blocks, monk
     from napari_unet.core.uncertainty import suggest
 
     stack = np.concatenate([montage, montage[:, ::-1], np.zeros_like(montage)])
-    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
+    pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu"))
     in_blocks = suggest(pipeline, stack, corrected=[1])
     monkeypatch.setattr(blocks, "BLOCK_LIMIT", float("inf"))
     whole = suggest(pipeline, stack, corrected=[1], method="margin")
@@ -250,17 +252,17 @@ def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read(m
     import dask.array as da
 
     montage = da.zeros((1, 40000, 40000, 1), dtype=np.uint8, chunks=(1, 2048, 2048, 1))
-    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu", pixel_size=8.0)
+    pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu", pixel_size=8.0))
     outputs = VolumeOutputs(np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(DataError, match="resample the montage to the model's pixel size"):
         predict_volume(pipeline, montage, outputs)
-    assert blocks.in_blocks(Pipeline(load_checkpoint("em-membranes"), device="cpu"), (40000, 40000))
+    assert blocks.in_blocks(Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu")), (40000, 40000))
     # A model re-scaled by a fine-tune on other images (no pixel size of its own) says so.
     builtin = load_checkpoint("em-membranes")
     metadata = {k: v for k, v in builtin.metadata.items() if k != "pixel_size_nm"}
     tuned = Checkpoint(builtin.model, dict(metadata, input_zoom=0.79), "tuned")
     with pytest.raises(DataError, match="resamples them by 0.79"):
-        predict_volume(Pipeline(tuned, device="cpu"), montage, outputs)
+        predict_volume(Pipeline(tuned, PredictSettings(device="cpu")), montage, outputs)
 
 
 def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from napari_unet.core.checkpoint import load_checkpoint  # noqa: E402
 from napari_unet.core.cluster import predict_on_cluster, record_folder  # noqa: E402
 from napari_unet.core.data import DataError  # noqa: E402
 from napari_unet.core.pipeline import Pipeline  # noqa: E402
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.stream import VolumeOutputs, predict_volume  # noqa: E402
 from napari_unet.core.volume import open_volume  # noqa: E402
 
@@ -50,7 +51,7 @@ def single_process_outputs(volume):
     try:
         outputs = VolumeOutputs(np.zeros((8, 256, 256), np.uint8), np.zeros((8, 256, 256), np.float32),
                                 np.zeros((8, 256, 256), np.uint32))
-        pipeline = Pipeline(model, threshold=0.55, instances=True, device="cpu")
+        pipeline = Pipeline(model, PredictSettings(threshold=0.55, instances=True, device="cpu"))
         predict_volume(pipeline, open_volume(volume).data, outputs)
     finally:
         torch.set_num_threads(threads)
@@ -152,7 +153,7 @@ def test_a_montage_slice_is_spread_over_the_workers_block_by_block(client, isbi_
     try:
         expected = VolumeOutputs(np.zeros(montage.shape, np.uint8), np.zeros(montage.shape, np.float32),
                                  np.zeros(montage.shape, np.uint32))
-        predict_volume(Pipeline(load_checkpoint("em-membranes"), threshold=0.55, instances=True, device="cpu"),
+        predict_volume(Pipeline(load_checkpoint("em-membranes"), PredictSettings(threshold=0.55, instances=True, device="cpu")),
                        open_volume(path).data, expected)
     finally:
         torch.set_num_threads(threads)

@@ -25,6 +25,7 @@ from napari_unet.core.labels import IGNORE
 from napari_unet.core.metrics import dice
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.train import TrainConfig, TrainingData, _CropCentres, _sample_batch, train
 
 # Quick on a CPU; plain loss weights, so a small model learns within a few steps.
@@ -235,7 +236,7 @@ def test_a_stack_at_another_scale_is_rescaled_once_the_held_out_slices_confirm_i
     assert run.result.metadata["input_zoom"] == calibration["zoom"] and "pixel_size_nm" not in run.result.metadata
     assert describe_outcome(report).startswith("Re-scaled: your slices are shown to the model at")
     tuned = Checkpoint(run.result.model, run.result.metadata, "tuned")
-    pipeline = Pipeline(tuned, device="cpu")
+    pipeline = Pipeline(tuned, PredictSettings(device="cpu"))
     assert pipeline.scale == (calibration["zoom"],) * 2 and "fine-tuning found" in pipeline.scale_note
     shown = predict(tuned, images, device="cpu").mask
     assert dice(shown, labels == 1) > dice(predict(builtin, images, device="cpu").mask, labels == 1)
@@ -328,7 +329,7 @@ def test_uncorrected_slices_are_learnt_as_the_starting_model_showed_them(isbi_st
     assert run.anchored == [0, 2, 4]
     assert run._prepare_anchors() == [0, 2, 4]
     _images, taught = run.anchors
-    probability = Pipeline(builtin, device="cpu").probabilities(images[[0, 2, 4]])
+    probability = Pipeline(builtin, PredictSettings(device="cpu")).probabilities(images[[0, 2, 4]])
     np.testing.assert_array_equal(taught, probability > builtin.info.threshold)
     data = run._training_data(run.folds[0], run._edits())
     assert data.train_slices == [1, 2, 3, 4]  # fold 1 learns corrected slice 3, then the anchors

@@ -10,6 +10,7 @@ from napari_unet.core.data import DataError, read_mask, read_stack
 from napari_unet.core.description import ModelDescription
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import RESAMPLE_SKIP, Pipeline, predict
+from napari_unet.core.settings import PredictSettings
 
 
 def _tiny(channels=1, **meta):
@@ -21,7 +22,7 @@ def _tiny(channels=1, **meta):
 def test_the_stages_give_what_run_gives():
     """prepare -> infer -> restore -> finish by hand is `run`: no stage is done elsewhere."""
     images = np.random.default_rng(0).integers(0, 255, (2, 70, 90, 1), dtype=np.uint8)
-    pipeline = Pipeline(_tiny(), device="cpu", threshold=0.4, instances=True)
+    pipeline = Pipeline(_tiny(), PredictSettings(device="cpu", threshold=0.4, instances=True))
     result = pipeline.run(images)
     by_hand = []
     for image in images:
@@ -40,20 +41,18 @@ def test_an_absurd_pixel_size_is_refused_with_its_value():
     model = _tiny(pixel_size_nm=[4.0, 4.0])
     for wrong in (0.01, 90_000.0):
         with pytest.raises(DataError, match=f"Pixel size {wrong:g} nm"):
-            Pipeline(model, device="cpu", pixel_size=wrong)
+            Pipeline(model, PredictSettings(device="cpu", pixel_size=wrong))
     with pytest.raises(DataError, match="positive"):
-        Pipeline(model, device="cpu", pixel_size=-1.0)
+        Pipeline(model, PredictSettings(device="cpu", pixel_size=-1.0))
 
 
 def test_resampling_is_skipped_near_the_models_pixel_size_and_said():
     model = _tiny(pixel_size_nm=[4.0, 4.0])
     inside = 4.0 * (RESAMPLE_SKIP[1] - 0.01)
-    near = Pipeline(model, device="cpu", pixel_size=inside)
+    near = Pipeline(model, PredictSettings(device="cpu", pixel_size=inside))
     assert near.scale is None and "without resampling" in near.scale_note
-    far = Pipeline(model, device="cpu", pixel_size=8.0)
+    far = Pipeline(model, PredictSettings(device="cpu", pixel_size=8.0))
     assert far.scale == (2.0, 2.0) and "Resampled" in far.scale_note
-    forced = Pipeline(model, device="cpu", pixel_size=inside, resample_skip=(1.0, 1.0))
-    assert forced.scale is not None
     images = np.random.default_rng(1).integers(0, 255, (1, 60, 60, 1), dtype=np.uint8)
     result = far.run(images)
     assert result.mask.shape == (1, 60, 60) and any("Resampled" in n for n in result.notes)

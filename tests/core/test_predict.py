@@ -6,6 +6,7 @@ from napari_unet.core.checkpoint import Checkpoint, default_metadata
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import PIXEL_RATIO_LIMITS, RESAMPLE_SKIP, Pipeline, predict
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import (
     PredictionCancelled,
     blend_window,
@@ -96,7 +97,7 @@ def _checkpoint(channels=1):
 
 def test_predict_shapes_and_range():
     images = np.random.default_rng(0).integers(0, 255, (3, 45, 70, 1), dtype=np.uint8)
-    assert Pipeline(_checkpoint(), tile=30, device="cpu").tile == 32  # tile rounded up to a multiple of 2**depth
+    assert Pipeline(_checkpoint(), PredictSettings(tile=30, device="cpu")).tile == 32  # tile rounded up to a multiple of 2**depth
     result = predict(_checkpoint(), images, tile=30, device="cpu")
     prob = result.probabilities
     assert prob.shape == (3, 45, 70) and prob.dtype == np.float32
@@ -105,7 +106,7 @@ def test_predict_shapes_and_range():
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     np.testing.assert_array_equal(mask, (prob > 0.5).astype(np.uint8))
     with pytest.raises(ValueError, match="between 0 and 1"):
-        Pipeline(_checkpoint(), threshold=1.5, device="cpu")
+        Pipeline(_checkpoint(), PredictSettings(threshold=1.5, device="cpu"))
 
 
 def test_pipeline_tiling_is_exact():
@@ -125,7 +126,7 @@ def test_pipeline_tiling_is_exact():
     ckpt = _checkpoint()
     ckpt.metadata["test_time_flips"] = ["x", "y"]
     images = np.random.default_rng(2).integers(0, 255, (2, 37, 101, 1), dtype=np.uint8)
-    prob = Pipeline(ckpt, tile=32, overlap=0.37, device="cpu", model=PlusOne()).probabilities(images)
+    prob = Pipeline(ckpt, PredictSettings(tile=32, overlap=0.37, device="cpu"), model=PlusOne()).probabilities(images)
     expected = 1 / (1 + np.exp(-(normalize(images, ckpt.normalization)[..., 0] + 1)))
     np.testing.assert_allclose(prob, expected, rtol=0, atol=1e-5)
 
@@ -208,7 +209,7 @@ def test_images_at_another_pixel_size_are_resampled_to_the_models(isbi_stack):
     assert model.metadata["pixel_size_nm"] == [4.0, 4.0]
 
     def scale(pixel_size):
-        return Pipeline(model, device="cpu", pixel_size=pixel_size).scale
+        return Pipeline(model, PredictSettings(device="cpu", pixel_size=pixel_size)).scale
 
     assert scale(None) is None and scale(4.1) is None  # within RESAMPLE_SKIP: predicted as it is
     assert RESAMPLE_SKIP[0] < 4.1 / 4.0 < RESAMPLE_SKIP[1]
@@ -225,7 +226,7 @@ def test_images_at_another_pixel_size_are_resampled_to_the_models(isbi_stack):
     # Beyond PIXEL_RATIO_LIMITS a pixel size is a mistake (µm typed as nm), refused by name.
     too_big = 4.0 * PIXEL_RATIO_LIMITS[1] * 100
     with pytest.raises(DataError, match=f"Pixel size {too_big:g} nm"):
-        Pipeline(model, device="cpu", pixel_size=too_big)
+        Pipeline(model, PredictSettings(device="cpu", pixel_size=too_big))
 
 
 def test_tiles_of_several_slices_share_batches_with_the_same_result():

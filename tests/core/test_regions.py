@@ -12,6 +12,7 @@ from napari_unet.core.data import normalize
 from napari_unet.core.finetune import FineTuneOptions, make_folds
 from napari_unet.core.labels import IGNORE
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.regions import (
     CHUNK,
     CONTEXT,
@@ -107,10 +108,10 @@ def test_a_region_is_predicted_as_the_whole_slice(montage, monkeypatch):
     its levels), with the built-in model."""
     monkeypatch.setattr(blocks, "BLOCK_LIMIT", 256 * 256)
     checkpoint = load_checkpoint("em-membranes")
-    pipeline = Pipeline(checkpoint, device="cpu")
+    pipeline = Pipeline(checkpoint, PredictSettings(device="cpu"))
     plane = montage[0]
     levels = blocks.slice_levels(plane, checkpoint.info.normalization)
-    whole = Pipeline(checkpoint, device="cpu", levels=levels).run(montage).probabilities[0]
+    whole = Pipeline(checkpoint, PredictSettings(device="cpu", levels=levels)).run(montage).probabilities[0]
     region = (300, 812, 1000, 1536)
     part = blocks.predict_region(pipeline, plane, region, levels)
     np.testing.assert_allclose(part, whole[300:812, 1000:1536], atol=1e-5)
@@ -126,7 +127,7 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     levels = blocks.slice_levels(montage[0], checkpoint.info.normalization)
     store.set_levels(0, checkpoint.info.normalization, levels)
     region = (0, 512, 512, 1536)
-    probability = Pipeline(checkpoint, device="cpu", levels=levels).run(montage).probabilities[0]
+    probability = Pipeline(checkpoint, PredictSettings(device="cpu", levels=levels)).run(montage).probabilities[0]
     predicted = (probability > checkpoint.info.threshold).astype(np.uint8)[:512, 512:1536]
     store.write(0, region, predicted, np.zeros(predicted.shape, bool), np.zeros(predicted.shape, bool), True)
 

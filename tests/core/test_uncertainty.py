@@ -11,6 +11,7 @@ from scipy import ndimage
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.uncertainty import METHODS, rank, slice_uncertainty, suggest
 
 
@@ -33,7 +34,7 @@ def test_a_sure_prediction_is_less_uncertain_than_a_hesitant_one():
 
 
 def test_the_second_look_of_the_scale_method_is_at_another_scale_only():
-    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
+    pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu"))
     second = pipeline.rescaled(0.79)
     assert second.scale == (0.79, 0.79) and pipeline.scale is None
     assert second.threshold == pipeline.threshold and second.predictor is pipeline.predictor
@@ -54,7 +55,7 @@ def blurred_stack(isbi_stack):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_the_blurred_slice_comes_first(blurred_stack, method):
-    pipeline = Pipeline(load_checkpoint("em-membranes"), device="cpu")
+    pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu"))
     seen = []
     result = suggest(pipeline, blurred_stack[..., None], corrected=[0], method=method,
                      on_slice=lambda z, u, result: seen.append(z))

@@ -16,6 +16,7 @@ from napari_unet.core.checkpoint import default_metadata, load_checkpoint, save_
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.stream import VolumeOutputs, predict_volume
 from napari_unet.core.volume import open_volume, padding_mask, pixel_size_of, volume_levels
 
@@ -132,7 +133,7 @@ def test_streamed_prediction_equals_predicting_the_whole_stack(slices, tmp_path,
                            dtype="uint8")
     probabilities = np.zeros(slices.shape, np.float32)
     written = []
-    pipeline = Pipeline(model, threshold=0.5, levels=levels, device="cpu")
+    pipeline = Pipeline(model, PredictSettings(threshold=0.5, levels=levels, device="cpu"))
     report = predict_volume(pipeline, volume.data, VolumeOutputs(mask, probabilities), on_slice=written.append)
     expected = predict(model, slices[..., None], levels=levels, threshold=0.5, device="cpu")
     np.testing.assert_array_equal(probabilities, expected.probabilities)
@@ -146,7 +147,7 @@ def test_cancel_keeps_the_slices_done_and_blank_slices_stay_empty(slices):
     stack[1] = 0  # a missing section
     outputs = VolumeOutputs(np.full(slices.shape, 7, np.uint8), instances=np.zeros(slices.shape, np.uint32))
     seen = []
-    pipeline = Pipeline(_tiny_checkpoint(), instances=True, device="cpu")
+    pipeline = Pipeline(_tiny_checkpoint(), PredictSettings(instances=True, device="cpu"))
     report = predict_volume(pipeline, stack, outputs, on_slice=seen.append, cancel=lambda: len(seen) >= 3)
     assert report.cancelled and report.done == [0, 1, 2] and report.blank == [1]
     assert (outputs.mask[1] == 0).all() and (outputs.mask[3] == 7).all()  # slice 3 was never written
@@ -206,6 +207,7 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
         import json, numpy as np
         from napari_unet.core.checkpoint import load_checkpoint
         from napari_unet.core.pipeline import Pipeline
+        from napari_unet.core.settings import PredictSettings
         from napari_unet.core.stream import VolumeOutputs, predict_volume
         from napari_unet.core.volume import create_output, open_volume
         model = load_checkpoint({model_path!r})
@@ -214,7 +216,7 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
         def status(key):  # this process's own figures (ru_maxrss would count the parent's, inherited at fork)
             return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
         before = status("VmHWM:")
-        report = predict_volume(Pipeline(model, device="cpu", tile=512), volume.data, VolumeOutputs(out))
+        report = predict_volume(Pipeline(model, PredictSettings(device="cpu", tile=512)), volume.data, VolumeOutputs(out))
         peak = status("VmHWM:")
         print(json.dumps({{"grew_mb": (peak - before) / 2**20, "done": len(report.done)}}))
     """)
