@@ -19,7 +19,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 
-from ..core.blocks import SliceOf, in_blocks, predict_region, refuse_whole, region_tile_count, slice_levels
+from ..core.blocks import in_blocks, refuse_whole
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.corrections import corrections_folder, fine_tuned_models
 from ..core.data import data_hash, parse_slices
@@ -28,6 +28,7 @@ from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.pipeline import Pipeline
 from ..core.settings import PredictSettings
 from ..core.predict import PredictionCancelled, describe_device, resolve_device
+from ..core.regions import predict_montage_region
 from ..core.stream import VolumeOutputs, predict_volume
 from ..core.volume import create_output
 from ._jobs import BackgroundJob
@@ -408,38 +409,19 @@ class PredictWidget(Container):
             self.status.value = (f"'{shown[-1].name}' holds your corrections and is kept as it is. Pan to a region "
                                  "you have not corrected and Predict again.")
             return None
-        plane = SliceOf(volume, z)
         watch = ImageWatch(self.viewer, layer)
-        tiles = region_tile_count(pipeline, tuple(volume.shape[1:3]), region)
 
         def work(state):
             self.session.save_quietly()  # edits of open regions reach the disk, so an overlapping region shows them
-            corrections.refresh()
-            normalization = checkpoint.info.normalization
-            levels = corrections.levels(z, normalization)
-            if levels is None:  # once per slice, read block by block, kept beside the montage
-                pixels = volume.shape[1] * volume.shape[2]
-                state.note = f"Measuring the intensities of slice {z} (once, {pixels:,} px)…"
-                levels = slice_levels(plane, normalization, f"Slice {z}")
-                try:
-                    corrections.set_levels(z, normalization, levels)
-                except OSError:  # not kept (measured again next time); the autosave will say where it failed
-                    pass
-            done = 0
 
-            def progress(count: int) -> None:
-                nonlocal done
-                done += count
-                state.report(done, tiles)
+            def note(text: str) -> None:
+                state.note = text
 
             try:
-                probability = predict_region(pipeline, plane, region, levels, progress, state.cancelled)
+                return predict_montage_region(pipeline, volume, corrections, z, region, state.report,
+                                              state.cancelled, note)
             except PredictionCancelled:
                 return None
-            mask = (probability > pipeline.threshold).astype(np.uint8)
-            saved, edited, corrected = corrections.read(z, region)
-            mask[corrected | edited] = saved[corrected | edited]  # corrected chunks, and strokes anywhere
-            return mask, edited, corrected, probability
 
         def done(result):
             if watch.changed:
@@ -448,7 +430,7 @@ class PredictWidget(Container):
             if result is None:
                 self.status.value = "Prediction cancelled; nothing was changed."
                 return None
-            mask, edited, corrected, probability = result
+            mask, edited, corrected, probability = result.mask, result.edited, result.corrected, result.probability
             self.session.current, self.session.current_label = checkpoint, model_name
             if shown and shown[-1] in self.viewer.layers:
                 target = shown[-1]

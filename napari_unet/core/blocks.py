@@ -1,19 +1,18 @@
-"""One slice larger than memory (a montage), predicted block by block.
+"""One slice larger than memory (a montage), predicted block by block: the block plan,
+and cells merged across block borders.
 
-A slice of more than `BLOCK_LIMIT` pixels is read, normalised, predicted and written in
-blocks of `BLOCK` x `BLOCK` output pixels, so memory holds one block and its halo,
-never the slice. Each block gets the numbers `Pipeline.run` gives the whole slice:
+A slice of more than the settings' ``block_limit`` pixels is read, normalised, predicted
+and written in blocks of about ``block`` x ``block`` output pixels, so memory holds one
+block and its halo, never the slice. Each block is predicted by `Pipeline.infer_region`
+from a reader that normalises what it reads (`NormalizedSlice`), so every pixel gets what
+`Pipeline.run` gives it on the whole slice; the tiles on a block border, which two blocks
+need, are computed once (`TileCache`). The intensity levels are the slice's own
+percentiles, exact for 8- and 16-bit images (from a histogram of every block), else from
+a sample of blocks; or the volume's.
 
-* its tiles are the whole slice's tile grid (`core.predict.sliding_window`), cut from
-  the same mirror-padded image, blended in the same order, so every pixel is the same
-  blend of the same tiles; mirror padding happens only at the slice's borders;
-* each test-time flip runs the flipped slice's own grid, as `Pipeline.infer` does;
-* the output shift reads a halo of a few pixels around the block;
-* the intensity levels are the slice's own percentiles, exact for 8- and 16-bit images
-  (from a histogram of every block), else from a sample of blocks; or the volume's;
-* cells are labelled per block and merged where they touch across a block border
-  (watershed cells are grown on the block and a halo, `CELL_HALO`, from seeds whose
-  depth comes from the whole slice's enclosed regions).
+Cells are labelled per block and merged where they touch across a block border
+(watershed cells are grown on the block and a halo, `CELL_HALO`, from seeds whose depth
+comes from the whole slice's enclosed regions).
 
 Models that resample (another pixel size) or use a field of view (fundus photographs)
 predict whole slices: `in_blocks` says which.
@@ -30,16 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibration import shift_output
 from .data import DataError, normalize
-from .predict import FLIP_AXES, CancelCheck, PredictionCancelled, ProgressCallback, blend_window, tile_starts
-from .volume import LARGE_SLICE
+from .predict import CancelCheck, ProgressCallback
+from .settings import BLOCK
 
-#: Block edge in pixels (a multiple of the outputs' 1,024-pixel chunks). Prediction blocks
-#: are the nearest whole number of tile steps (`_Geometry.blocks`).
-BLOCK = 3072
-#: Slices with more pixels than this are predicted in blocks.
-BLOCK_LIMIT = LARGE_SLICE
 #: Slices that cannot go in blocks are refused over this many pixels (on the model's grid).
 WHOLE_LIMIT = 16384 * 16384
 #: Pixels of mask read around a block to grow watershed cells: more than a cell's radius.
@@ -47,25 +40,27 @@ CELL_HALO = 256
 #: Pixels sampled for the levels of a slice that is not 8- or 16-bit.
 LEVEL_SAMPLE = 1 << 22
 
+Region = tuple[int, int, int, int]  # (y0, y1, x0, x1)
 
-def block_grid(height: int, width: int, edge: int | None = None, first: int | None = None
-               ) -> list[tuple[int, int, int, int]]:
+
+def block_grid(height: int, width: int, edge: int = BLOCK, first: int | None = None) -> list[Region]:
     """(y0, y1, x0, x1) of the blocks that tile a (height, width) slice, row by row: the
-    first ``first`` pixels, then every ``edge`` (default both `BLOCK`)."""
-    edge = edge or BLOCK
+    first ``first`` pixels (default ``edge``), then every ``edge``."""
     first = first or edge
     cuts = [[0, *range(first, length, edge), length] for length in (height, width)]
     return [(y0, y1, x0, x1) for y0, y1 in zip(cuts[0], cuts[0][1:]) for x0, x1 in zip(cuts[1], cuts[1][1:])]
 
 
-def slice_levels(plane, normalization: dict, name: str = "The slice") -> tuple[np.ndarray, np.ndarray]:
+def slice_levels(plane, normalization: dict, name: str = "The slice", edge: int = BLOCK,
+                 sample: int = LEVEL_SAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """The intensities `normalize` maps to 0 and 1 for one slice, read block by block.
 
     8- and 16-bit slices: the exact percentiles, from a histogram of every pixel. Others:
-    the percentiles of an even sample of about `LEVEL_SAMPLE` pixels.
+    the percentiles of an even sample of about ``sample`` pixels.
 
     Args:
         plane: (Y, X, C) array-like read by region (dask, zarr, numpy).
+        edge: the edge of the blocks read at a time.
 
     Returns:
         (low, high), each (C,) float32.
@@ -75,11 +70,11 @@ def slice_levels(plane, normalization: dict, name: str = "The slice") -> tuple[n
     """
     height, width, channels = plane.shape
     exact = plane.dtype.kind in "ui" and plane.dtype.itemsize <= 2
-    stride = 1 if exact else max(1, math.ceil(math.sqrt(height * width / LEVEL_SAMPLE)))
+    stride = 1 if exact else max(1, math.ceil(math.sqrt(height * width / sample)))
     base = int(np.iinfo(plane.dtype).min) if exact else 0
     counts = [np.zeros(1 << (8 * plane.dtype.itemsize), np.int64) for _ in range(channels)] if exact else None
     samples = []
-    for y0, y1, x0, x1 in block_grid(height, width):
+    for y0, y1, x0, x1 in block_grid(height, width, edge):
         block = np.asarray(plane[y0:y1:stride, x0:x1:stride])
         if exact:
             for c in range(channels):
@@ -121,94 +116,52 @@ def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
     return lower + (upper - lower) * (rank - below)
 
 
-def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: ProgressCallback | None = None,
-                            cancel: CancelCheck | None = None, name: str = "The slice") -> int:
-    """Predict one large slice block by block into ``outputs`` (a `core.stream.VolumeOutputs`).
+class NormalizedSlice:
+    """One slice as the model reads it, by region: (1, C, Y, X) model-ready values, each
+    region read from ``plane`` and normalised on the slice's ``levels`` when indexed.
 
     Args:
-        pipeline: a `core.pipeline.Pipeline` for which `in_blocks` holds.
-        plane: (Y, X, C) array-like read by region.
-        z: the slice's index in the outputs.
-        progress: called with (tiles done, tiles total) for this slice.
-
-    Returns:
-        The number of structure pixels.
-
-    Raises:
-        DataError: a slice with nothing to segment (`slice_levels`).
-        PredictionCancelled: ``cancel`` returned True (the blocks written so far stay).
+        plane: (Y, X, C) array-like read by region; normalization: the model's;
+        levels: (low, high), each (C,): the slice's (`slice_levels`) or the volume's.
     """
-    height, width = plane.shape[:2]
-    own = slice_levels(plane, pipeline.info.normalization, name)  # also refuses a blank slice
-    levels = pipeline.levels if pipeline.levels is not None else own
-    geometry = _Geometry(pipeline, height, width)
-    blocks = geometry.blocks()
-    cache = _TileCache(Counter(key for block in blocks for key in geometry.tile_keys(block)))
-    done, structure = 0, 0
 
-    def tiles_done(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, len(cache.needs))
+    def __init__(self, plane, normalization: dict, levels: tuple[np.ndarray, np.ndarray]) -> None:
+        self.plane, self.normalization, self.levels = plane, normalization, levels
+        height, width, channels = plane.shape
+        self.shape = (1, channels, height, width)
 
-    try:
-        for block in blocks:
-            structure += predict_block_into(pipeline, plane, outputs, z, block, levels, cache, tiles_done, cancel,
-                                            geometry)
-    finally:
-        cache.close()
-    return structure
+    def __getitem__(self, key) -> np.ndarray:
+        _n, _c, rows, cols = key
+        region = normalize(np.asarray(self.plane[rows, cols])[None], self.normalization, self.levels)
+        return region.transpose(0, 3, 1, 2)
 
 
-def predict_block_into(pipeline, plane, outputs, z: int, block: tuple[int, int, int, int], levels,
-                       cache: _TileCache | None = None, progress=None, cancel: CancelCheck | None = None,
-                       geometry: _Geometry | None = None) -> int:
-    """Predict one (y0, y1, x0, x1) block of slice ``z`` and write its mask (and probability)
-    into ``outputs``; returns its structure pixels. Without ``cache`` every tile it needs is
-    predicted (a cluster's block, `core.cluster`)."""
-    probability = predict_region(pipeline, plane, block, levels, progress, cancel, cache, geometry)
-    y0, y1, x0, x1 = block
-    mask = (probability > pipeline.threshold).astype(np.uint8)
-    outputs.mask[z, y0:y1, x0:x1] = mask
-    if outputs.probabilities is not None:
-        outputs.probabilities[z, y0:y1, x0:x1] = probability
-    return int(mask.sum())
+def prediction_blocks(pipeline, shape: tuple[int, int], chunked: bool = False) -> list[Region]:
+    """A slice's prediction blocks: a whole number of tile steps near the settings' ``block``,
+    cut through the middle of a tile, where no other tile overlaps it (a tile on a border
+    is needed by both blocks: the fewest any cut gives). ``chunked``: cut every edge
+    instead, so each block is whole chunks of a store chunked by `prediction_edge` (a
+    cluster's workers then never write the same chunk)."""
+    grid = pipeline.grid(*shape)
+    edge = prediction_edge(pipeline, shape)
+    first = edge if chunked else edge + grid.tile // 2 - grid.margin
+    return block_grid(*shape, edge, first)
 
 
-def predict_region(pipeline, plane, region: tuple[int, int, int, int], levels, progress=None,
-                   cancel: CancelCheck | None = None, cache: _TileCache | None = None,
-                   geometry: _Geometry | None = None) -> np.ndarray:
-    """(y1 - y0, x1 - x0) float32 probabilities of a (y0, y1, x0, x1) region of a large slice,
-    each pixel as the whole slice's prediction has it (`in_blocks` must hold).
-
-    Args:
-        plane: (Y, X, C) array-like read by region; levels: the slice's (`slice_levels`).
-        progress: called with the number of tiles computed after each batch.
-        cache: tiles shared with the slice's other blocks; None: every tile is predicted.
-    """
-    geometry = geometry or _Geometry(pipeline, *plane.shape[:2])
-    own = cache is None
-    cache = cache or _TileCache(Counter(geometry.tile_keys(region)))
-    try:
-        return geometry.predict_block(plane, region, levels, cache, progress or (lambda count: None), cancel)
-    finally:
-        if own:
-            cache.close()
+def prediction_edge(pipeline, shape: tuple[int, int]) -> int:
+    """The edge of a slice's prediction blocks: the whole number of tile steps nearest the
+    settings' ``block`` (a cluster chunks its stores by it)."""
+    step = pipeline.grid(*shape).step
+    return max(1, round(pipeline.settings.block / step)) * step
 
 
-def region_tile_count(pipeline, shape: tuple[int, int], region: tuple[int, int, int, int]) -> int:
-    """How many tiles `predict_region` predicts for a region of a (Y, X) slice (for progress)."""
-    return len(_Geometry(pipeline, *shape).tile_keys(region))
-
-
-class _TileCache:
+class TileCache:
     """The network's output for tiles that several blocks need (those on a block border):
     computed once, kept on disk (a row of them spans the slice) until the last block that
     needs one has used it.
 
     Args:
-        needs: how many blocks need each tile, by key.
+        needs: how many blocks need each tile, by key (n, flips, y, x).
     """
 
     def __init__(self, needs: Counter) -> None:
@@ -216,7 +169,8 @@ class _TileCache:
         self.folder = Path(tempfile.mkdtemp(prefix="napari-unet-tiles-"))
 
     def _path(self, key) -> Path:
-        return self.folder / ("_".join(map(str, (*key[0], "", *key[1:]))) + ".npy")
+        n, flips, y, x = key
+        return self.folder / f"{n}_{'-'.join(map(str, flips))}_{y}_{x}.npy"
 
     def get(self, key) -> np.ndarray | None:
         """A tile's output if an earlier block computed it, else None."""
@@ -239,154 +193,87 @@ class _TileCache:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class _Geometry:
-    """The whole slice's tile grid, and the tiles and source region each block needs."""
-
-    def __init__(self, pipeline, height: int, width: int) -> None:
-        self.pipeline = pipeline
-        self.tile, self.margin = pipeline.tile, pipeline.info.tile_margin
-        if self.margin is None:
-            self.margin = self.tile // 8
-        self.height, self.width = height, width
-        self.padded = (height + 2 * self.margin, width + 2 * self.margin)
-        if min(self.padded) < self.tile:
-            raise ValueError("A slice smaller than a tile is predicted whole, not in blocks.")
-        self.step = max(1, int(round(self.tile * (1 - pipeline.overlap))))
-        self.starts = [tile_starts(length, self.tile, self.step) for length in self.padded]
-        shift = pipeline.info.output_shift_px
-        self.halo = math.ceil(max(abs(shift[0]), abs(shift[1]))) + 1 if any(shift) else 0
-        self.flips = [()] + [(FLIP_AXES[name] - 1,) for name in pipeline.info.test_time_flips]  # 0 = y, 1 = x
-
-    @property
-    def edge(self) -> int:
-        """The prediction blocks' edge: the whole number of tile steps nearest `BLOCK`."""
-        return max(1, round(BLOCK / self.step)) * self.step
-
-    def blocks(self, chunked: bool = False) -> list[tuple[int, int, int, int]]:
-        """The slice's prediction blocks, cut through the middle of a tile, where no other tile
-        overlaps it: a tile on a border is needed by both blocks, the fewest any cut gives.
-        ``chunked``: cut every `edge` pixels instead, so each block is whole chunks of a
-        store chunked by `edge` (a cluster's workers then never write the same chunk)."""
-        first = self.edge if chunked else self.edge + self.tile // 2 - self.margin
-        return block_grid(self.height, self.width, self.edge, first)
-
-    def _extended(self, block: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(y, x) ranges of the block and its shift halo, inside the slice."""
-        y0, y1, x0, x1 = block
-        return ((max(0, y0 - self.halo), min(self.height, y1 + self.halo)),
-                (max(0, x0 - self.halo), min(self.width, x1 + self.halo)))
-
-    def _frame(self, span: tuple[int, int], axis: int, flips: tuple[int, ...]) -> tuple[int, int]:
-        """A padded-coordinate range in the (un)flipped slice's frame (the map is its own inverse)."""
-        if axis not in flips:
-            return span
-        return self.padded[axis] - span[1], self.padded[axis] - span[0]
-
-    def _tiles(self, block, flips) -> tuple[list[list[int]], list[tuple[int, int]]]:
-        """Per axis, the tile starts (in the pass's frame) covering the extended block, and
-        per axis the padded range those tiles read (in the unflipped frame)."""
-        starts, sources = [], []
-        for axis, (lo, hi) in enumerate(self._extended(block)):
-            target = self._frame((lo + self.margin, hi + self.margin), axis, flips)
-            chosen = [s for s in self.starts[axis] if s < target[1] and s + self.tile > target[0]]
-            starts.append(chosen)
-            sources.append(self._frame((chosen[0], chosen[-1] + self.tile), axis, flips))
-        return starts, sources
-
-    def tile_keys(self, block) -> list[tuple[tuple[int, ...], int, int]]:
-        """(flips, y, x) of every tile the block needs, each pass's in its own frame."""
-        return [(flips, y, x) for flips in self.flips for ys, xs in [self._tiles(block, flips)[0]]
-                for y in ys for x in xs]
-
-    def predict_block(self, plane, block, levels, cache: _TileCache, progress, cancel) -> np.ndarray:
-        """(y1 - y0, x1 - x0) float32 probabilities of one block, as the whole slice has them.
-
-        Tiles another block computed come from ``cache``; ``progress`` is called with the
-        number of tiles computed after each batch."""
-        plans = [(flips, *self._tiles(block, flips)) for flips in self.flips]
-        # One source region (padded coordinates) serves every pass.
-        source = [(min(p[2][axis][0] for p in plans), max(p[2][axis][1] for p in plans)) for axis in (0, 1)]
-        image = self._read(plane, source, levels)
-        predictor = self.pipeline.predictor
-        device = self.pipeline.device
-        batch = self.pipeline.batch_size or predictor.batch_size(self.tile)
-        window = torch.from_numpy(blend_window(self.tile, self.pipeline.blend)).to(device)
-        extended = self._extended(block)
-        total = None
-        with torch.inference_mode():
-            for flips, (ys, xs), _sources in plans:
-                frame = torch.from_numpy(image).to(device)
-                if flips:
-                    frame = torch.flip(frame, [axis + 1 for axis in flips])
-                # The source region's origin in this pass's frame.
-                origin = [self._frame(source[axis], axis, flips)[0] for axis in (0, 1)]
-                output = torch.zeros(frame.shape[1:], dtype=torch.float32, device=device)
-                weights = torch.zeros_like(output)
-                jobs = [((flips, y, x), y - origin[0], x - origin[1]) for y in ys for x in xs]
-                for _key, y, x in jobs:
-                    weights[y : y + self.tile, x : x + self.tile] += window
-                pending: list = []
-
-                def run(pending: list) -> None:
-                    if cancel is not None and cancel():
-                        raise PredictionCancelled("Prediction cancelled.")
-                    tiles = torch.stack([frame[:, y : y + self.tile, x : x + self.tile] for _key, y, x in pending])
-                    for (key, y, x), values in zip(pending, predictor(tiles).float()):
-                        cache.put(key, values[0])
-                        output[y : y + self.tile, x : x + self.tile] += values[0] * window
-                    progress(len(pending))
-                    pending.clear()
-
-                # In the whole slice's order (so the same sums): batches of new tiles, and
-                # between them the tiles an earlier block computed.
-                for key, y, x in jobs:
-                    cached = cache.get(key)
-                    if cached is None:
-                        pending.append((key, y, x))
-                        if len(pending) == batch:
-                            run(pending)
-                        continue
-                    if pending:
-                        run(pending)
-                    output[y : y + self.tile, x : x + self.tile] += torch.from_numpy(cached).to(device) * window
-                if pending:
-                    run(pending)
-                # The extended block in this frame, relative to the source region.
-                cut = [self._frame((lo + self.margin, hi + self.margin), axis, flips)
-                       for axis, (lo, hi) in enumerate(extended)]
-                blended = (output / weights)[cut[0][0] - origin[0] : cut[0][1] - origin[0],
-                                             cut[1][0] - origin[1] : cut[1][1] - origin[1]]
-                if flips:
-                    blended = torch.flip(blended, list(flips))
-                total = blended if total is None else total + blended
-            probability = torch.clamp(total / len(self.flips), 0.0, 1.0).cpu().numpy()
-        probability = shift_output(probability[None], self.pipeline.info.output_shift_px)[0]
-        (ey0, _), (ex0, _) = extended
-        y0, y1, x0, x1 = block
-        return probability[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
-
-    def _read(self, plane, source, levels) -> np.ndarray:
-        """(C, Y, X) float32: the padded-coordinate ``source`` range of the slice, normalised,
-        mirror-padded where it passes the slice's borders."""
-        (py0, py1), (px0, px1) = source
-        m = self.margin
-        y0, y1 = max(0, py0 - m), min(self.height, py1 - m)
-        x0, x1 = max(0, px0 - m), min(self.width, px1 - m)
-        region = normalize(np.asarray(plane[y0:y1, x0:x1])[None], self.pipeline.info.normalization, levels)[0]
-        pad = [(y0 - (py0 - m), (py1 - m) - y1), (x0 - (px0 - m), (px1 - m) - x1), (0, 0)]
-        region = np.pad(region, pad, mode="symmetric")
-        return np.ascontiguousarray(region.transpose(2, 0, 1))
+def region_tiles(pipeline, shape: tuple[int, int], region: Region) -> list:
+    """The keys (0, flips, y, x) of the tiles a region of a (Y, X) slice needs (with the
+    output shift's halo), as `Pipeline.infer_region` predicts it."""
+    halo = pipeline.shift_halo()
+    y0, y1, x0, x1 = region
+    extended = (max(0, y0 - halo), min(shape[0], y1 + halo), max(0, x0 - halo), min(shape[1], x1 + halo))
+    return [(0, *key) for key in pipeline.grid(*shape).keys(extended, pipeline.passes)]
 
 
-def prediction_edge(pipeline, shape: tuple[int, int]) -> int:
-    """The edge of a slice's prediction blocks (`_Geometry.edge`): a cluster chunks its stores by it."""
-    return _Geometry(pipeline, *shape).edge
+def predict_slice_in_blocks(pipeline, plane, outputs, z: int, progress: ProgressCallback | None = None,
+                            cancel: CancelCheck | None = None, name: str = "The slice") -> int:
+    """Predict one large slice block by block into ``outputs`` (a `core.stream.VolumeOutputs`).
+
+    Args:
+        pipeline: a `core.pipeline.Pipeline` for which `in_blocks` holds.
+        plane: (Y, X, C) array-like read by region.
+        z: the slice's index in the outputs.
+        progress: called with (tiles done, tiles total) for this slice.
+
+    Returns:
+        The number of structure pixels.
+
+    Raises:
+        DataError: a slice with nothing to segment (`slice_levels`).
+        PredictionCancelled: ``cancel`` returned True (the blocks written so far stay).
+    """
+    shape = tuple(plane.shape[:2])
+    own = slice_levels(plane, pipeline.info.normalization, name, pipeline.settings.block)  # refuses a blank slice
+    levels = pipeline.levels if pipeline.levels is not None else own
+    blocks = prediction_blocks(pipeline, shape)
+    cache = TileCache(Counter(key for block in blocks for key in region_tiles(pipeline, shape, block)))
+    earlier, this_block, structure = 0, [0], 0  # tiles computed by the earlier blocks, by this one
+
+    def block_progress(done: int, _total: int) -> None:
+        this_block[0] = done
+        if progress is not None:
+            progress(earlier + done, len(cache.needs))
+
+    try:
+        for block in blocks:
+            this_block[0] = 0
+            structure += predict_block_into(pipeline, plane, outputs, z, block, levels, cache, block_progress, cancel)
+            earlier += this_block[0]
+    finally:
+        cache.close()
+    return structure
+
+
+def predict_block_into(pipeline, plane, outputs, z: int, block: Region, levels, cache: TileCache | None = None,
+                       progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> int:
+    """Predict one (y0, y1, x0, x1) block of slice ``z`` and write its mask (and probability)
+    into ``outputs``; returns its structure pixels. Without ``cache`` every tile it needs is
+    predicted (a cluster's block, `core.cluster`)."""
+    source = NormalizedSlice(plane, pipeline.info.normalization, levels)
+    probability = pipeline.infer_region(source, block, progress, cancel, cache)
+    mask = pipeline.mask(probability)[0]
+    y0, y1, x0, x1 = block
+    outputs.mask[z, y0:y1, x0:x1] = mask
+    if outputs.probabilities is not None:
+        outputs.probabilities[z, y0:y1, x0:x1] = probability[0]
+    return int(mask.sum())
+
+
+def predict_region(pipeline, plane, region: Region, levels, progress: ProgressCallback | None = None,
+                   cancel: CancelCheck | None = None) -> np.ndarray:
+    """(y1 - y0, x1 - x0) float32 probabilities of a (y0, y1, x0, x1) region of a large slice,
+    each pixel as the whole slice's prediction has it (`in_blocks` must hold).
+
+    Args:
+        plane: (Y, X, C) array-like read by region; levels: the slice's (`slice_levels`).
+        progress: called with (tiles done, tiles total).
+    """
+    source = NormalizedSlice(plane, pipeline.info.normalization, levels)
+    return pipeline.infer_region(source, region, progress, cancel)[0]
 
 
 def in_blocks(pipeline, shape: tuple[int, int]) -> bool:
-    """Whether a (Y, X) slice is predicted block by block: more than `BLOCK_LIMIT` pixels,
-    a grey model predicting at its own pixel size (no resampling, no field of view)."""
-    return shape[0] * shape[1] > BLOCK_LIMIT and not pipeline.uses_fov and pipeline.scale is None
+    """Whether a (Y, X) slice is predicted block by block: more than the settings'
+    ``block_limit`` pixels, a grey model predicting at its own pixel size (no resampling,
+    no field of view)."""
+    return shape[0] * shape[1] > pipeline.settings.block_limit and not pipeline.uses_fov and pipeline.scale is None
 
 
 def refuse_whole(pipeline, shape: tuple[int, int]) -> None:
@@ -422,7 +309,8 @@ class SliceOf:
         return np.asarray(self.volume[(self.z, *key)])
 
 
-def label_cells_in_blocks(mask, z: int, cells, method: str, offset: int = 0, seed_depth: float = 0.7) -> int:
+def label_cells_in_blocks(mask, z: int, cells, method: str, offset: int = 0, seed_depth: float = 0.7,
+                          edge: int = BLOCK) -> int:
     """Cells of slice ``z`` of a (Z, Y, X) membrane mask, block by block, into ``cells``.
 
     The partition is `core.predict.cell_instances`'s of the whole slice: "components"
@@ -435,11 +323,12 @@ def label_cells_in_blocks(mask, z: int, cells, method: str, offset: int = 0, see
         mask: (Z, Y, X) array-like read by region (the prediction's mask store).
         cells: (Z, Y, X) uint32 array written by region.
         offset: ids start at ``offset + 1`` (unique across slices).
+        edge: the edge of the blocks labelled at a time.
 
     Returns:
         The number of cells in the slice.
     """
-    blocks = block_grid(*mask.shape[1:])
+    blocks = block_grid(*mask.shape[1:], edge)
     depth = None
     if method == "watershed":
         parts = [_block_cells(mask, z, block, "components", with_radius=True) for block in blocks]

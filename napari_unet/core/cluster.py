@@ -30,13 +30,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import blocks
-from .blocks import refuse_whole
+from .blocks import SliceOf, block_grid, in_blocks, label_cells_in_blocks, prediction_edge, refuse_whole
 from .checkpoint import Checkpoint
 from .data import DataError
 from .pipeline import Pipeline
@@ -65,14 +64,17 @@ def record_folder(out: str | Path) -> Path:
     return out.with_name(out.name + ".blocks")
 
 
-def _job(checkpoint: Checkpoint, source: str, shape: tuple, levels, settings: dict) -> dict:
-    """What makes two runs the same job (a rerun may then reuse the other's blocks)."""
+def _job(checkpoint: Checkpoint, source: str, shape: tuple, settings: PredictSettings) -> dict:
+    """What makes two runs the same job (a rerun may then reuse the other's blocks): the
+    data, the weights and every setting that changes a pixel (not where it runs)."""
     weights = hashlib.sha256()
     for name, tensor in sorted(checkpoint.model.state_dict().items()):
         weights.update(name.encode())
         weights.update(tensor.detach().cpu().numpy().tobytes())
+    levels = settings.levels
+    chosen = {name: value for name, value in asdict(settings).items() if name not in ("model", "device", "levels")}
     return {"source": str(Path(source).resolve()), "shape": list(shape), "model": weights.hexdigest()[:16],
-            "levels": [np.asarray(level).tolist() for level in levels] if levels is not None else None, **settings}
+            "levels": [np.asarray(level).tolist() for level in levels] if levels is not None else None, **chosen}
 
 
 class _ModelOnWorkers(WorkerPlugin):
@@ -82,7 +84,8 @@ class _ModelOnWorkers(WorkerPlugin):
         self.name, self.checkpoint = name, checkpoint
 
 
-def _predict_block(model: str, source: str, outs: dict, slices: list[int], levels, settings: dict) -> dict:
+def _predict_block(model: str, source: str, outs: dict, slices: list[int], settings: PredictSettings,
+                   threads: int | None) -> dict:
     """Runs on a worker: predict some whole slices of the volume into the stores, with the
     model held by the worker plugin named ``model``. Cell ids are each slice's own (from 1)."""
     import zarr
@@ -90,43 +93,43 @@ def _predict_block(model: str, source: str, outs: dict, slices: list[int], level
     from .stream import VolumeOutputs, predict_volume
 
     stores = {name: zarr.open_array(path, mode="r+") for name, path in outs.items()}
-    pipeline = _worker_pipeline(model, settings, levels, instances="instances" in stores)
+    pipeline = _worker_pipeline(model, settings.but(instances="instances" in stores), threads)
     report = predict_volume(pipeline, open_volume(source).data, VolumeOutputs(**stores), slices, global_ids=False)
     return {"slices": slices, "blank": report.blank, "cells": {str(z): n for z, n in report.cells.items()}}
 
 
-def _worker_pipeline(model: str, settings: dict, levels, instances: bool = False):
-    """On a worker: the `Pipeline` of the job's settings, with the model held by the worker
-    plugin named ``model``, and the client's block sizes (every worker cuts the same blocks)."""
+def _worker_pipeline(model: str, settings: PredictSettings, threads: int | None = None) -> Pipeline:
+    """On a worker: the `Pipeline` of the job's settings (the client's, so every worker cuts
+    the same blocks), with the model held by the worker plugin named ``model``."""
     import torch
     from distributed import get_worker
 
-    if settings.get("threads"):
-        torch.set_num_threads(settings["threads"])
-    blocks.BLOCK, blocks.BLOCK_LIMIT = settings["block_sizes"]
-    return Pipeline(get_worker().plugins[model].checkpoint, PredictSettings(device="cpu" if settings["cpu"] else "auto", tile=settings["tile"], overlap=settings["overlap"], batch_size=settings["batch_size"], pixel_size=settings["pixel_size"], fov=settings["fov"], threshold=settings["threshold"], instances=instances, levels=levels))
+    if threads:
+        torch.set_num_threads(threads)
+    return Pipeline(get_worker().plugins[model].checkpoint, settings)
 
 
-def _montage_levels(model: str, source: str, z: int, settings: dict) -> list | None:
+def _montage_levels(model: str, source: str, z: int, settings: PredictSettings) -> list | None:
     """On a worker: slice ``z``'s own intensity levels (`blocks.slice_levels`), read block
     by block; None for a slice without image."""
-    from .blocks import SliceOf, slice_levels
+    from .blocks import slice_levels
 
-    pipeline = _worker_pipeline(model, settings, None)
+    pipeline = _worker_pipeline(model, settings)
     try:
         return [level.tolist() for level in slice_levels(SliceOf(open_volume(source).data, z),
-                                                         pipeline.info.normalization)]
+                                                         pipeline.info.normalization, edge=settings.block)]
     except DataError:
         return None
 
 
-def _predict_region(model: str, source: str, outs: dict, z: int, region: tuple, levels, own, settings: dict) -> bool:
+def _predict_region(model: str, source: str, outs: dict, z: int, region: tuple, own, settings: PredictSettings,
+                    threads: int | None) -> bool:
     """On a worker: one block of a montage slice (whole chunks of the stores), with the
     volume's ``levels`` or else the slice's ``own``. Returns True for a slice without image
     (the block is written empty)."""
     import zarr
 
-    from .blocks import SliceOf, predict_block_into
+    from .blocks import predict_block_into
     from .stream import VolumeOutputs
 
     stores = {name: zarr.open_array(path, mode="r+") for name, path in outs.items() if name != "instances"}
@@ -135,33 +138,30 @@ def _predict_region(model: str, source: str, outs: dict, z: int, region: tuple, 
         for store in stores.values():
             store[z, y0:y1, x0:x1] = 0
         return True
-    pipeline = _worker_pipeline(model, settings, levels)
+    pipeline = _worker_pipeline(model, settings, threads)
     chosen = pipeline.levels if pipeline.levels is not None else tuple(np.asarray(level, np.float32) for level in own)
     predict_block_into(pipeline, SliceOf(open_volume(source).data, z), VolumeOutputs(**stores), z, region, chosen)
     return False
 
 
-def _montage_cells(model: str, mask: str, local: str, z: int, settings: dict) -> int:
+def _montage_cells(model: str, mask: str, local: str, z: int, settings: PredictSettings) -> int:
     """On a worker: the cells of a montage slice, block by block, numbered from 1."""
     import zarr
 
-    from .blocks import label_cells_in_blocks
+    method = _worker_pipeline(model, settings).info.instance_method
+    return label_cells_in_blocks(zarr.open_array(mask, mode="r"), z, zarr.open_array(local, mode="r+"), method,
+                                 edge=settings.block)
 
-    method = _worker_pipeline(model, settings, None).info.instance_method
-    return label_cells_in_blocks(zarr.open_array(mask, mode="r"), z, zarr.open_array(local, mode="r+"), method)
 
-
-def _number_cells(local: str, path: str, slices: list[int], offsets: dict) -> None:
+def _number_cells(local: str, path: str, slices: list[int], offsets: dict, edge: int) -> None:
     """Runs on a worker: each slice's own cell ids (store ``local``) moved by its offset
     into ``path``, so ids are unique in the volume and equal to a single process's
     (`stream.predict_volume`). Reading one store and writing another makes a rerun safe."""
     import zarr
 
-    from .blocks import block_grid
-
     source, target = zarr.open_array(local, mode="r"), zarr.open_array(path, mode="r+")
     for z in slices:
-        for y0, y1, x0, x1 in block_grid(*source.shape[1:]):  # a montage slice would not fit in memory
+        for y0, y1, x0, x1 in block_grid(*source.shape[1:], edge):  # a montage slice would not fit in memory
             cells = np.asarray(source[z, y0:y1, x0:x1])
             target[z, y0:y1, x0:x1] = np.where(cells > 0, cells + np.uint32(offsets[str(z)]), 0).astype(np.uint32)
 
@@ -171,18 +171,11 @@ def predict_on_cluster(
     checkpoint: Checkpoint,
     source: str | Path,
     out: str | Path,
-    threshold: float | None = None,
+    settings: PredictSettings | None = None,
     block: int = 4,
-    pixel_size: float | None = None,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int | None = None,
-    fov: str = "auto",
-    levels: tuple | None = None,
     probabilities: str | Path | None = None,
     instances: str | Path | None = None,
     threads: int | None = None,
-    cpu: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClusterReport:
     """Predict a volume's mask (and probability, cells) into zarr stores, ``block``
@@ -193,7 +186,9 @@ def predict_on_cluster(
             must read ``source`` and write the stores at the same paths (a shared disk).
         checkpoint: the model, sent to each worker once.
         out: the mask's ``.zarr`` store; created, or resumed when it holds this job's blocks.
-        levels: shared intensity levels (`volume.volume_levels`), or None (each slice's own).
+        settings: the user's choices, as a single process takes them (their ``device``:
+            "cpu" keeps the workers on their CPU, anything else lets each pick its own).
+        block: slices per task.
         probabilities, instances: ``.zarr`` stores for them too, or None.
         threads: torch threads per worker (default: torch's own choice).
         progress: called with (slices done, slices in the volume).
@@ -209,20 +204,19 @@ def predict_on_cluster(
     source, out = str(source), Path(out)
     volume = open_volume(source).data
     shape = tuple(volume.shape[:3])
-    threshold = checkpoint.info.threshold if threshold is None else float(threshold)
+    settings = settings or PredictSettings()
+    settings = settings.but(device="cpu" if settings.device == "cpu" else "auto", instances=False,
+                            threshold=checkpoint.info.threshold if settings.threshold is None else settings.threshold)
     outs = {"mask": str(out)}
     if probabilities is not None:
         outs["probabilities"] = str(probabilities)
     if instances is not None:  # each slice's own ids first, numbered through the volume at the end
         outs["instances"] = str(Path(instances).with_name(f".{Path(instances).name}.local.zarr"))
-    settings = {"threshold": threshold, "pixel_size": pixel_size, "tile": tile, "overlap": overlap,
-                "batch_size": batch_size, "fov": fov, "threads": threads, "cpu": cpu,
-                "block_sizes": [blocks.BLOCK, blocks.BLOCK_LIMIT]}
     # Montage slices go to the workers block by block, each block whole chunks of the stores.
-    probe = Pipeline(checkpoint, PredictSettings(device="cpu", tile=tile, overlap=overlap, pixel_size=pixel_size, fov=fov))
+    probe = Pipeline(checkpoint, settings.but(device="cpu"))
     refuse_whole(probe, shape[1:3])
-    edge = blocks.prediction_edge(probe, shape[1:3]) if blocks.in_blocks(probe, shape[1:3]) else None
-    job = _job(checkpoint, source, shape, levels, {k: v for k, v in settings.items() if k not in ("threads", "cpu")})
+    edge = prediction_edge(probe, shape[1:3]) if in_blocks(probe, shape[1:3]) else None
+    job = _job(checkpoint, source, shape, settings)
     job["outputs"] = sorted(outs)
     records = record_folder(out)
     done = _resume(out, records, job)
@@ -245,9 +239,9 @@ def predict_on_cluster(
     client.register_plugin(_ModelOnWorkers(model, checkpoint), name=model)
     try:
         if edge:
-            _montage_on_cluster(client, model, source, outs, shape, edge, levels, settings, records, done, report,
+            _montage_on_cluster(client, model, source, outs, shape, edge, settings, threads, records, done, report,
                                 counts, progress)
-        futures = [client.submit(_predict_block, model, source, outs, b, levels, settings, pure=False,
+        futures = [client.submit(_predict_block, model, source, outs, b, settings, threads, pure=False,
                                  retries=3) for b in todo]
         finished = len(report.skipped)
         for future in as_completed(futures):
@@ -266,8 +260,8 @@ def predict_on_cluster(
             for z in range(shape[0]):
                 offsets[str(z)] = total
                 total += int(counts.get(str(z), 0))
-            client.gather([client.submit(_number_cells, outs["instances"], str(instances), b, offsets, pure=False,
-                                         retries=3) for b in runs])
+            client.gather([client.submit(_number_cells, outs["instances"], str(instances), b, offsets,
+                                         settings.block, pure=False, retries=3) for b in runs])
             shutil.rmtree(outs["instances"], ignore_errors=True)
     finally:
         client.unregister_worker_plugin(model)
@@ -294,16 +288,16 @@ def _resume(out: Path, records: Path, job: dict) -> set[str]:
     return {p.name for p in records.iterdir() if p.name != "job.json"}
 
 
-def _montage_on_cluster(client, model: str, source: str, outs: dict, shape: tuple, edge: int, levels,
-                        settings: dict, records: Path, done: set, report: ClusterReport, counts: dict,
-                        progress) -> None:
+def _montage_on_cluster(client, model: str, source: str, outs: dict, shape: tuple, edge: int,
+                        settings: PredictSettings, threads: int | None, records: Path, done: set,
+                        report: ClusterReport, counts: dict, progress) -> None:
     """Slices too large for one worker's memory: each slice's levels on a worker, then its
     blocks (``edge`` pixels, whole chunks) spread over the workers, then its cells, once
     its mask is whole. A record per block (``z.y0.x0``) and per slice's cells lets a rerun
     skip what is done."""
     from distributed import as_completed
 
-    regions = blocks.block_grid(shape[1], shape[2], edge, edge)
+    regions = block_grid(shape[1], shape[2], edge, edge)
 
     def record(z: int, region: tuple) -> str:
         return f"{z}.{region[0]}.{region[2]}"
@@ -313,7 +307,7 @@ def _montage_on_cluster(client, model: str, source: str, outs: dict, shape: tupl
     # Each slice's own levels: the ones used without volume levels, and None for a blank slice.
     own = {z: client.submit(_montage_levels, model, source, z, settings, pure=False, retries=3)
            for z in todo if todo[z]}
-    futures = {client.submit(_predict_region, model, source, outs, z, region, levels, own[z], settings,
+    futures = {client.submit(_predict_region, model, source, outs, z, region, own[z], settings, threads,
                              pure=False, retries=3): (z, region) for z in todo for region in todo[z]}
     left = {z: len(todo[z]) for z in todo}
     for future in as_completed(futures):

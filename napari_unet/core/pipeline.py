@@ -33,9 +33,11 @@ from .predict import (
     GROUP_BYTES,
     CancelCheck,
     ProgressCallback,
+    TileGrid,
     TilePredictor,
+    blend_tiles,
     cell_instances,
-    sliding_window_with_retry,
+    retry_out_of_memory,
 )
 
 #: Ratios of the data's pixel size to the model's inside which the slices are predicted
@@ -234,6 +236,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ infer / restore
 
+    @property
+    def passes(self) -> list[tuple[int, ...]]:
+        """The test-time passes: unflipped, then each of the model's flips (spatial axes)."""
+        return [()] + [(FLIP_AXES[name],) for name in self.info.test_time_flips]
+
+    def grid(self, height: int, width: int, tile: int | None = None) -> TileGrid:
+        """The `TileGrid` of a (height, width) slice on the model's grid."""
+        return TileGrid.of(height, width, tile or self.tile, self.overlap, self.info.tile_margin)
+
+    def shift_halo(self) -> int:
+        """Pixels read around a region so that the model's output shift has real values to move in."""
+        shift = self.info.output_shift_px
+        return math.ceil(max(abs(shift[0]), abs(shift[1]))) + 1 if any(shift) else 0
+
     def infer(self, images: np.ndarray, progress: ProgressCallback | None = None,
               cancel: CancelCheck | None = None) -> np.ndarray:
         """Probabilities of prepared slices of one size, on the model's grid.
@@ -244,25 +260,50 @@ class Pipeline:
         Returns:
             (N, Y', X') float32 in [0, 1], moved by the model's output shift.
         """
-        flips = [None] + [FLIP_AXES[name] for name in self.info.test_time_flips]
-        chunk = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-        batch = self.batch_size or self.predictor.batch_size(self.tile)
-        total = None
-        for f, axis in enumerate(flips):
+        source = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        return self.infer_region(source, (0, images.shape[1], 0, images.shape[2]), progress, cancel)
 
-            def pass_progress(done: int, jobs: int, f: int = f) -> None:
+    def infer_region(self, source, region: tuple[int, int, int, int], progress: ProgressCallback | None = None,
+                     cancel: CancelCheck | None = None, cache=None) -> np.ndarray:
+        """Probabilities of one region of N slices, each pixel as predicting the whole
+        slices gives it (`core.predict.blend_tiles`: the same tiles, flips and blending;
+        then the output shift, from a halo of real pixels around the region).
+
+        Args:
+            source: (N, C, Y, X) array-like of model-ready values, read by region.
+            region: (y0, y1, x0, x1) in the slices' pixels.
+            progress: called with (tiles done, tiles total).
+            cache: tiles shared with the slice's other regions (`core.blocks.TileCache`);
+                with one the tile stays as it is on out-of-memory (only the batch halves).
+
+        Returns:
+            (N, y1 - y0, x1 - x0) float32 in [0, 1].
+        """
+        height, width = source.shape[2:]
+        halo = self.shift_halo()
+        y0, y1, x0, x1 = region
+        extended = (max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo))
+
+        def run(tile: int, batch: int) -> torch.Tensor:
+            grid = self.grid(height, width, tile)
+            total = len(grid.keys(extended, self.passes)) * source.shape[0]
+            done = [0]
+
+            def computed(count: int) -> None:
+                done[0] += count
                 if progress is not None:
-                    progress(f * jobs + done, len(flips) * jobs)
+                    progress(done[0], total)
 
-            flipped = chunk if axis is None else np.ascontiguousarray(np.flip(chunk, axis + 1))
-            out, self.tile, batch = sliding_window_with_retry(
-                flipped, self.predictor, tile=self.tile, batch_size=batch,
-                multiple=self.checkpoint.config.size_multiple, margin=self.info.tile_margin, overlap=self.overlap,
-                blend=self.blend, device=self.device, progress=pass_progress, cancel=cancel, keep_on_device=True)
-            out = out[:, 0] if axis is None else torch.flip(out[:, 0], [axis])
-            total = out if total is None else total + out
-        probability = torch.clamp(total / len(flips), 0.0, 1.0).cpu().numpy()
-        return shift_output(probability, self.info.output_shift_px)
+            return blend_tiles(source, grid, extended, self.predictor, self.passes, batch, self.blend, self.device,
+                               computed, cancel, cache)
+
+        batch = self.batch_size or self.predictor.batch_size(self.tile)
+        out, self.tile, _batch = retry_out_of_memory(run, self.tile, batch, self.checkpoint.config.size_multiple,
+                                                     shrink_tile=cache is None)
+        probability = torch.clamp(out[:, 0], 0.0, 1.0).cpu().numpy()
+        probability = shift_output(probability, self.info.output_shift_px)
+        ey0, ex0 = extended[0], extended[2]
+        return probability[:, y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
 
     @staticmethod
     def restore(probability: np.ndarray, prepared: Prepared) -> np.ndarray:
@@ -275,20 +316,29 @@ class Pipeline:
 
     # ------------------------------------------------------------------ finish
 
-    def finish(self, probabilities: np.ndarray, fov: np.ndarray | None,
-               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Zero outside the FOV (in place), threshold, and cells.
+    def mask(self, probabilities: np.ndarray, fov: np.ndarray | None = None,
+             threshold: float | None = None) -> np.ndarray:
+        """Zero outside the FOV (in place) and threshold: the one place either happens.
 
         Args:
             probabilities: (Z, Y, X) float32; fov: (Z, Y, X) bool or None.
             threshold: instead of the pipeline's (a fine-tune weighing another one).
 
         Returns:
-            (Z, Y, X) uint8 mask, and (Z, Y, X) int32 cells or None.
+            (Z, Y, X) uint8 mask, 1 = structure.
         """
         if fov is not None:
             probabilities[~fov] = 0.0
-        mask = (probabilities > (self.threshold if threshold is None else threshold)).astype(np.uint8)
+        return (probabilities > (self.threshold if threshold is None else threshold)).astype(np.uint8)
+
+    def finish(self, probabilities: np.ndarray, fov: np.ndarray | None,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """`mask`, and the cells when asked for (EM).
+
+        Returns:
+            (Z, Y, X) uint8 mask, and (Z, Y, X) int32 cells or None.
+        """
+        mask = self.mask(probabilities, fov, threshold)
         cells = cell_instances(mask, self.info.instance_method) if self.instances and not self.uses_fov else None
         return mask, cells
 
@@ -345,7 +395,7 @@ class Pipeline:
         Args:
             images: (Z, Y, X, C) raw, C matching the model's input channels.
             fov: (Z, Y, X) or (Y, X) bool FOV the user gave (fundus), or None.
-            progress: called with (tiles done, tiles total); cancel: see `sliding_window`.
+            progress: called with (tiles done, tiles total); cancel: see `core.predict.blend_tiles`.
             name: how messages call the images (e.g. "'stack.tif'").
 
         Raises:

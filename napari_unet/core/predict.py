@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from .description import INSTANCE_METHODS
+from .settings import DEFAULT_BLEND, DEFAULT_OVERLAP
+
+T = TypeVar("T")
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 
-FLIP_AXES = {"x": 2, "y": 1}  # axes of a (C, Y, X) image
+FLIP_AXES = {"y": 0, "x": 1}  # the spatial axis each test-time flip mirrors
 
 
 class PredictionCancelled(Exception):
@@ -73,7 +78,7 @@ def has_fast_bfloat16(device: torch.device) -> bool:
     return False
 
 
-def blend_window(tile: int, mode: str = "gaussian") -> np.ndarray:
+def blend_window(tile: int, mode: str = DEFAULT_BLEND) -> np.ndarray:
     """(tile, tile) float32 weights, highest in the centre, never zero (so edges still count)."""
     if mode == "gaussian":
         # sigma = tile/8, as nnU-Net and MONAI use.
@@ -99,99 +104,238 @@ def tile_starts(length: int, tile: int, step: int) -> list[int]:
     return starts
 
 
+Region = tuple[int, int, int, int]  # (y0, y1, x0, x1) in a slice's pixels
+Flips = tuple[int, ...]  # spatial axes flipped in a test-time pass: () none, (0,) y, (1,) x
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tile grid of one (height, width) slice, whatever part of it is predicted.
+
+    As in the U-Net paper the slice is mirror-padded by ``margin`` on each side (and at its
+    end up to one tile, when it is smaller), and a tile starts every ``step`` pixels, the
+    last flush with the border. Coordinates here are *padded*: slice pixel (y, x) is at
+    (y + margin, x + margin). A test-time flip predicts the flipped slice's own grid.
+    """
+
+    height: int
+    width: int
+    tile: int
+    step: int
+    margin: int
+
+    @classmethod
+    def of(cls, height: int, width: int, tile: int, overlap: float = DEFAULT_OVERLAP,
+           margin: int | None = None) -> TileGrid:
+        """The grid of tiles of edge ``tile`` sharing ``overlap`` of their edge (margin
+        default tile // 8).
+
+        Raises:
+            ValueError: an overlap or tile that cannot work, with what to choose.
+        """
+        if not 0 <= overlap <= 0.9:
+            raise ValueError(f"Overlap {overlap}: choose a fraction between 0 and 0.9.")
+        if tile < 8:
+            raise ValueError(f"Tile {tile}: choose a tile of at least 8 pixels (256 is usual).")
+        margin = tile // 8 if margin is None else margin
+        return cls(height, width, tile, max(1, int(round(tile * (1 - overlap)))), margin)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return max(self.height + 2 * self.margin, self.tile), max(self.width + 2 * self.margin, self.tile)
+
+    def _frame(self, span: tuple[int, int], axis: int, flips: Flips) -> tuple[int, int]:
+        """A padded-coordinate range in the (un)flipped slice's frame (the map is its own
+        inverse; both frames pad the slice's start by ``margin``)."""
+        if axis not in flips:
+            return span
+        length = (self.height, self.width)[axis] + 2 * self.margin
+        return length - span[1], length - span[0]
+
+    def tiles(self, region: Region, flips: Flips = ()) -> tuple[list[list[int]], list[tuple[int, int]]]:
+        """Per axis, the starts (in the pass's frame) of the tiles that cover ``region``,
+        and the padded range they read (in the unflipped frame)."""
+        starts, sources = [], []
+        for axis, (lo, hi) in enumerate((region[:2], region[2:])):
+            target = self._frame((lo + self.margin, hi + self.margin), axis, flips)
+            every = tile_starts(self.padded[axis], self.tile, self.step)
+            chosen = [s for s in every if s < target[1] and s + self.tile > target[0]]
+            starts.append(chosen)
+            sources.append(self._frame((chosen[0], chosen[-1] + self.tile), axis, flips))
+        return starts, sources
+
+    def keys(self, region: Region, passes: list[Flips]) -> list[tuple[Flips, int, int]]:
+        """(flips, y, x) of every tile ``region`` needs, each pass's in its own frame."""
+        return [(flips, y, x) for flips in passes for ys, xs in [self.tiles(region, flips)[0]] for y in ys for x in xs]
+
+    def read(self, source, span: list[tuple[int, int]]) -> np.ndarray:
+        """(N, C, h, w) float32: the padded-coordinate ``span`` (per axis) of ``source``
+        ((N, C, Y, X) array-like read by region), mirror-padded where it passes the
+        slice's borders, as padding the whole slice would give."""
+        (py0, py1), (px0, px1) = span
+        m = self.margin
+        y0, y1 = max(0, py0 - m), min(self.height, py1 - m)
+        x0, x1 = max(0, px0 - m), min(self.width, px1 - m)
+        part = np.asarray(source[:, :, y0:y1, x0:x1], np.float32)
+        pad = [(0, 0), (0, 0), (y0 - (py0 - m), (py1 - m) - y1), (x0 - (px0 - m), (px1 - m) - x1)]
+        return np.ascontiguousarray(np.pad(part, pad, mode="symmetric"))
+
+
+def blend_tiles(source, grid: TileGrid, region: Region, predictor: Callable[[torch.Tensor], torch.Tensor],
+                passes: list[Flips] | None = None, batch_size: int = 4, blend: str = DEFAULT_BLEND,
+                device: torch.device | str = "cpu", computed: Callable[[int], None] | None = None,
+                cancel: CancelCheck | None = None, cache=None) -> torch.Tensor:
+    """The tiling engine: ``predictor``'s blended output on one region of N slices.
+
+    Every pixel gets exactly what predicting the whole slices would give it: the tiles of
+    the whole slices' grid that cover it, cut from the same mirror-padded image, blended in
+    the same order with the same weights; each test-time pass predicts its flipped slice's
+    own grid and is flipped back; the passes are averaged.
+
+    Args:
+        source: (N, C, Y, X) array-like of model-ready values read by region (a numpy
+            array, or a reader that normalises what it reads, `core.blocks`).
+        grid: the slices' `TileGrid`; region: (y0, y1, x0, x1) to predict.
+        predictor: maps a (B, C, tile, tile) tensor on ``device`` to (B, K, tile, tile).
+        passes: the test-time flips (default one pass, unflipped).
+        computed: called with the number of tiles just computed, after each batch.
+        cancel: checked before each batch; True raises PredictionCancelled.
+        cache: tiles other regions share (`core.blocks.TileCache`: ``get(key)``, ``put(key,
+            values)``, keys (n, flips, y, x)); None computes every tile.
+
+    Returns:
+        (N, K, h, w) float32 tensor on ``device``.
+    """
+    passes = passes or [()]
+    device = torch.device(device)
+    plans = [(flips, grid.tiles(region, flips)) for flips in passes]
+    # One source range (padded coordinates, unflipped) serves every pass.
+    span = [(min(p[1][1][axis][0] for p in plans), max(p[1][1][axis][1] for p in plans)) for axis in (0, 1)]
+    image = torch.from_numpy(grid.read(source, span))
+    if device.type == "cuda":  # pinned memory: the copy runs while the host goes on
+        image = image.pin_memory()
+    image = image.to(device, non_blocking=True)
+    count, tile = image.shape[0], grid.tile
+    window = torch.from_numpy(blend_window(tile, blend)).to(device)
+    total = None
+    with torch.inference_mode():
+        for flips, ((ys, xs), _sources) in plans:
+            frame = torch.flip(image, [axis + 2 for axis in flips]) if flips else image
+            origin = [grid._frame(span[axis], axis, flips)[0] for axis in (0, 1)]
+            weights = torch.zeros(frame.shape[2:], dtype=torch.float32, device=device)
+            for y in ys:
+                for x in xs:
+                    weights[y - origin[0] : y - origin[0] + tile, x - origin[1] : x - origin[1] + tile] += window
+            jobs = [((n, flips, y, x), y - origin[0], x - origin[1]) for n in range(count) for y in ys for x in xs]
+            output: list[torch.Tensor | None] = [None]
+
+            def add(n: int, y: int, x: int, values: torch.Tensor) -> None:
+                if output[0] is None:
+                    output[0] = torch.zeros((count, values.shape[0], *frame.shape[2:]), dtype=torch.float32,
+                                            device=device)
+                output[0][n, :, y : y + tile, x : x + tile] += values * window
+
+            pending: list = []
+
+            def run(pending: list) -> None:
+                if cancel is not None and cancel():
+                    raise PredictionCancelled("Prediction cancelled.")
+                tiles = torch.stack([frame[key[0], :, y : y + tile, x : x + tile] for key, y, x in pending])
+                for (key, y, x), values in zip(pending, predictor(tiles).float()):
+                    if cache is not None:
+                        cache.put(key, values)
+                    add(key[0], y, x, values)
+                if computed is not None:
+                    computed(len(pending))
+                pending.clear()
+
+            # In the whole slice's order (so the same sums): batches of new tiles, and between
+            # them the tiles another region computed.
+            for key, y, x in jobs:
+                cached = None if cache is None else cache.get(key)
+                if cached is None:
+                    pending.append((key, y, x))
+                    if len(pending) == batch_size:
+                        run(pending)
+                    continue
+                if pending:
+                    run(pending)
+                add(key[0], y, x, torch.from_numpy(cached).to(device))
+            if pending:
+                run(pending)
+            # The region in this frame, relative to the source range.
+            cut = [grid._frame((lo + grid.margin, hi + grid.margin), axis, flips)
+                   for axis, (lo, hi) in enumerate((region[:2], region[2:]))]
+            blended = (output[0] / weights)[:, :, cut[0][0] - origin[0] : cut[0][1] - origin[0],
+                                            cut[1][0] - origin[1] : cut[1][1] - origin[1]]
+            if flips:
+                blended = torch.flip(blended, [axis + 2 for axis in flips])
+            total = blended if total is None else total + blended
+    return total / len(passes)
+
+
 def sliding_window(
     image: np.ndarray,
     predictor: Callable[[torch.Tensor], torch.Tensor],
     tile: int = 256,
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: str = DEFAULT_BLEND,
     margin: int | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
-    keep_on_device: bool = False,
-) -> np.ndarray | torch.Tensor:
-    """Run ``predictor`` over overlapping tiles of one image (or several) and blend the outputs.
-
-    The images go to the device once; tiles are cut, predicted and blended there, so a
-    GPU never waits for the host between batches, and a batch takes tiles from several
-    images when one image has too few.
+) -> np.ndarray:
+    """Run ``predictor`` over overlapping tiles of whole images and blend the outputs
+    (`blend_tiles` on the whole image; training's validation uses it).
 
     Args:
         image: (C, Y, X) float32, or (N, C, Y, X) for N images of one size.
         predictor: maps a (B, C, tile, tile) tensor on ``device`` to (B, K, tile, tile).
-        tile: tile edge in pixels.
-        overlap: fraction of a tile shared with its neighbour, in [0, 0.9].
-        margin: mirror padding added around the image first (default tile // 8).
+        tile, overlap, margin: see `TileGrid.of`.
         progress: called with (tiles done, tiles total) after each batch.
         cancel: checked before each batch; True raises PredictionCancelled.
-        keep_on_device: return the torch tensor on ``device`` without waiting for it
-            (the caller can queue more work first).
 
     Returns:
-        (K, Y, X) float32, or (N, K, Y, X) for (N, C, Y, X) input: the blended output.
+        (K, Y, X) float32, or (N, K, Y, X) for (N, C, Y, X) input.
     """
-    if not 0 <= overlap <= 0.9:
-        raise ValueError(f"overlap={overlap}: choose a fraction between 0 and 0.9.")
-    if tile < 8:
-        raise ValueError(f"tile={tile}: choose a tile of at least 8 pixels (256 is usual).")
     single = image.ndim == 3
     images = image[None] if single else image
     height, width = images.shape[2:]
-    margin = tile // 8 if margin is None else margin
-    # Mirror the borders (U-Net paper); images smaller than a tile are mirrored further at
-    # the end, so an image up to (tile - 2 * margin) wide is predicted as one single tile.
-    extra_y = max(0, tile - (height + 2 * margin))
-    extra_x = max(0, tile - (width + 2 * margin))
-    padded = np.pad(images, [(0, 0), (0, 0), (margin, margin + extra_y), (margin, margin + extra_x)],
-                    mode="symmetric")
-    device = torch.device(device)
-    source = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
-    if device.type == "cuda":  # pinned memory: the copy runs while the host goes on
-        source = source.pin_memory()
-    source = source.to(device, non_blocking=True)
-    step = max(1, int(round(tile * (1 - overlap))))
-    corners = [(y, x) for y in tile_starts(padded.shape[2], tile, step) for x in tile_starts(padded.shape[3], tile, step)]
-    window = torch.from_numpy(blend_window(tile, blend)).to(device)
-    weights = torch.zeros(padded.shape[2:], dtype=torch.float32, device=device)
-    for y, x in corners:  # the same for every image
-        weights[y : y + tile, x : x + tile] += window
-    jobs = [(n, y, x) for n in range(len(images)) for y, x in corners]
-    output: torch.Tensor | None = None
-    with torch.inference_mode():
-        for done in range(0, len(jobs), batch_size):
-            if cancel is not None and cancel():
-                raise PredictionCancelled("Prediction cancelled.")
-            batch = jobs[done : done + batch_size]
-            tiles = torch.stack([source[n, :, y : y + tile, x : x + tile] for n, y, x in batch])
-            result = predictor(tiles).float()
-            if output is None:
-                output = torch.zeros((len(images), result.shape[1], *padded.shape[2:]), dtype=torch.float32,
-                                     device=device)
-            for (n, y, x), values in zip(batch, result):
-                output[n, :, y : y + tile, x : x + tile] += values * window
-            if progress is not None:
-                progress(done + len(batch), len(jobs))
-        output = (output / weights)[:, :, margin : margin + height, margin : margin + width]
-    if single:
-        output = output[0]
-    return output if keep_on_device else output.cpu().numpy()
+    grid = TileGrid.of(height, width, tile, overlap, margin)
+    region = (0, height, 0, width)
+    total = len(grid.keys(region, [()])) * len(images)
+    done = [0]
+
+    def computed(count: int) -> None:
+        done[0] += count
+        if progress is not None:
+            progress(done[0], total)
+
+    output = blend_tiles(images, grid, region, predictor, None, batch_size, blend, device, computed, cancel)
+    output = output.cpu().numpy()
+    return output[0] if single else output
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def sliding_window_with_retry(image: np.ndarray, predictor, tile: int, batch_size: int, multiple: int = 1, **kwargs):
-    """`sliding_window`, retrying on out-of-memory with half the batch, then half the tile.
+def retry_out_of_memory(run: Callable[[int, int], T], tile: int, batch_size: int, multiple: int = 1,
+                        shrink_tile: bool = True) -> tuple[T, int, int]:
+    """``run(tile, batch_size)``, retried on out-of-memory with half the batch, then (when
+    ``shrink_tile``) half the tile.
 
     Returns:
-        (output, tile, batch_size) with the settings that worked.
+        (its result, tile, batch_size) with the settings that worked.
+
+    Raises:
+        MemoryError: it does not fit even with one 64-pixel tile (or one tile, when the
+            tile must stay), with what to do.
     """
     while True:
         try:
-            return sliding_window(image, predictor, tile=tile, batch_size=batch_size, **kwargs), tile, batch_size
+            return run(tile, batch_size), tile, batch_size
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -199,11 +343,11 @@ def sliding_window_with_retry(image: np.ndarray, predictor, tile: int, batch_siz
                 torch.cuda.empty_cache()
             if batch_size > 1:
                 batch_size //= 2
-            elif tile // 2 >= max(64, multiple):
+            elif shrink_tile and tile // 2 >= max(64, multiple):
                 tile = max(multiple, (tile // 2) // multiple * multiple)
             else:
                 raise MemoryError(
-                    "Out of GPU memory even with one 64-pixel tile: close other GPU programs or use device 'cpu'."
+                    "Out of GPU memory even with one tile at a time: close other GPU programs or use device 'cpu'."
                 ) from exc
 
 

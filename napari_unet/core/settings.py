@@ -12,11 +12,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .volume import LARGE_SLICE
+
 #: Fraction of a tile shared with its neighbour.
 DEFAULT_OVERLAP = 0.25
 #: Tile blending (`core.predict.blend_window`).
 DEFAULT_BLEND = "gaussian"
 FOV_MODES = ("auto", "none")
+#: Edge in pixels of the blocks a slice too large for memory is predicted in (a multiple of
+#: the outputs' 1,024-pixel chunks; `core.blocks`).
+BLOCK = 3072
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ class PredictSettings:
             every slice (a volume's or a montage slice's); None = each slice's own.
         instances: also label cells (EM).
         precision, batch_size, blend: see `core.predict`.
+        block: edge of the blocks a slice too large for memory is predicted in.
+        block_limit: slices of more pixels are predicted block by block; default a
+            montage's (`core.volume.LARGE_SLICE`: those are read by region too).
     """
 
     model: str = ""
@@ -50,6 +58,8 @@ class PredictSettings:
     precision: str = "auto"
     batch_size: int | None = None
     blend: str = DEFAULT_BLEND
+    block: int = BLOCK
+    block_limit: int = LARGE_SLICE
 
     def __post_init__(self) -> None:
         if self.fov not in FOV_MODES:

@@ -148,7 +148,7 @@ def _predict_in_blocks(pipeline: Pipeline, volume, z: int, outputs: VolumeOutput
         structure = predict_slice_in_blocks(pipeline, plane, outputs, z, progress, cancel)
     except DataError:  # one value everywhere (or no finite one): no image, left empty
         report.blank.append(z)
-        for y0, y1, x0, x1 in block_grid(*plane.shape[:2]):
+        for y0, y1, x0, x1 in block_grid(*plane.shape[:2], pipeline.settings.block):
             for array in (outputs.mask, outputs.probabilities, outputs.instances):
                 if array is not None:
                     array[z, y0:y1, x0:x1] = 0
@@ -157,5 +157,5 @@ def _predict_in_blocks(pipeline: Pipeline, volume, z: int, outputs: VolumeOutput
         return 0
     if outputs.instances is not None and pipeline.instances:
         report.cells[z] = label_cells_in_blocks(outputs.mask, z, outputs.instances, pipeline.info.instance_method,
-                                                offset)
+                                                offset, edge=pipeline.settings.block)
     return structure

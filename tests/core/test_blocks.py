@@ -24,11 +24,13 @@ from napari_unet.core.stream import VolumeOutputs, predict_volume
 from napari_unet.core.volume import open_volume
 
 
+#: Blocks of about 256 px for every slice over 2 blocks, so test-sized slices cross many borders.
+SMALL = {"block": 256, "block_limit": 2 * 256 * 256}
+
+
 @pytest.fixture()
 def small_blocks(monkeypatch):
-    """Blocks of about 256 px for every slice over 2 blocks, so test-sized slices cross many borders."""
-    monkeypatch.setattr(blocks, "BLOCK", 256)
-    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
+    """Test-sized slices are montages (read by region) for the CLI too."""
     monkeypatch.setattr(volume_module, "LARGE_SLICE", 2 * 256 * 256)
 
 
@@ -77,7 +79,7 @@ def _streamed(pipeline: Pipeline, images: np.ndarray):
 
 
 @pytest.mark.parametrize("model", ["em-membranes", "tiny-watershed", "tiny-components"])
-def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, model):
+def test_blocks_give_exactly_the_whole_slice_prediction(montage, model):
     """Each tile of the whole slice's grid predicted once (those on block borders are kept
     for the next block); probabilities equal to float rounding (tiles are batched
     differently), masks equal, cells equal up to their ids across 4-9 blocks ("components", the built-in model's), or up to
@@ -85,15 +87,17 @@ def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, m
     checkpoint = load_checkpoint(model) if model == "em-membranes" else _tiny(model.split("-")[1])
     threshold = None
     if model != "em-membranes":  # a random model's probabilities hover near 0.5: a mask of a quarter
-        threshold = float(np.quantile(Pipeline(checkpoint, PredictSettings(device="cpu")).run(montage).probabilities, 0.75))
-    pipeline = Pipeline(checkpoint, PredictSettings(device="cpu", instances=True, threshold=threshold))
+        probabilities = Pipeline(checkpoint, PredictSettings(device="cpu")).run(montage).probabilities
+        threshold = float(np.quantile(probabilities, 0.75))
+    pipeline = Pipeline(checkpoint, PredictSettings(device="cpu", instances=True, threshold=threshold, **SMALL))
     assert blocks.in_blocks(pipeline, montage.shape[1:3])
     whole = pipeline.run(montage)
     pipeline.predictor = _Counting(pipeline.predictor)
     outputs, report = _streamed(pipeline, montage)
-    geometry = blocks._Geometry(pipeline, *montage.shape[1:3])
-    assert pipeline.predictor.tiles == len(geometry.starts[0]) * len(geometry.starts[1]) * len(geometry.flips)
-    assert len(blocks._Geometry(pipeline, *montage.shape[1:3]).blocks()) >= 4
+    grid = pipeline.grid(*montage.shape[1:3])
+    every = [len(grid.tiles((0, grid.height, 0, grid.width))[0][axis]) for axis in (0, 1)]
+    assert pipeline.predictor.tiles == every[0] * every[1] * len(pipeline.passes)  # each tile once
+    assert len(blocks.prediction_blocks(pipeline, montage.shape[1:3])) >= 4
     np.testing.assert_allclose(outputs.probabilities, whole.probabilities, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(outputs.mask, whole.mask)
     assert report.cells[0] == len(np.unique(whole.cells)) - 1 > 50
@@ -105,37 +109,38 @@ def test_blocks_give_exactly_the_whole_slice_prediction(montage, small_blocks, m
         assert adapted_rand_error(whole.cells[0], outputs.instances[0].astype(np.int32))[0] < 0.01
 
 
-def test_the_cells_of_the_next_slice_follow_on(montage, small_blocks):
+def test_the_cells_of_the_next_slice_follow_on(montage):
     stack = np.concatenate([montage, montage[:, ::-1]])
-    outputs, report = _streamed(Pipeline(_tiny("components"), PredictSettings(device="cpu", instances=True)), stack)
+    outputs, report = _streamed(Pipeline(_tiny("components"), PredictSettings(device="cpu", instances=True, **SMALL)),
+                                stack)
     first, second = (set(np.unique(outputs.instances[z])) - {0} for z in (0, 1))
     assert max(first) == report.cells[0] == len(first) and min(second) == report.cells[0] + 1
     assert len(second) == report.cells[1]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
-def test_levels_of_8_and_16_bit_slices_are_exact(small_blocks, dtype):
+def test_levels_of_8_and_16_bit_slices_are_exact(dtype):
     info = np.iinfo(dtype)
     rng = np.random.default_rng(1)
     plane = rng.integers(info.min, info.max, (700, 900, 1), dtype=dtype, endpoint=True)
     norm = {"method": "percentile", "low": 1.0, "high": 99.8}
-    low, high = blocks.slice_levels(plane, norm)
+    low, high = blocks.slice_levels(plane, norm, edge=256)
     expected = np.percentile(plane.astype(np.float32), [1.0, 99.8], axis=(0, 1))
     np.testing.assert_allclose([low, high], expected, rtol=1e-6)
 
 
-def test_levels_of_float_slices_come_from_a_sample(small_blocks, monkeypatch):
-    monkeypatch.setattr(blocks, "LEVEL_SAMPLE", 20_000)
+def test_levels_of_float_slices_come_from_a_sample():
     plane = np.random.default_rng(2).normal(100, 10, (700, 900, 1)).astype(np.float32)
     plane[:50, :50] = np.nan
-    low, high = blocks.slice_levels(plane, {"method": "percentile", "low": 1.0, "high": 99.8})
+    low, high = blocks.slice_levels(plane, {"method": "percentile", "low": 1.0, "high": 99.8}, edge=256,
+                                    sample=20_000)
     expected = np.nanpercentile(plane, [1.0, 99.8], axis=(0, 1))
     np.testing.assert_allclose([low, high], expected, atol=1.5)  # the percentiles' sampling error
 
 
-def test_a_slice_with_one_value_is_left_empty_and_cancel_keeps_the_blocks_done(montage, small_blocks):
+def test_a_slice_with_one_value_is_left_empty_and_cancel_keeps_the_blocks_done(montage):
     stack = np.concatenate([np.full_like(montage, 9), montage])
-    pipeline = Pipeline(_tiny("components"), PredictSettings(device="cpu", instances=True))
+    pipeline = Pipeline(_tiny("components"), PredictSettings(device="cpu", instances=True, **SMALL))
     with pytest.raises(DataError, match="same value"):
         blocks.slice_levels(stack[0], pipeline.info.normalization)
     outputs = VolumeOutputs(np.full(stack.shape[:3], 7, np.uint8), instances=np.full(stack.shape[:3], 7, np.uint32))
@@ -186,14 +191,13 @@ def _peak_growth(tmp_path, model_path: str, size: int) -> float:
         from napari_unet.core.settings import PredictSettings
         from napari_unet.core.stream import VolumeOutputs, predict_volume
         from napari_unet.core.volume import create_output, open_volume
-        blocks.BLOCK, blocks.BLOCK_LIMIT = 512, 2 * 512 * 512
         volume = open_volume({str(source)!r})
         out = create_output({str(tmp_path / f"out{size}.zarr")!r}, volume.data.shape[:3], np.uint8, chunk=512)
         def status(key):  # this process's own figures (ru_maxrss would count the parent's)
             return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
         before = status("VmHWM:")
-        report = predict_volume(Pipeline(load_checkpoint({model_path!r}), PredictSettings(device="cpu", tile=256)), volume.data,
-                                VolumeOutputs(out))
+        settings = PredictSettings(device="cpu", tile=256, block=512, block_limit=2 * 512 * 512)
+        report = predict_volume(Pipeline(load_checkpoint({model_path!r}), settings), volume.data, VolumeOutputs(out))
         print(json.dumps({{"grew_mb": (status("VmHWM:") - before) / 2**20, "done": len(report.done)}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
@@ -229,19 +233,18 @@ def test_a_large_flat_tif_opens_with_display_levels_read_from_the_file(tmp_path,
     assert kind == "image" and meta["multiscale"] and [level.shape for level in data][0] == (2, 700, 900)
 
 
-def test_a_montage_is_ranked_block_by_block_as_whole(montage, small_blocks, monkeypatch):
+def test_a_montage_is_ranked_block_by_block_as_whole(montage):
     """`suggest` (by default "margin" on a montage) scores a montage slice in blocks with
     the number the whole slice gives; the other methods, which need whole slices, are refused."""
     from napari_unet.core.uncertainty import suggest
 
     stack = np.concatenate([montage, montage[:, ::-1], np.zeros_like(montage)])
-    pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu"))
+    pipeline = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu", **SMALL))
     in_blocks = suggest(pipeline, stack, corrected=[1])
-    monkeypatch.setattr(blocks, "BLOCK_LIMIT", float("inf"))
-    whole = suggest(pipeline, stack, corrected=[1], method="margin")
+    whole_slices = Pipeline(load_checkpoint("em-membranes"), PredictSettings(device="cpu", block_limit=10**12))
+    whole = suggest(whole_slices, stack, corrected=[1], method="margin")
     np.testing.assert_allclose(in_blocks.uncertainty, whole.uncertainty, rtol=1e-6)
     assert in_blocks.order == whole.order == [0] and np.isnan(in_blocks.uncertainty[2])
-    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
     with pytest.raises(DataError, match="margin"):
         suggest(pipeline, stack, method="flips")
 

@@ -9,10 +9,12 @@ from napari_unet.core.pipeline import PIXEL_RATIO_LIMITS, RESAMPLE_SKIP, Pipelin
 from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import (
     PredictionCancelled,
+    TileGrid,
+    blend_tiles,
     blend_window,
     resolve_device,
+    retry_out_of_memory,
     sliding_window,
-    sliding_window_with_retry,
 )
 
 
@@ -66,7 +68,8 @@ def test_out_of_memory_retries_with_smaller_batch_then_tile():
         return batch + 1
 
     image = np.random.default_rng(0).random((1, 300, 300), dtype=np.float32)
-    out, tile, batch = sliding_window_with_retry(image, fussy, tile=128, batch_size=4, multiple=16)
+    out, tile, batch = retry_out_of_memory(lambda tile, batch: sliding_window(image, fussy, tile, batch_size=batch),
+                                           tile=128, batch_size=4, multiple=16)
     assert (tile, batch) == (64, 1)
     np.testing.assert_allclose(out, image + 1, atol=1e-5)
     assert seen[0] == (4, 1, 128, 128)  # it really started big
@@ -77,7 +80,47 @@ def test_other_errors_are_not_swallowed():
         raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        sliding_window_with_retry(np.zeros((1, 40, 40), np.float32), broken, tile=32, batch_size=2)
+        retry_out_of_memory(lambda tile, batch: sliding_window(np.zeros((1, 40, 40), np.float32), broken, tile,
+                                                               batch_size=batch), tile=32, batch_size=2)
+
+
+def test_the_tile_stays_when_asked_and_the_message_says_what_to_do():
+    def always(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    with pytest.raises(MemoryError, match="close other GPU programs or use device 'cpu'"):
+        retry_out_of_memory(lambda tile, batch: sliding_window(np.zeros((1, 90, 90), np.float32), always, tile,
+                                                               batch_size=batch), tile=64, batch_size=2,
+                            shrink_tile=False)
+
+
+def _tile_mean(batch: torch.Tensor) -> torch.Tensor:
+    """A predictor whose output depends on the whole tile (unlike input + 1)."""
+    return batch * batch.mean(dim=(2, 3), keepdim=True) + torch.flip(batch, [3]) * 0.1
+
+
+@pytest.mark.parametrize("shape", [(2, 150, 190), (1, 40, 23)])
+@pytest.mark.parametrize("passes", [[()], [(), (0,), (1,)]])
+def test_a_region_gets_what_the_whole_slice_gives_it(shape, passes):
+    """The one tiling engine: any region of a slice (a block, a montage region) equals the
+    same crop of the whole slice's prediction, with test-time flips too, and with a tile
+    larger than the slice (mirrored further at its end)."""
+    images = np.random.default_rng(3).random((shape[0], 2, *shape[1:]), dtype=np.float32)
+    grid = TileGrid.of(*shape[1:], tile=48, overlap=0.3)
+    whole = blend_tiles(images, grid, (0, shape[1], 0, shape[2]), _tile_mean, passes, batch_size=5).numpy()
+    for region in [(0, 17, 0, 23), (9, shape[1], 5, shape[2] - 3), (shape[1] // 2, shape[1], 0, shape[2])]:
+        part = blend_tiles(images, grid, region, _tile_mean, passes, batch_size=2).numpy()
+        y0, y1, x0, x1 = region
+        np.testing.assert_allclose(part, whole[:, :, y0:y1, x0:x1], rtol=0, atol=1e-6)
+
+
+def test_a_flip_pass_is_the_flipped_slices_prediction_flipped_back():
+    """Each test-time pass predicts the flipped slice's own grid (as if the user had flipped it)."""
+    image = np.random.default_rng(4).random((1, 1, 70, 45), dtype=np.float32)
+    grid = TileGrid.of(70, 45, tile=32, overlap=0.25)
+    flipped = blend_tiles(image, grid, (0, 70, 0, 45), _tile_mean, [(1,)]).numpy()
+    by_hand = sliding_window(np.ascontiguousarray(image[0, :, :, ::-1]), _tile_mean, tile=32, overlap=0.25)
+    np.testing.assert_allclose(flipped[0], by_hand[:, :, ::-1], rtol=0, atol=1e-6)
 
 
 def test_devices():
