@@ -64,9 +64,9 @@ def single_process(single_process_outputs):
     return single_process_outputs.mask
 
 
-def _run(client, volume, out, **kwargs):
-    return predict_on_cluster(client, load_checkpoint("em-membranes"), volume, out, threshold=0.55, threads=1,
-                              cpu=True, **kwargs)
+def _run(client, volume, out, settings: PredictSettings | None = None, **kwargs):
+    settings = settings or PredictSettings(threshold=0.55, device="cpu")
+    return predict_on_cluster(client, load_checkpoint("em-membranes"), volume, out, settings, threads=1, **kwargs)
 
 
 def test_the_cluster_gives_the_single_process_masks(client, volume, single_process, tmp_path):
@@ -119,7 +119,8 @@ def test_a_rerun_skips_the_blocks_done_and_refuses_another_job(client, volume, s
     assert report.skipped == [0, 1, 2, 3] and report.done == [4, 5, 6, 7]
     np.testing.assert_array_equal(store[:], single_process)
     with pytest.raises(DataError, match="another result"):
-        predict_on_cluster(client, load_checkpoint("em-membranes"), volume, out, threshold=0.3, cpu=True)
+        predict_on_cluster(client, load_checkpoint("em-membranes"), volume, out,
+                           PredictSettings(threshold=0.3, device="cpu"))
 
 
 def test_cli_options_for_clusters(volume, tmp_path, capsys):
@@ -135,15 +136,12 @@ def test_cli_options_for_clusters(volume, tmp_path, capsys):
     assert not (tmp_path / "m.zarr").exists()
 
 
-def test_a_montage_slice_is_spread_over_the_workers_block_by_block(client, isbi_stack, tmp_path, monkeypatch):
+def test_a_montage_slice_is_spread_over_the_workers_block_by_block(client, isbi_stack, tmp_path):
     """One slice too large for a worker (limits scaled down: blocks of 432 px) is predicted
     block by block on both workers, each block whole chunks of the stores: the masks and
     cells of one process, probabilities within float rounding; a blank slice stays empty;
     a rerun skips every block."""
-    import napari_unet.core.blocks as blocks
-
-    monkeypatch.setattr(blocks, "BLOCK", 432)
-    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 2 * 256 * 256)
+    settings = PredictSettings(threshold=0.55, device="cpu", block=432, block_limit=2 * 256 * 256)
     a, b = isbi_stack.images[3, :, :, 0], isbi_stack.images[17, :, :, 0]
     montage = np.stack([np.block([[a, b[:, ::-1]], [b[::-1], a]])[:700, :900], np.zeros((700, 900), np.uint8)])
     path = tmp_path / "montage.zarr"
@@ -153,12 +151,12 @@ def test_a_montage_slice_is_spread_over_the_workers_block_by_block(client, isbi_
     try:
         expected = VolumeOutputs(np.zeros(montage.shape, np.uint8), np.zeros(montage.shape, np.float32),
                                  np.zeros(montage.shape, np.uint32))
-        predict_volume(Pipeline(load_checkpoint("em-membranes"), PredictSettings(threshold=0.55, instances=True, device="cpu")),
-                       open_volume(path).data, expected)
+        predict_volume(Pipeline(load_checkpoint("em-membranes"), settings.but(instances=True)), open_volume(path).data,
+                       expected)
     finally:
         torch.set_num_threads(threads)
     out, probabilities, cells = tmp_path / "mask.zarr", tmp_path / "prob.zarr", tmp_path / "cells.zarr"
-    report = _run(client, path, out, probabilities=probabilities, instances=cells)
+    report = _run(client, path, out, settings, probabilities=probabilities, instances=cells)
     assert report.done == [0, 1] and report.blank == [1]
     mask = zarr.open_array(str(out), mode="r")
     assert mask.chunks == (1, 432, 432)  # a block is whole chunks: no two workers write one
@@ -168,4 +166,4 @@ def test_a_montage_slice_is_spread_over_the_workers_block_by_block(client, isbi_
     assert expected.instances.max() > 50
     records = sorted(p.name for p in record_folder(out).iterdir())
     assert len(records) == 2 * 6 + 1 + 1  # 2 x 3 blocks a slice, the cells of slice 0, the job
-    assert _run(client, path, out, probabilities=probabilities, instances=cells).skipped == [0, 1]
+    assert _run(client, path, out, settings, probabilities=probabilities, instances=cells).skipped == [0, 1]
