@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -11,6 +12,18 @@ import numpy as np
 
 PLUGIN = "napari-unet"
 WIDGETS = ("Load", "Predict", "Correct", "Fine-tune", "Evaluate")  # display names in napari.yaml
+GUI_PACKAGES = ("napari", "magicgui", "qtpy")
+QT_BINDINGS = ("PyQt6", "PySide6", "PyQt5", "PySide2")  # any one will do; the `all` extra brings PyQt6
+INSTALL_GUI = 'pip install "napari-unet[all]"'
+
+
+def missing_gui_packages() -> list[str]:
+    """What the GUI needs and is not installed (a plain `pip install napari-unet` is the
+    core and the CLI only); empty when napari can open."""
+    missing = [name for name in GUI_PACKAGES if importlib.util.find_spec(name) is None]
+    if not any(importlib.util.find_spec(name) for name in QT_BINDINGS):
+        missing.append("a Qt binding (PyQt6)")
+    return missing
 
 
 def dock_widgets(viewer) -> dict:
@@ -66,13 +79,13 @@ def headless_first_run(sample: str) -> int:
     from .core.metrics import dice
     from .core.pipeline import predict
     from .core.predict import describe_device, resolve_device
-    from .core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
+    from .core.samples import em_sample, fundus_sample
 
     if sample == "em":
-        image, truth = em_stack(0, SAMPLE_EM_SHAPE)
+        image, truth = em_sample()
         stack = image[..., None]
     else:
-        rgb, vessels, fov = fundus_image(0, SAMPLE_FUNDUS_SHAPE)
+        rgb, vessels, fov = fundus_sample()
         stack, truth = rgb[None], np.where(fov, vessels, 2)[None]
     model = "em-membranes" if sample == "em" else "fundus-vessels"
     device = resolve_device("auto")
@@ -89,7 +102,16 @@ def headless_first_run(sample: str) -> int:
 
 
 def run(data: str | None, sample: str | None, screenshot: str | None, predict: bool) -> int:
-    """Open the GUI; with ``screenshot``, predict, save the whole window and exit (smoke mode)."""
+    """Open the GUI; with ``screenshot``, predict, save the whole window and exit (smoke mode).
+
+    Returns:
+        The exit code: 0, or 1 when napari is not installed (after saying how to install it).
+    """
+    missing = missing_gui_packages()
+    if missing:
+        print(f"napari-unet gui needs napari, which this install leaves out (missing: {', '.join(missing)}). "
+              f"Install the plugin with: {INSTALL_GUI}", file=sys.stderr)
+        return 1
     if not has_display():
         if screenshot is not None or data is not None or sample is None:
             raise ValueError("No display found: run under a virtual X server, e.g. `xvfb-run -a napari-unet gui ...`.")

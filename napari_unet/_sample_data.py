@@ -1,7 +1,7 @@
 """napari sample data (File ▸ Open Sample ▸ napari-unet): the project's generated samples.
 
-They are generated on the fly by the seeded generator in `core.synthetic`, so an installed
-package needs no data files; `sample_data/` in the repository holds the same arrays.
+The arrays are package data (napari_unet/samples/, read by `core.samples`); the seeded
+generator that made them is `sample_data/generate.py` in the repository.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .core import samples
 from .core.files import napari_unet_home
 from .core.labels import label_colours
-from .core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
 
 
 def sample_source(name: str) -> Path:
@@ -31,7 +31,7 @@ def _meta(name: str, role: str, kind: str, **extra) -> dict:
 
 def em_sample() -> list[tuple]:
     """EM membranes: a (5, 384, 384) stack with its membrane ground truth."""
-    image, labels = em_stack(0, SAMPLE_EM_SHAPE)
+    image, labels = samples.em_sample()
     return [
         (image, _meta("em_sample", "image", "em", contrast_limits=[0, 255]), "image"),
         (labels, _meta("em_sample ground truth", "truth", "em"), "labels"),
@@ -40,7 +40,7 @@ def em_sample() -> list[tuple]:
 
 def fundus_sample() -> list[tuple]:
     """Fundus vessels: a (584, 565) RGB image with vessel ground truth and FOV mask."""
-    rgb, vessels, fov = fundus_image(0, SAMPLE_FUNDUS_SHAPE)
+    rgb, vessels, fov = samples.fundus_sample()
     truth = np.where(fov, vessels, 2).astype(np.uint8)  # outside the FOV: ignore
     return [
         (rgb, _meta("fundus_sample", "image", "fundus", rgb=True), "image"),

@@ -39,6 +39,7 @@ from .settings import PredictSettings
 
 TEST_SIZE = 256  # test image edge (cropped from the sample); bioimage.io runs it at once
 MIN_SIZE = 64  # smallest input edge declared in the package
+DEFAULT_LICENSE = "BSD-3-Clause"  # napari-unet's own licence (SPDX id)
 U_NET_PAPER = ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image "
                "Segmentation. MICCAI 2015.", "10.1007/978-3-319-24574-4_28")
 
@@ -75,7 +76,7 @@ def export_package(
     sample: np.ndarray,
     name: str | None = None,
     authors: list[str] | None = None,
-    license: str = "MIT",
+    license: str = DEFAULT_LICENSE,
     description: str | None = None,
 ) -> Path:
     """Write ``checkpoint`` as a bioimage.io package (zip).
@@ -84,17 +85,21 @@ def export_package(
         checkpoint: the model and its description (kept whole in ``config.napari_unet``).
         sample: (Y, X, C) raw image the model is meant for (its centre becomes the test
             input and the cover).
-        authors: names (default: "napari-unet user"); license: an SPDX id.
+        authors: names (default: "napari-unet user"); license: an SPDX id (default:
+            napari-unet's own, BSD-3-Clause).
 
     Returns:
         The zip's path.
     """
+    sample = np.asarray(sample)
+    if sample.shape[-1] != checkpoint.config.in_channels:  # before the model is moved or anything is made
+        raise ValueError(f"The sample image has {sample.shape[-1]} channel(s) but the model takes "
+                         f"{checkpoint.config.in_channels}: choose an image of the kind the model is for "
+                         "(grey for EM, RGB for fundus).")
     spec, v = bioimageio_spec()
     model, config, meta = checkpoint.model.cpu().eval(), checkpoint.config, checkpoint.metadata
     norm = checkpoint.normalization
-    crop = centre_crop(np.asarray(sample), config.size_multiple)
-    if crop.shape[-1] != config.in_channels:
-        raise ValueError(f"The sample has {crop.shape[-1]} channel(s); the model takes {config.in_channels}.")
+    crop = centre_crop(sample, config.size_multiple)
     raw = np.moveaxis(crop.astype(np.float32), -1, 0)[None]  # (1, C, Y, X)
     packaged = as_packaged(checkpoint, crop.shape[0])
     prepared = packaged.prepare(crop)  # the package's preprocessing: normalisation only
@@ -181,12 +186,13 @@ def export_package(
 
 
 def default_sample(task: str) -> np.ndarray:
-    """A (Y, X, C) image of the project's own generator, for exports without data."""
-    from .synthetic import em_stack, fundus_image
+    """A (Y, X, C) uint8 image of the shipped samples, for exports without data: the EM
+    sample's first slice, or the fundus sample."""
+    from .samples import em_sample, fundus_sample
 
     if task == "em":
-        return em_stack(0, (1, 384, 384))[0][0][..., None]
-    return fundus_image(0, (584, 565))[0]
+        return em_sample()[0][0][..., None]
+    return fundus_sample()[0]
 
 
 def _png(image: np.ndarray, path: Path) -> None:

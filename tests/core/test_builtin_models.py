@@ -10,7 +10,7 @@ from napari_unet.core.checkpoint import BUILTIN_DIR, BUILTIN_MODELS, load_checkp
 from napari_unet.core.data import load_dataset
 from napari_unet.core.metrics import dice, fundus_scores
 from napari_unet.core.pipeline import predict
-from napari_unet.core.synthetic import SAMPLE_EM_SHAPE, SAMPLE_FUNDUS_SHAPE, em_stack, fundus_image
+from napari_unet.core.samples import em_sample, fundus_sample
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
@@ -40,10 +40,10 @@ def test_fundus_model_on_a_real_drive_image(drive_dir):
 
 def test_models_segment_the_generated_samples():
     """The samples look enough like the real thing for the built-in models (Dice >= 0.7)."""
-    image, labels = em_stack(0, SAMPLE_EM_SHAPE)
+    image, labels = em_sample()
     prob = predict(load_checkpoint("em-membranes"), image[..., None], device="cpu").probabilities
     assert dice(prob > 0.5, labels == 1) >= 0.7
-    rgb, vessels, fov = fundus_image(0, SAMPLE_FUNDUS_SHAPE)
+    rgb, vessels, fov = fundus_sample()
     prob = predict(load_checkpoint("fundus-vessels"), rgb[None], device="cpu").probabilities
     assert dice(prob[0] > 0.5, vessels == 1, mask=fov) >= 0.7
 

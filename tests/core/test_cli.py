@@ -63,7 +63,7 @@ def test_train_predict_evaluate_end_to_end(isbi_files, tmp_path, capsys):
                  "--instances", str(tmp_path / "other.tif"), "--device", "cpu"]) == 2
     assert "same file" in capsys.readouterr().err
 
-    for pred, has_auc in ((mask, False), (prob, False)):
+    for pred in (mask, prob):
         assert main(["evaluate", "--pred", str(pred), "--truth", isbi_files["truth"], "--task", "em", "--json"]) == 0
         scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert {"dice", "iou", "pixel_accuracy", "vrand", "vinfo"} <= set(scores)
@@ -86,10 +86,11 @@ def test_fine_tune_from_two_corrected_slices_and_their_edits(isbi_files, tiny_mo
     # Each corrected slice is held out in turn: no --val-slices; the edits match the labels.
     _bad(base + ["--out", str(tmp_path / "x.pt"), "--slices", "1", "3", "--val-slices", "2"], capsys,
          "holds out each corrected slice in turn")
-    _bad(base + ["--out", str(tmp_path / "x.pt"), "--edited", _write(tmp_path / "small.tif", edited[:, :50])],
-         capsys, "shape")
+    err = _bad(base + ["--out", str(tmp_path / "x.pt"), "--edited", _write(tmp_path / "small.tif", edited[:, :50])],
+               capsys, "--edited small.tif has shape (6, 50, 160) (Z, Y, X) but the images have (6, 160, 160)")
+    assert "have shape" not in err and "a mask of the pixels you painted" in err, err
     _bad(["train", "--images", isbi_files["images"], "--labels", isbi_files["labels"], "--out", str(tmp_path / "x.pt"),
-          "--slices", "1"], capsys, "go with --from")
+          "--slices", "1"], capsys, "Only a fine-tune of corrections takes --slices")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -112,7 +113,8 @@ def test_predict_a_single_2d_image_and_a_folder(isbi_dir, tiny_model, tmp_path):
     folder.mkdir()
     for n in (0, 1):
         (folder / f"{n}.png").write_bytes((isbi_dir / "train" / "image" / f"{n}.png").read_bytes())
-    assert main(["predict", str(folder), "--model", tiny_model, "--out", str(tmp_path / "f.tif"), "--device", "cpu"]) == 0
+    assert main(["predict", str(folder), "--model", tiny_model, "--out", str(tmp_path / "f.tif"),
+                 "--device", "cpu"]) == 0
     assert tifffile.imread(tmp_path / "f.tif").shape == (2, 512, 512)
 
 
@@ -155,7 +157,8 @@ def test_bad_inputs_exit_2_with_one_line(isbi_files, tiny_model, tmp_path, capsy
     assert not (tmp_path / "m.pt").exists()
     _bad(["evaluate", "--pred", other_shape, "--truth", isbi_files["truth"], "--task", "em"], capsys, "shape")
     _bad(["evaluate", "--pred", isbi_files["truth"], "--truth", empty[:-4] + ".tif", "--task", "em"], capsys, "shape")
-    _bad(["evaluate", "--pred", isbi_files["truth"], "--truth", isbi_files["truth"], "--task", "xray"], capsys, "invalid choice")
+    _bad(["evaluate", "--pred", isbi_files["truth"], "--truth", isbi_files["truth"], "--task", "xray"], capsys,
+         "invalid choice")
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -201,3 +204,50 @@ def test_predict_at_another_pixel_size(isbi_files, tmp_path, capsys):
     assert main(["predict", isbi_files["test"], "--model", "em-membranes", "--pixel-size", "6", "--out", str(out),
                  "--device", "cpu"]) == 0
     assert tifffile.imread(out).shape == (2, 160, 160)
+
+
+# ---------------------------------------------------------------- each command is a Python function
+
+
+def test_predict_and_evaluate_are_python_functions(tiny_model, tmp_path, capsys):
+    """The handlers run in-process with typed arguments (no argv), on the shipped EM sample,
+    and answer with what they wrote or scored; bad input raises instead of exiting."""
+    from napari_unet.cli.evaluate import evaluate
+    from napari_unet.cli.predict import PredictOutputs, predict
+    from napari_unet.core.samples import SAMPLE_FILES, SAMPLES_DIR
+
+    image, labels = (SAMPLES_DIR / SAMPLE_FILES[key] for key in ("em_image", "em_labels"))
+    written = predict(image, tiny_model, tmp_path / "mask.tif", probabilities=tmp_path / "prob.tif", device="cpu",
+                      tile=64, overlap=0.5, threshold=0.4, batch_size=8)
+    assert written == PredictOutputs(tmp_path / "mask.tif", tmp_path / "prob.tif", None)
+    mask, prob = tifffile.imread(written.mask), tifffile.imread(written.probabilities)
+    assert mask.shape == prob.shape == tifffile.imread(image).shape[:3] and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, (prob > 0.4).astype(np.uint8))  # the threshold given, not the model's
+    assert "predicted 5 slice(s) of 384x384" in capsys.readouterr().out
+    scores = evaluate(written.mask, labels, "em")
+    assert {"dice", "vrand"} <= set(scores) and 0 <= scores["dice"] <= 1
+    with pytest.raises(FileExistsError, match="--force"):
+        predict(image, tiny_model, written.mask, device="cpu")
+    with pytest.raises(ValueError, match="--levels"):
+        predict(image, tiny_model, tmp_path / "other.tif", levels="stack", device="cpu")
+    assert not (tmp_path / "other.tif").exists()
+
+
+def test_every_handler_is_typed_and_beside_its_options():
+    """Each command module has its options (add_arguments), the command line's call (run)
+    and a typed handler: every parameter and the result annotated."""
+    import inspect
+
+    from napari_unet import cli
+    from napari_unet.cli import cluster, evaluate, export, finetune, gui, predict, pyramid, suggest, train
+
+    assert set(cli.COMMANDS) == {"predict", "suggest", "train", "evaluate", "export", "pyramid", "gui"}
+    for module, _help in cli.COMMANDS.values():
+        assert callable(module.add_arguments) and callable(module.run), module.__name__
+    handlers = [predict.predict, cluster.predict_on_cluster, suggest.suggest, train.train_from_scratch,
+                finetune.fine_tune, finetune.fine_tune_montage, evaluate.evaluate, export.export, pyramid.pyramid,
+                gui.gui]
+    for handler in handlers:
+        signature = inspect.signature(handler)
+        untyped = [name for name, p in signature.parameters.items() if p.annotation is inspect.Parameter.empty]
+        assert not untyped and signature.return_annotation is not inspect.Signature.empty, (handler, untyped)

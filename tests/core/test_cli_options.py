@@ -1,6 +1,6 @@
 """The CLI's numeric options and image checks: bad values are refused before any work.
 
-The contract (napari_unet/cli.py): bad input prints exactly one line on stderr saying what
+The contract (napari_unet/cli/): bad input prints exactly one line on stderr saying what
 is wrong, exits with code 2 and leaves no output file. Each bad value is given on top of
 a command that otherwise works (checked by the positive controls), so a refusal is due
 to that value alone.
@@ -111,6 +111,7 @@ def test_train_rejects_bad_numbers(small_data, tmp_path, capsys, option, value):
     out = tmp_path / "m.pt"
     err = _refused(_train_argv(small_data, out) + [option, value], capsys)
     assert option in err and value in err, err
+    assert f"e.g. {option} " in err, err  # its own validator: what to type for this option
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -143,6 +144,7 @@ def test_predict_rejects_bad_numbers(small_data, tiny_model, tmp_path, capsys, o
     err = _refused(_predict_argv(small_data["images"], tiny_model, out) + ["--probabilities", str(prob),
                                                                           option, value], capsys)
     assert option in err and value in err, err
+    assert f"e.g. {option} " in err, err
     assert not out.exists() and not prob.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -173,6 +175,70 @@ def test_boundary_values_are_accepted(command, option, value, attr, expected):
             "predict": ["predict", "i.tif", "--model", "m.pt", "--out", "o.tif"]}[command]
     args = build_parser().parse_args(base + [option, value])
     assert getattr(args, attr) == expected
+
+
+def test_each_option_says_what_it_takes(small_data, tiny_model, tmp_path, capsys):
+    """A validator names its own option and what to type (once one shared validator said
+    "give a number of workers from 1" for `suggest --top 0`)."""
+    err = _refused(["suggest", small_data["images"], "--model", tiny_model, "--top", "0"], capsys)
+    assert "--top: 0 is out of range: give the number of slices to list, at least 1, e.g. --top 10" in err, err
+    assert "worker" not in err, err
+    assert "worker processes" in _refused(_predict_argv(small_data["images"], tiny_model, tmp_path / "m.zarr")
+                                          + ["--workers", "0"], capsys)
+    # --batch-size is tiles to predict, crops to train on: each says which.
+    assert "tiles per batch" in _refused(_predict_argv(small_data["images"], tiny_model, tmp_path / "m.tif")
+                                         + ["--batch-size", "0"], capsys)
+    assert "crops per step" in _refused(_train_argv(small_data, tmp_path / "m.pt") + ["--batch-size", "0"], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+MISPLACED = [
+    (["--slices", "1"], "Only a fine-tune of corrections takes --slices: add --from MODEL, or leave out "
+     "--slices."),
+    (["--slices", "1", "--edited", "e.tif"], "Only a fine-tune of corrections takes --slices and --edited"),
+    (["--from", "em-membranes", "--depth", "3", "--task", "em"], "A fine-tune keeps the kind and shape of --from "
+     "em-membranes: leave out --task and --depth (for a new model only)."),
+    (["--from", "em-membranes", "--val-slices", "2"], "holds out each corrected slice in turn"),
+    (["--no-val", "--val-slices", "2"], "--val-slices holds slices out for validation and --no-val trains on all "
+     "of them: give one of them"),
+]
+
+
+@pytest.mark.parametrize("extra, words", MISPLACED, ids=[" ".join(m[0]) for m in MISPLACED])
+def test_options_of_another_mode_are_refused_before_reading(tmp_path, capsys, extra, words):
+    """`train` has three modes: an option of another one is refused by name, before any
+    file is read (the images named here do not exist)."""
+    argv = ["train", "--images", str(tmp_path / "none.tif"), "--labels", str(tmp_path / "none_labels.tif"),
+            "--out", str(tmp_path / "m.pt"), *extra]
+    err = _refused(argv, capsys)
+    assert words in err and "does not exist" not in err, err
+
+
+def test_a_mask_of_another_shape_is_named_by_its_option(small_data, tiny_model, tmp_path, capsys):
+    fov = _write(tmp_path / "fov.tif", np.ones((2, 16, 16), np.uint8))
+    err = _refused(_predict_argv(small_data["images"], tiny_model, tmp_path / "m.tif") + ["--fov", fov], capsys)
+    assert "--fov fov.tif has shape (2, 16, 16) (Z, Y, X) but the images have (4, 32, 32)" in err, err
+    assert "a field-of-view mask of the images' size, one for every slice or one per slice" in err, err
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_an_output_of_the_wrong_kind_says_what_to_name_it(small_data, tiny_model, tmp_path, capsys):
+    err = _refused(_predict_argv(small_data["images"], tiny_model, tmp_path / "mask.png"), capsys)
+    assert "--out mask.png: give a name ending in .tif, .tiff or .zarr, e.g. --out mask.tif" in err, err
+    err = _refused(_predict_argv(small_data["images"], tiny_model, tmp_path / "m.tif")
+                   + ["--probabilities", str(tmp_path / "nowhere" / "p.tif")], capsys)
+    assert "--probabilities" in err and "does not exist: create it first" in err, err
+
+
+def test_train_is_a_python_function(small_data, tmp_path, capsys):
+    """`train_from_scratch` runs in-process with typed arguments and returns the checkpoint."""
+    from napari_unet.cli.train import train_from_scratch
+    from napari_unet.core.checkpoint import load_checkpoint
+
+    out = train_from_scratch(small_data["images"], small_data["labels"], tmp_path / "m.pt", base_width=4, depth=2,
+                             steps=1, crop_size=32, batch_size=1, device="cpu")
+    assert out == tmp_path / "m.pt" and load_checkpoint(out).config.base_width == 4
+    assert "trained 1 steps" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- images that cannot be segmented

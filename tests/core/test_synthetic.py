@@ -1,5 +1,9 @@
-"""The synthetic sample data: determinism, shapes, realistic statistics, shipped files."""
+"""The sample data: the shipped files and their reader, and the generator that made them
+(sample_data/generate.py, outside the package: loaded here by its path)."""
 
+import fnmatch
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +11,22 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_unet.core.synthetic import SAMPLE_FILES, em_stack, fundus_image, write_samples
+from napari_unet.core import samples
+from napari_unet.core.samples import SAMPLE_FILES, SAMPLES_DIR
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("sample_data_generate", ROOT / "sample_data" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _load_generator()
+em_stack, fundus_image, write_samples = generate.em_stack, generate.fundus_image, generate.write_samples
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +157,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def test_shipped_samples_match_generator(tmp_path):
-    """The files in sample_data/ are what ``write_samples`` makes with the default seed.
+    """The files in napari_unet/samples/ are what ``write_samples`` makes with the default seed.
 
     Same platform: bit-identical. Another CPU or library version may round an odd pixel
     differently (vectorised exp/tanh differ in the last bit), so up to 0.1 % of pixels may
@@ -149,7 +166,7 @@ def test_shipped_samples_match_generator(tmp_path):
     paths = write_samples(tmp_path)
     assert set(paths) == set(SAMPLE_FILES)
     for key, name in SAMPLE_FILES.items():
-        shipped_path = SAMPLE_DIR / name
+        shipped_path = SAMPLES_DIR / name
         assert shipped_path.is_file(), f"{name} missing: run python sample_data/generate.py"
         assert shipped_path.stat().st_size < 1_000_000
         shipped, fresh = _read(shipped_path), _read(paths[key])
@@ -160,14 +177,39 @@ def test_shipped_samples_match_generator(tmp_path):
             assert np.abs(shipped.astype(int) - fresh.astype(int)).max() <= 1, name
 
 
-def test_shipped_sample_conventions():
-    em_labels = _read(SAMPLE_DIR / SAMPLE_FILES["em_labels"])
-    em_image = _read(SAMPLE_DIR / SAMPLE_FILES["em_image"])
-    assert em_image.ndim == 3 and em_labels.shape == em_image.shape
-    assert set(np.unique(em_labels).tolist()) == {0, 1}
-    vessels = _read(SAMPLE_DIR / SAMPLE_FILES["fundus_labels"])
-    fov = _read(SAMPLE_DIR / SAMPLE_FILES["fundus_fov"])
-    rgb = _read(SAMPLE_DIR / SAMPLE_FILES["fundus_image"])
-    assert rgb.shape == vessels.shape + (3,)
-    assert set(np.unique(vessels).tolist()) == {0, 1}
-    assert set(np.unique(fov).tolist()) == {0, 255}
+def test_generator_writes_the_package_data_of_the_checkout():
+    assert generate.TARGET == ROOT / "napari_unet" / "samples"
+    assert generate.SAMPLE_EM_SHAPE == (5, 384, 384) and generate.SAMPLE_FUNDUS_SHAPE == (584, 565)
+
+
+# ---------------------------------------------------------------------------- the reader
+
+
+def test_em_sample_as_documented():
+    images, labels = samples.em_sample()
+    assert images.shape == labels.shape == (5, 384, 384)
+    assert images.dtype == labels.dtype == np.uint8
+    assert set(np.unique(labels).tolist()) == {0, 1}
+    assert images.flags.writeable and labels.flags.writeable
+
+
+def test_fundus_sample_as_documented():
+    image, labels, fov = samples.fundus_sample()
+    assert image.shape == (584, 565, 3) and image.dtype == np.uint8
+    assert labels.shape == fov.shape == (584, 565)
+    assert labels.dtype == np.uint8 and fov.dtype == bool
+    assert set(np.unique(labels).tolist()) == {0, 1}
+    assert not labels[~fov].any()
+    np.testing.assert_array_equal(fov, _read(SAMPLES_DIR / SAMPLE_FILES["fundus_fov"]) == 255)
+    assert all(a.flags.writeable for a in (image, labels, fov))
+
+
+def test_every_sample_file_is_package_data():
+    """A wheel carries only what [tool.setuptools.package-data] names: every file the reader
+    opens must match one of its patterns (and nothing else lies in the folder)."""
+    tomllib = pytest.importorskip("tomllib")
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["napari_unet"]
+    files = sorted(path.name for path in SAMPLES_DIR.iterdir())
+    assert files == sorted(SAMPLE_FILES.values())
+    for name in files:
+        assert any(fnmatch.fnmatch(f"samples/{name}", pattern) for pattern in patterns), name
