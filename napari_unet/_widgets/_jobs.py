@@ -9,7 +9,8 @@ already the user's message; `user_message` turns any exception into the one line
 widget shows. Nothing reaches napari's error handler: one error, one message.
 
 A job ends with its widget: closing the viewer, or removing the dock widget, cancels it,
-stops its timer and drops its callbacks (they would touch deleted widgets).
+stops its timer and drops its callbacks (they would touch deleted widgets). A job made with
+``close_wait_s`` also holds the window's closing until its worker has stopped.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class BackgroundJob:
         description: shown in napari's activity dock.
         activity: also show a progress bar in napari's activity dock. Its first use builds
             widgets for ~0.2 s, so long jobs with their own bar in the dock (fine-tune) skip it.
+        close_wait_s: when the widget is destroyed (the window closed), wait this long at most
+            for the worker to stop (at its next cancel check): a worker thread still running
+            when Python exits aborts the process. 0: do not wait.
     """
 
     def __init__(
@@ -101,8 +105,11 @@ class BackgroundJob:
         on_finally: Callable[[], None] | None = None,
         description: str = "napari-unet",
         activity: bool = True,
+        close_wait_s: float = 0,
     ) -> None:
         self._activity = activity
+        self._close_wait_s = close_wait_s
+        self.worker_done = threading.Event()  # set in the worker thread when ``function`` returns or raises
         self.state = JobState()
         self._on_poll = on_poll
         self._on_done = on_done
@@ -114,6 +121,8 @@ class BackgroundJob:
         self._worker_finished = self._result_handled = False
         self.running = False
         # _ignore_errors: the error goes to `errored` only, not also to sys.excepthook.
+        if close_wait_s:
+            function = self._signalling(function)
         self.worker = create_worker(function, self.state, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)
@@ -122,7 +131,7 @@ class BackgroundJob:
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self._poll)
         self._native = owner.native
-        self._on_destroyed = lambda *_: self.abandon()
+        self._on_destroyed = lambda *_: self._closed()
         self._native.destroyed.connect(self._on_destroyed)
         self._watcher = _DetachWatcher(self._native, self.abandon)
 
@@ -144,6 +153,24 @@ class BackgroundJob:
             self.timer.stop()
         except RuntimeError:  # the application is quitting and Qt deleted the timer first
             pass
+
+    def _signalling(self, function: Callable[[JobState], object]) -> Callable[[JobState], object]:
+        """``function``, setting `worker_done` when it ends (in the worker thread)."""
+
+        def run(state: JobState):
+            try:
+                return function(state)
+            finally:
+                self.worker_done.set()
+
+        return run
+
+    def _closed(self) -> None:
+        """The widget was destroyed: abandon the job, and wait for its worker when asked to."""
+        running = self.running
+        self.abandon()
+        if running and self._close_wait_s:
+            self.worker_done.wait(self._close_wait_s)
 
     def _poll(self) -> None:
         state = self.state

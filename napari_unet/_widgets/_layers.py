@@ -65,6 +65,54 @@ def show_linked(viewer, role: str, to_layer, data, add) -> None:
         add(data, linked_meta(role, to_layer))
 
 
+def show_under(viewer, role: str, image: Image, labels: Labels, data: np.ndarray, **image_kwargs) -> None:
+    """Show (Z, Y, X) ``data`` as the ``role`` Image layer linked to ``image`` (`show_linked`),
+    under the ``labels`` being corrected, and keep those active.
+
+    ``image_kwargs`` go to ``viewer.add_image`` when the layer is new (its name, colours).
+    """
+    if image not in viewer.layers:
+        return
+
+    def add(data, meta) -> None:
+        added = viewer.add_image(data, metadata=meta, **image_kwargs)
+        if labels in viewer.layers:  # below the labels being corrected
+            viewer.layers.move(viewer.layers.index(added), viewer.layers.index(labels))
+
+    show_linked(viewer, role, image, layer_shaped(data, spatial_ndim(labels)), add)
+    if labels in viewer.layers:
+        viewer.layers.selection.active = labels
+
+
+def remove_linked(viewer, role: str, to_layer) -> None:
+    """Remove the ``role`` layers linked to ``to_layer`` (e.g. a map as large as the image)."""
+    uid = plugin_meta(to_layer).get("uid")
+    for layer in [other for other in viewer.layers
+                  if plugin_meta(other).get("role") == role and plugin_meta(other).get("link") == uid]:
+        viewer.layers.remove(layer)
+
+
+def labelled_image(viewer, labels: Labels) -> Image:
+    """The image ``labels`` label: the one it is linked to (predictions are), else the only
+    image of its shape.
+
+    Raises:
+        ValueError: none, or several, and none linked.
+    """
+    link = plugin_meta(labels).get("link")
+    images = [other for other in viewer.layers if isinstance(other, Image) and link
+              and plugin_meta(other).get("uid") == link]
+    if not images:
+        shape = labels.data.shape
+        images = [other for other in viewer.layers if isinstance(other, Image)
+                  and plugin_meta(other).get("role", "image") == "image"
+                  and tuple(other.data.shape[:-1] if other.rgb else other.data.shape) == shape]
+    if len(images) != 1:
+        raise ValueError(f"Which image does '{labels.name}' label? Predict it from its image first (Predict "
+                         "links the two).")
+    return images[0]
+
+
 def layer_choices(viewer, kinds, first_role: str | None = None, keep=None) -> list[tuple]:
     """(name, layer) choices for a combo box: layers of ``kinds`` passing ``keep``, with
     those of ``first_role`` (e.g. the prediction one corrects) listed first."""
@@ -156,6 +204,27 @@ def current_slice(viewer, layer) -> int:
     return max(0, min(z, layer.data.shape[0] - 1))
 
 
+def show_slice(viewer, z: int) -> None:
+    """Move the viewer to slice ``z`` of the 3D layers (the axis `current_slice` reads)."""
+    step = list(viewer.dims.current_step)
+    step[viewer.dims.ndim - 3] = z
+    viewer.dims.current_step = tuple(step)
+
+
+def set_plane_pixels(layer: Labels, z: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` at (rows, cols) of slice ``z`` of a 2D or 3D Labels layer, as one
+    undoable step (``data_setitem``: Ctrl+Z undoes it)."""
+    index = (rows, cols) if spatial_ndim(layer) == 2 else ((rows * 0 + z), rows, cols)
+    layer.data_setitem(index, values.astype(layer.data.dtype))
+
+
+def region_boxes(regions: list, planes: bool) -> list[list[list[int]]]:
+    """Rectangles for a Shapes layer around (z, (y0, y1, x0, x1)) regions of a montage's
+    slices: four corners each, (z, y, x) when the layer has planes, else (y, x)."""
+    return [[([z] if planes else []) + corner for corner in ([y0, x0], [y0, x1], [y1, x1], [y1, x0])]
+            for z, (y0, y1, x0, x1) in regions]
+
+
 def follow_new_layers(viewer, widget, combos_by_role: dict) -> None:
     """Refresh ``widget``'s layer choices when layers come and go, and select new layers
     of a given role (e.g. a new prediction) in the matching combo box."""
@@ -179,6 +248,8 @@ def follow_new_layers(viewer, widget, combos_by_role: dict) -> None:
 
     viewer.layers.events.inserted.connect(inserted)
     viewer.layers.events.removed.connect(lambda event: ref() is not None and ref().reset_choices())
+
+
 def fov_of(viewer, image: Image, shape: tuple) -> np.ndarray | None:
     """(Z, Y, X) bool field of view the user gave an RGB image, or None (then it is found
     from the image): the FOV layer Predict made (perhaps edited), or a mask opened with

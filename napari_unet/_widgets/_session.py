@@ -14,8 +14,16 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 
 from ..core.checkpoint import Checkpoint
+from ..core.corrections import (
+    CorrectionStore,
+    VolumeState,
+    corrections_folder,
+    edited_mask,
+    edited_planes,
+    save_volume_state,
+)
+from ..core.regions import CHUNK, region_chunks
 from ..core.settings import PredictSettings
-from ..core.corrections import CorrectionStore, VolumeState, corrections_folder, save_volume_state
 from ._layers import layer_uid, plugin_meta
 from ._montage import region_of, save_region
 
@@ -108,18 +116,32 @@ class CorrectionTracker:
         if isinstance(edited_pixels, dict):
             self.edited_pixels = {int(z): plane for z, plane in edited_pixels.items()}
         else:
-            pixels = edited_pixels if edited_pixels.ndim == 3 else edited_pixels[None]
-            self.edited_pixels = {int(z): pixels[z].copy() for z in range(pixels.shape[0]) if pixels[z].any()}
+            self.edited_pixels = edited_planes(edited_pixels)
         self.dirty = False
         self.changed.emit()
 
     def edited_mask(self) -> np.ndarray:
         """The edited pixels as one bool array of the layer's shape."""
-        data = self.layer.data
-        mask = np.zeros((1, *data.shape) if data.ndim == 2 else data.shape, bool)
-        for z, plane in self.edited_pixels.items():
-            mask[z] = plane
-        return mask[0] if data.ndim == 2 else mask
+        return edited_mask(self.edited_pixels, self.layer.data.shape)
+
+    def part_name(self, z: int) -> str:
+        """"slice 3", or for a montage's region "region y 2,048-4,096, x 0-2,048 of slice 1"."""
+        if self.region is None:
+            return f"slice {z}"
+        montage_z, (y0, y1, x0, x1) = self.region
+        return f"region y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {montage_z}"
+
+    def summary(self) -> str:
+        """What counts as corrected, in Correct's words: the slices, or for a montage's region
+        what Fine-tune learns of it."""
+        corrected = sorted(self.corrected)
+        if self.region is None:
+            return f"{len(corrected)} corrected slice(s): {corrected}."
+        z, region = self.region
+        what = ("This region counts as corrected: Fine-tune learns its" if corrected else
+                "Paint this region, or mark it corrected, and Fine-tune learns its")
+        return (f"{what} {len(region_chunks(z, region))} chunks of {CHUNK} px with the other "
+                "corrected regions of the montage.")
 
     def store(self, root: Path | None = None) -> CorrectionStore:
         """Where this layer's corrections go: keyed by the image's path, or its pixels' hash."""
@@ -310,13 +332,19 @@ class Session:
                 if tracker.layer is not None:
                     tracker.dirty = True  # try again next time
 
+    def autosave_note(self) -> str:
+        """" Autosaved at 14:02:11." (or why the last autosave failed) for Correct's status; "" before any."""
+        if self.autosave_error:
+            return f" {self.autosave_error}"
+        return f" Autosaved at {self.last_autosave}." if self.last_autosave else ""
+
     def set_fine_tuned(self, checkpoint: Checkpoint, path: Path) -> None:
         self.fine_tuned, self.fine_tuned_path = checkpoint, path
         self.current, self.current_label = checkpoint, f"fine-tuned ({path.name})"
         self.model_changed.emit()
 
 
-_sessions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def real_viewer(napari_viewer):

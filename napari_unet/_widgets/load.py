@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import dask.array  # noqa: F401  (imported with the plugin: the first Load would pay 0.7 s for it)
+import numpy as np
 from magicgui.widgets import Container, FileEdit, PushButton
-from qtpy.QtCore import QTimer
 from napari.layers import Image, Layer
+from qtpy.QtCore import QTimer
 
+from .._reader import read_layers, too_large_to_show_flat, volume_contrast
 from ..core.corrections import (
     CorrectionStore,
     VolumeState,
     corrections_folder,
     load_volume_edits,
     load_volume_state,
+    open_volume_labels,
 )
 from ..core.data import DataError
 from ..core.predict import PredictionCancelled
 from ..core.pyramid import pyramid_path, write_pyramid
 from ..core.volume import open_volume
-from .._reader import read_layers, too_large_to_show_flat, volume_contrast
 from ._jobs import BackgroundJob
-from ._layers import is_lazy, is_montage, label_colormap, lazy_stack, linked_meta, plugin_meta
+from ._layers import is_lazy, is_montage, label_colormap, lazy_stack, linked_meta, plugin_meta, region_boxes
 from ._montage import montage_corrections
 from ._session import get_session, real_viewer
 from ._text import text_row
@@ -242,9 +243,7 @@ class LoadWidget(Container):
             return
         if not regions:
             return
-        planes = image.ndim == 3
-        boxes = [[([z] if planes else []) + corner for corner in ([y0, x0], [y0, x1], [y1, x1], [y1, x0])]
-                 for z, (y0, y1, x0, x1) in regions]
+        boxes = region_boxes(regions, planes=image.ndim == 3)
 
         def outline() -> None:  # in the next turn of the event loop: Load's own call stays short
             if image not in self.viewer.layers:
@@ -279,16 +278,10 @@ class LoadWidget(Container):
 
     def _restore_volume(self) -> Layer | None:
         """Show the volume's prediction store again (read on demand) with its slice lists."""
-        import zarr
-
         state, folder, source, image = self._pending_volume
         labels_path = Path(state.labels)
         try:
-            labels = zarr.open_array(str(labels_path), mode="r+")
-            expected = lazy_stack(image).shape[:3]
-            if labels.shape != expected:
-                raise ValueError(f"The saved prediction {labels_path} has shape {labels.shape} but '{image.name}' "
-                                 f"has {expected}: it belongs to another version of the volume.")
+            labels = open_volume_labels(state, lazy_stack(image).shape[:3], image.name)
             edited = load_volume_edits(folder)
         except (OSError, ValueError) as exc:
             self.status.value = str(exc)
@@ -319,11 +312,8 @@ class LoadWidget(Container):
             return None
         store, source, image = self._pending_restore
         try:
-            labels, state, edited_pixels = store.load()
-            expected = image.data.shape[:-1] if image.rgb else image.data.shape
-            if labels.shape != expected:
-                raise ValueError(f"The saved corrections in {store.folder} have shape {labels.shape} but "
-                                 f"'{image.name}' has {expected}: they belong to another version of the image.")
+            labels, state, edited_pixels = store.load_for(image.data.shape[:-1] if image.rgb else image.data.shape,
+                                                          image.name)
         except ValueError as exc:
             self.status.value = str(exc)
             return None

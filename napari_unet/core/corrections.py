@@ -83,11 +83,13 @@ class CorrectionStore:
             corrected, edited: slice indices.
             edited_pixels: bool array of the labels' shape (None = none known).
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
         data = np.asarray(labels)
         pixels = np.zeros(data.shape, np.uint8) if edited_pixels is None else np.asarray(edited_pixels, np.uint8)
-        if pixels.shape != data.shape:
-            raise ValueError(f"Edited pixels of shape {pixels.shape} do not match labels of shape {data.shape}.")
+        if pixels.shape != data.shape:  # checked before anything is written
+            raise ValueError(f"The edited pixels recorded {pixels.shape} do not fit the labels {data.shape}, so "
+                             "nothing was saved: the Labels layer changed shape since it was edited; predict again "
+                             "to start new corrections.")
+        self.folder.mkdir(parents=True, exist_ok=True)
         state = {
             "corrected_slices": sorted(int(z) for z in corrected),
             "edited_slices": sorted(int(z) for z in edited),
@@ -120,6 +122,23 @@ class CorrectionStore:
         except Exception as exc:  # tifffile/json raise many types for damaged files
             raise ValueError(f"The saved corrections in {self.folder} could not be read ({exc}): "
                              "they are left as they are; predict again to start new corrections.") from exc
+        return labels, state, pixels
+
+    def load_for(self, shape: tuple[int, ...], image_name: str) -> tuple[np.ndarray, dict, np.ndarray]:
+        """`load`, checking that the labels are those of an image of ``shape``.
+
+        Args:
+            shape: the image's (Z, Y, X) or (Y, X) shape (without its colour axis).
+            image_name: the image's name, for the message.
+
+        Raises:
+            ValueError: the file cannot be read, or its labels are of another shape (they
+                belong to another version of the image).
+        """
+        labels, state, pixels = self.load()
+        if labels.shape != tuple(shape):
+            raise ValueError(f"The saved corrections in {self.folder} have shape {labels.shape} but "
+                             f"'{image_name}' has {tuple(shape)}: they belong to another version of the image.")
         return labels, state, pixels
 
     def _load_legacy(self) -> tuple[np.ndarray, dict, np.ndarray]:
@@ -197,7 +216,8 @@ def load_volume_state(folder: str | Path) -> VolumeState | None:
     except FileNotFoundError:
         return None
     except (OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"The saved corrections in {folder} could not be read ({exc}).") from exc
+        raise ValueError(f"The saved corrections in {folder} could not be read ({exc}): they are left as they "
+                         f"are; move {VOLUME_STATE_FILE} out of that folder to start new corrections.") from exc
 
 
 def load_volume_edits(folder: str | Path) -> dict[int, np.ndarray]:
@@ -207,6 +227,48 @@ def load_volume_edits(folder: str | Path) -> dict[int, np.ndarray]:
         OSError, ValueError: a file cannot be read.
     """
     return {int(p.stem.split("-")[1]): np.load(p) for p in Path(folder).glob("edited-*.npy")}
+
+
+def open_volume_labels(state: VolumeState, shape: tuple[int, ...], volume_name: str):
+    """The prediction store a volume's saved state names (a zarr array, opened to be painted
+    on), checked against the volume.
+
+    Args:
+        state: the volume's state (`load_volume_state`); its ``labels`` is the store.
+        shape: the volume's (Z, Y, X) shape; volume_name: its name, for the message.
+
+    Raises:
+        OSError, ValueError: the store cannot be opened, or it is of another shape (it
+            belongs to another version of the volume).
+    """
+    import zarr
+
+    path = Path(state.labels)
+    labels = zarr.open_array(str(path), mode="r+")
+    if labels.shape != tuple(shape):
+        raise ValueError(f"The saved prediction {path} has shape {labels.shape} but '{volume_name}' "
+                         f"has {tuple(shape)}: it belongs to another version of the volume.")
+    return labels
+
+
+def edited_planes(pixels: np.ndarray) -> dict[int, np.ndarray]:
+    """The slices of a bool mask that hold an edit: {z: (Y, X) bool copy}.
+
+    Args:
+        pixels: (Z, Y, X) or (Y, X) bool, the edited pixels of a stack or of one image.
+    """
+    pixels = pixels if pixels.ndim == 3 else pixels[None]
+    return {int(z): pixels[z].copy() for z in range(pixels.shape[0]) if pixels[z].any()}
+
+
+def edited_mask(planes: Mapping[int, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of `edited_planes`: {z: (Y, X) bool} as one bool array of the labels'
+    (Z, Y, X) or (Y, X) ``shape`` (a 2D image's plane is z = 0)."""
+    shape = tuple(shape)
+    mask = np.zeros((1, *shape) if len(shape) == 2 else shape, bool)
+    for z, plane in planes.items():
+        mask[z] = plane
+    return mask[0] if len(shape) == 2 else mask
 
 
 @dataclass
@@ -269,3 +331,24 @@ def ignore_unedited(labels: np.ndarray, edited: np.ndarray, margin: int = 8) -> 
     out = labels.copy()
     out[~near] = IGNORE
     return out
+
+
+def ignore_unedited_changes(labels: np.ndarray, edited: np.ndarray | None,
+                            margin: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels `ignore_unedited` changes on one slice, to write as one undoable step.
+
+    Args:
+        labels: (Y, X) labels of one slice; edited: (Y, X) bool, the edited pixels, or
+            None when nothing was edited on it.
+
+    Returns:
+        (rows, cols, values): the changed pixels and their new labels.
+
+    Raises:
+        ValueError: nothing was edited on the slice.
+    """
+    if edited is None:
+        raise ValueError("Nothing was edited on this slice: paint the corrections first.")
+    updated = ignore_unedited(labels, edited, margin)
+    rows, cols = (labels != updated).nonzero()
+    return rows, cols, updated[rows, cols]

@@ -79,7 +79,7 @@ def slice_uncertainty(probability: np.ndarray, threshold: float, method: str = "
         A number >= 0; higher = the prediction is more likely wrong.
     """
     if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}.")
+        raise ValueError(f"Unknown uncertainty method {method!r}: choose one of {', '.join(METHODS)}.")
     inside = np.ones(probability.shape, bool) if fov is None else fov
     values = probability[inside]
     mask = values > threshold
@@ -120,6 +120,25 @@ def pixel_uncertainty(probability: np.ndarray, threshold: float, fov: np.ndarray
     return out
 
 
+class UncertaintyMap:
+    """The per-pixel uncertainty (`pixel_uncertainty`) of the slices `suggest` predicts, to
+    show as an image: call `add` from its ``on_slice``.
+
+    Attributes:
+        planes: (Z, Y, X) float32 in [0, 1]; 0 on slices without image or predicted in blocks.
+    """
+
+    def __init__(self, shape: tuple[int, ...], threshold: float) -> None:
+        self.planes = np.zeros(tuple(shape[:3]), np.float32)
+        self.threshold = threshold
+
+    def add(self, z: int, result: PipelineResult | None) -> None:
+        """Slice ``z``'s map from its `PipelineResult` (None: left at 0)."""
+        if result is not None:
+            self.planes[z] = pixel_uncertainty(result.probabilities[0], self.threshold,
+                                               None if result.fov is None else result.fov[0])
+
+
 @dataclass
 class Suggestion:
     """Slices ranked by how much correcting them is worth.
@@ -140,6 +159,11 @@ def rank(uncertainty: list[float], corrected=()) -> list[int]:
     done = set(int(z) for z in corrected)
     keep = [z for z, u in enumerate(uncertainty) if z not in done and np.isfinite(u)]
     return sorted(keep, key=lambda z: (-uncertainty[z], z))
+
+
+def unscored(uncertainty: list[float]) -> int:
+    """How many slices were not scored (NaN: no image in them)."""
+    return sum(1 for u in uncertainty if not np.isfinite(u))
 
 
 def suggest(pipeline: Pipeline, volume, corrected=(), method: str | None = None, fov=None,

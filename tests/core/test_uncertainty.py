@@ -10,9 +10,17 @@ from scipy import ndimage
 
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import load_checkpoint
-from napari_unet.core.pipeline import Pipeline
+from napari_unet.core.pipeline import Pipeline, PipelineResult
 from napari_unet.core.settings import PredictSettings
-from napari_unet.core.uncertainty import METHODS, rank, slice_uncertainty, suggest
+from napari_unet.core.uncertainty import (
+    METHODS,
+    UncertaintyMap,
+    pixel_uncertainty,
+    rank,
+    slice_uncertainty,
+    suggest,
+    unscored,
+)
 
 
 def test_a_sure_prediction_is_less_uncertain_than_a_hesitant_one():
@@ -43,6 +51,22 @@ def test_the_second_look_of_the_scale_method_is_at_another_scale_only():
 def test_rank_leaves_out_corrected_and_empty_slices():
     assert rank([0.1, 0.5, float("nan"), 0.3], corrected=[1]) == [3, 0]
     assert rank([0.2, 0.2, 0.1]) == [0, 1, 2]  # ties in slice order
+    assert unscored([0.1, float("nan"), 0.3, float("nan")]) == 2 and unscored([0.1]) == 0
+
+
+def test_the_uncertainty_map_holds_each_predicted_slice():
+    probability = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+    fov = np.ones((1, 3, 4), bool)
+    fov[0, 0] = False
+    shown = UncertaintyMap((3, 3, 4, 1), threshold=0.5)
+    assert shown.planes.shape == (3, 3, 4) and shown.planes.dtype == np.float32
+    mask = (probability > 0.5).astype(np.uint8)
+    shown.add(0, PipelineResult(probabilities=probability, mask=mask))
+    shown.add(1, None)  # a slice without image (or predicted in blocks): left at 0
+    shown.add(2, PipelineResult(probabilities=probability, mask=mask, fov=fov))
+    np.testing.assert_array_equal(shown.planes[0], pixel_uncertainty(probability[0], 0.5))
+    assert not shown.planes[1].any()
+    np.testing.assert_array_equal(shown.planes[2], pixel_uncertainty(probability[0], 0.5, fov[0]))
 
 
 @pytest.fixture(scope="module")
