@@ -19,8 +19,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.transform import rescale
 
+from napari_unet.core.cell_scores import cell_labels, thin_borders
 from napari_unet.core.labels import IGNORE, STRUCTURE
-from napari_unet.core.metrics import cell_labels, thin_borders
 
 EM_SCALE = 1.5
 FUNDUS_WIDTH = 1000

@@ -19,8 +19,9 @@ import numpy as np
 from _common import DATA, ISBI_VAL, drive, isbi, table
 
 from napari_unet.core.calibration import SHIFT_KEY
+from napari_unet.core.cell_scores import em_challenge_scores
 from napari_unet.core.checkpoint import load_checkpoint
-from napari_unet.core.metrics import dice, em_challenge_scores, fundus_scores, pixel_accuracy
+from napari_unet.core.metrics import dice, fundus_scores, pixel_accuracy
 from napari_unet.core.pipeline import predict
 
 

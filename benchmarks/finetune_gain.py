@@ -31,10 +31,11 @@ from PIL import Image
 from scipy import ndimage
 from skimage.transform import rescale
 
+from napari_unet.core.cell_scores import em_challenge_scores
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import FineTune, FineTuneOptions
 from napari_unet.core.labels import IGNORE, STRUCTURE
-from napari_unet.core.metrics import cl_dice, dice, em_challenge_scores
+from napari_unet.core.metrics import cl_dice, dice
 from napari_unet.core.pipeline import predict
 
 
@@ -163,12 +164,12 @@ def run_proxy(name: str, device: str, steps: int) -> dict:
     seconds = time.perf_counter() - tick
     tuned = Checkpoint(run.result.model, run.result.metadata, "fine-tuned")
     after = scores(tuned, images[unseen], labels[unseen], None if fov is None else fov[unseen], device) \
-        if run.result.report["kept"] else before
+        if run.result.report.kept else before
     first, second = ("dice", "vrand") if task == "em" else ("f1", "cldice")
     return {"proxy": name, "size": f"{images.shape[1]}x{images.shape[2]}", first: f"{before[0]:.4f} → {after[0]:.4f}",
             "Δ1": after[0] - before[0], second: f"{before[1]:.4f} → {after[1]:.4f}", "Δ2": after[1] - before[1],
-            "start": before[0], "outcome": run.result.report["outcome"], "threshold": run.result.report["threshold"],
-            "zoom": run.result.report["zoom"], "scale check": run.result.report.get("calibration"),
+            "start": before[0], "outcome": run.result.report.outcome, "threshold": run.result.report.threshold,
+            "zoom": run.result.report.zoom, "scale check": run.result.report.calibration,
             "seconds": seconds}
 
 
@@ -199,7 +200,7 @@ def timing(device: str, steps: int, kept: bool = False) -> dict:
     finally:
         finetune.decide = decide
     case = "2 corrected 1024x1024 EM slices, 8 anchors" + (", forced to keep (longest path)" if kept else "")
-    return {"case": case, "outcome": run.result.report["outcome"], "seconds": time.perf_counter() - tick}
+    return {"case": case, "outcome": run.result.report.outcome, "seconds": time.perf_counter() - tick}
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ from skimage.exposure import equalize_adapthist
 from skimage.transform import rescale, resize
 from train_builtin import RECIPES, training_data
 
+from napari_unet.core.augment import Augmentation
 from napari_unet.core.checkpoint import default_metadata, load_checkpoint
-from napari_unet.core.data import Augmentation, normalize
+from napari_unet.core.data import normalize
 from napari_unet.core.fov import field_of_view, fov_diameter
 from napari_unet.core.labels import STRUCTURE
 from napari_unet.core.metrics import fundus_scores

@@ -7,7 +7,7 @@ another lab's data, the same slices as `_shift.foreign_em` makes them, with and 
 their pixel size given. Its mask (at the model's threshold) is turned into cells by each
 method of `core.predict.cell_instances` (the model records the one it uses);
 the cells are scored against the ground-truth cells with V_Rand and V_Info after border
-thinning (Arganda-Carreras et al. 2015), like `metrics.em_challenge_scores`.
+thinning (Arganda-Carreras et al. 2015), like `cell_scores.em_challenge_scores`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from _common import ISBI_VAL, isbi, table
 from _shift import EM_SCALE, foreign_em
 
+from napari_unet.core.cell_scores import cell_labels, segmentation_scores, thin_borders
 from napari_unet.core.checkpoint import load_checkpoint
-from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
 from napari_unet.core.pipeline import predict
 from napari_unet.core.predict import INSTANCE_METHODS, cell_instances
 

@@ -27,9 +27,9 @@ import numpy as np
 from _common import ISBI_VAL, ROOT, isbi, table
 from skimage.transform import rescale
 
+from napari_unet.core.cell_scores import em_challenge_scores
 from napari_unet.core.checkpoint import load_checkpoint
-from napari_unet.core.metrics import dice, em_challenge_scores
-
+from napari_unet.core.metrics import dice
 from napari_unet.core.pipeline import RESAMPLE_SKIP, Pipeline
 from napari_unet.core.settings import PredictSettings
 

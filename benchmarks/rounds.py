@@ -31,10 +31,11 @@ import numpy as np
 from _common import ROOT, drive, isbi, table
 from _shift import foreign_em, foreign_fundus
 
+from napari_unet.core.cell_scores import em_challenge_scores
 from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
 from napari_unet.core.finetune import FineTune, FineTuneOptions
 from napari_unet.core.labels import IGNORE, STRUCTURE
-from napari_unet.core.metrics import dice, em_challenge_scores
+from napari_unet.core.metrics import dice
 from napari_unet.core.pipeline import Pipeline
 from napari_unet.core.settings import PredictSettings
 from napari_unet.core.uncertainty import suggest
@@ -111,7 +112,7 @@ def run_arm(name: str, start: Checkpoint, pool, scored, also, rounds: int, devic
         seconds = time.perf_counter() - tick  # scoring not timed: no user waits for it
         rows.append({"arm": name, "round": r, "corrected": len(corrected), "picked": [names[z] for z in chosen],
                      **scores(model, scored, also, device, cells), "seconds": seconds,
-                     "outcome": run.result.report["outcome"]})
+                     "outcome": run.result.report.outcome})
         print(rows[-1], flush=True)
     return rows
 

@@ -18,15 +18,22 @@ from pathlib import Path
 import numpy as np
 from _common import DATA, ROOT, drive, isbi
 
+from napari_unet.core.augment import Augmentation
 from napari_unet.core.calibration import SHIFT_KEY, annotation_offset
-from napari_unet.core.checkpoint import (BUILTIN_DIR, BUILTIN_MODELS, Checkpoint, default_metadata, load_checkpoint,
-                                         save_checkpoint)
-from napari_unet.core.data import Augmentation, apply_fov, data_hash, normalize
+from napari_unet.core.checkpoint import (
+    BUILTIN_DIR,
+    BUILTIN_MODELS,
+    Checkpoint,
+    default_metadata,
+    load_checkpoint,
+    save_checkpoint,
+)
+from napari_unet.core.data import apply_fov, data_hash, normalize
 from napari_unet.core.fov import fundus_reference
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
-from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import describe_device, resolve_device
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.train import TrainConfig, TrainingData, train
 
 # The recipes (see the model cards for why: accuracy against CPU speed).
@@ -110,7 +117,7 @@ def em_threshold(checkpoint, data: Path) -> float:
 def em_instance_method(checkpoint, data: Path) -> str:
     """The way to cells (`core.predict.INSTANCE_METHODS`) with the best V_Rand of the cells
     (thinned borders) on the recipe's validation slices, at the model's threshold."""
-    from napari_unet.core.metrics import cell_labels, segmentation_scores, thin_borders
+    from napari_unet.core.cell_scores import cell_labels, segmentation_scores, thin_borders
     from napari_unet.core.predict import INSTANCE_METHODS, cell_instances
 
     stack = isbi(data)

@@ -7,13 +7,19 @@ from magicgui.widgets import ComboBox, Container, PushButton
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
-from ..core.metrics import evaluate, evaluate_per_slice, scoring_inputs
+from ..core.evaluate import TASKS, evaluate, evaluate_per_slice, scoring_inputs
 from ._jobs import BackgroundJob
 from ._layers import follow_new_layers, layer_choices, plugin_meta
 from ._session import get_session, real_viewer
 from ._text import text_row
 
 NO_FOV = None
+
+
+def _plane(layer) -> tuple[int, ...]:
+    """(Y, X) of a layer's slices (an RGB image's last axis is its colour)."""
+    shape = layer.data.shape
+    return shape[-3:-1] if isinstance(layer, Image) and layer.rgb else shape[-2:]
 
 
 class EvaluateWidget(Container):
@@ -26,7 +32,7 @@ class EvaluateWidget(Container):
         self.prediction = ComboBox(label="Prediction", choices=self._prediction_choices)
         self.truth = ComboBox(label="Ground truth", choices=self._truth_choices)
         self.fov = ComboBox(label="FOV mask", choices=self._fov_choices)
-        self.task = ComboBox(label="Task", choices=["em", "fundus"], value="em")
+        self.task = ComboBox(label="Task", choices=list(TASKS), value="em")
         self.run_button = PushButton(text="Evaluate")
         self.status = text_row()
         self.extend([self.prediction, self.truth, self.fov, self.task, self.run_button, self.status])
@@ -74,6 +80,10 @@ class EvaluateWidget(Container):
             if shapes[0][-2:] != shapes[1][-2:] or len(shapes[0]) == len(shapes[1]) and shapes[0] != shapes[1]:
                 raise ValueError(f"'{pred_layer.name}' has shape {pred_layer.data.shape} but '{truth_layer.name}' "
                                  f"has {truth_layer.data.shape}: choose layers of one image.")
+            if fov_layer is not None and _plane(fov_layer) != shapes[1][-2:]:  # checked before the work starts
+                raise ValueError(f"The FOV mask '{fov_layer.name}' has shape {fov_layer.data.shape} but "
+                                 f"'{truth_layer.name}' has {truth_layer.data.shape}: choose the FOV mask of this "
+                                 "image, or none.")
         except ValueError as exc:
             self.status.value = str(exc)
             return None

@@ -62,7 +62,8 @@ class Checkpoint:
 def default_metadata(task: str, **extra) -> dict:
     """Metadata for a new model of ``task`` ("em" or "fundus")."""
     if task not in ("em", "fundus"):
-        raise ValueError(f"task must be 'em' or 'fundus', got {task!r}.")
+        raise ValueError(f"Unknown task {task!r}: choose 'em' (membranes in electron microscopy) or 'fundus' "
+                         "(vessels in retinal photographs).")
     meta = ModelDescription(task=task).to_metadata()
     meta.update(extra)
     return meta

@@ -1,4 +1,6 @@
-"""Reading EM stacks and fundus sets, one label convention, normalisation, augmentation.
+"""Reading EM stacks and fundus sets into one label convention; checks and normalisation.
+
+Augmentation for training is in `napari_unet.core.augment`.
 
 Conventions used across the project:
 
@@ -18,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
-from scipy import ndimage
 
 from .labels import IGNORE, STRUCTURE, first_channel, labels_from_array
 
@@ -116,14 +117,15 @@ def read_stack(path: str | Path) -> np.ndarray:
     if path.is_dir():
         files = image_files(path)
         if not files:
-            raise DataError(f"{path} holds no tif/png/jpg/gif images.")
-        arrays = [read_image(f) for f in files]
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise DataError(
-                f"The images in {path} differ in size ({sorted(shapes)[:3]}...): "
-                "a folder is read as one stack, so all images must share one size."
-            )
+            raise DataError(f"{path} holds no tif/png/jpg/gif images: choose the folder that holds them.")
+        arrays = [read_image(files[0])]
+        for f in files[1:]:  # stop at the first odd one, before reading the rest
+            arrays.append(read_image(f))
+            if arrays[-1].shape != arrays[0].shape:
+                raise DataError(
+                    f"The images in {path} differ in size ({f.name} is {arrays[-1].shape}, {files[0].name} is "
+                    f"{arrays[0].shape}): a folder is read as one stack, so all images must share one size."
+                )
         return np.stack(arrays)
     return read_image(path)
 
@@ -134,6 +136,7 @@ def as_stack(array: np.ndarray) -> np.ndarray:
     A last axis of 3 or 4 is read as colour; anything else as grey slices.
     """
     array = np.asarray(array)
+    given = array.shape  # the message shows the shape as stored, not after adding axes
     is_colour = array.ndim >= 3 and array.shape[-1] in (3, 4) and array.shape[-2] > 4
     if is_colour:
         array = array[..., :3]
@@ -145,7 +148,8 @@ def as_stack(array: np.ndarray) -> np.ndarray:
         array = array[..., None]
     if array.ndim != 4:
         raise DataError(
-            f"Expected a 2D image, an RGB image or a 3D stack, got an array of shape {array.shape}."
+            f"Expected a 2D image, an RGB image or a 3D stack, got an array of shape {given}: save one "
+            "time point and one channel as a (Z, Y, X) stack and open it again."
         )
     return array
 
@@ -163,11 +167,17 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def check_same_shape(images: np.ndarray, other: np.ndarray, what: str) -> None:
-    """Raise DataError unless ``other`` (Z, Y, X) matches the images' (Z, Y, X)."""
+    """Raise DataError unless ``other`` (Z, Y, X) matches the images' (Z, Y, X).
+
+    Args:
+        images: (Z, Y, X, ...) the images (or anything of their (Z, Y, X)).
+        other: (Z, Y, X) labels or masks for them.
+        what: how the message calls ``other``, without article (e.g. "labels", "--fov mask").
+    """
     if other.shape != images.shape[:3]:
         raise DataError(
-            f"The {what} have shape {other.shape} (Z, Y, X) but the images have "
-            f"{images.shape[:3]}: give {what} with one slice per image slice, same size."
+            f"The shape of the {what}, {other.shape} (Z, Y, X), is not the images' {images.shape[:3]}: "
+            f"choose the {what} of these images (one slice per image slice, same size)."
         )
 
 
@@ -194,8 +204,8 @@ def load_pairs(
         check_same_shape(stack, result.labels, "labels")
         if not np.any(result.labels == STRUCTURE):
             raise DataError(
-                f"{Path(labels).name} has no foreground (no structure pixels). If the structure is "
-                "stored as 0 (like ISBI's membranes), use --invert-labels."
+                f"{Path(labels).name} has no foreground (no structure pixel): choose the labels of these images, "
+                "or, if they store the structure as 0 (like ISBI's membranes), invert them (--invert-labels)."
             )
     if fov is not None:
         result.fov = read_mask(fov)
@@ -361,7 +371,8 @@ def normalize(images: np.ndarray, normalization: dict | None = None,
     """
     norm = normalization or DEFAULT_NORMALIZATION
     if norm.get("method") != "percentile":
-        raise DataError(f"Unknown normalisation {norm.get('method')!r} in the model metadata.")
+        raise DataError(f"The model asks for an unknown normalisation ({norm.get('method')!r}): it was saved by "
+                        "another program or a newer napari-unet; update napari-unet or choose another model.")
     data = np.asarray(images, dtype=np.float32)
     finite = np.isfinite(data)
     if levels is not None:
@@ -385,129 +396,3 @@ def data_hash(images: np.ndarray, labels: np.ndarray | None = None) -> str:
     if labels is not None:
         digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------- augmentation
-
-
-@dataclass
-class Augmentation:
-    """Random transforms used in training (all on by default).
-
-    Elastic deformation follows the U-Net paper: displacements on a coarse 3x3 grid
-    with ``elastic_sigma`` px standard deviation, smoothly interpolated.
-
-    ``camera`` (off by default; the fundus recipe uses it) is the share of crops made to
-    look as if from another camera: each channel its own gain and gamma (another colour
-    balance and response), a softer focus (resampling, optics) and sensor noise.
-    """
-
-    flips: bool = True
-    rotations: bool = True
-    elastic: bool = True
-    elastic_sigma: float = 10.0
-    elastic_probability: float = 0.5
-    intensity: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.2
-    gamma: float = 0.25
-    camera: float = 0.0
-
-
-def crop_around(
-    arrays: list[np.ndarray], size: int, centre: tuple[int, int], rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Crop the same (size x size) window, holding pixel ``centre`` at a random place in
-    it, from arrays sharing (Y, X, ...). Arrays smaller than the crop are mirror-padded.
-    """
-    y, x = arrays[0].shape[:2]
-    pad_y, pad_x = max(0, size - y), max(0, size - x)
-    if pad_y or pad_x:
-        arrays = [
-            np.pad(a, [(0, pad_y), (0, pad_x)] + [(0, 0)] * (a.ndim - 2), mode="symmetric")
-            for a in arrays
-        ]
-        y, x = arrays[0].shape[:2]
-    top = int(np.clip(centre[0] - rng.integers(0, size), 0, y - size))
-    left = int(np.clip(centre[1] - rng.integers(0, size), 0, x - size))
-    return [a[top : top + size, left : left + size] for a in arrays]
-
-
-def augment(
-    image: np.ndarray,
-    label: np.ndarray,
-    rng: np.random.Generator,
-    aug: Augmentation,
-    weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Apply random geometric (to all) and intensity (to the image) transforms.
-
-    Args:
-        image: (Y, X, C) float32 in [0, 1].
-        label: (Y, X) uint8.
-        weight: optional (Y, X) float32 per-pixel loss weight, moved with the label.
-
-    Returns:
-        The transformed (image, label, weight), contiguous.
-    """
-    arrays = [image, label] + ([weight] if weight is not None else [])
-    if aug.flips:
-        if rng.random() < 0.5:
-            arrays = [a[:, ::-1] for a in arrays]
-        if rng.random() < 0.5:
-            arrays = [a[::-1] for a in arrays]
-    if aug.rotations:
-        k = int(rng.integers(0, 4))
-        arrays = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
-    if aug.elastic and rng.random() < aug.elastic_probability:
-        arrays = _elastic(arrays, rng, aug.elastic_sigma)
-    image = np.ascontiguousarray(arrays[0], dtype=np.float32)
-    if aug.camera and rng.random() < aug.camera:
-        image = _camera(image, rng)
-    if aug.intensity:
-        image = _intensity(image, rng, aug)
-    label = np.ascontiguousarray(arrays[1])
-    weight = np.ascontiguousarray(arrays[2]) if weight is not None else None
-    return image, label, weight
-
-
-def _elastic(arrays: list[np.ndarray], rng: np.random.Generator, sigma: float) -> list[np.ndarray]:
-    y, x = arrays[0].shape[:2]
-    coarse = rng.normal(0.0, sigma, size=(2, 3, 3))
-    # Bicubic up-sampling of the coarse grid gives a smooth displacement field.
-    field_ = np.stack([ndimage.zoom(c, (y / 3, x / 3), order=3, mode="nearest")[:y, :x] for c in coarse])
-    grid = np.mgrid[0:y, 0:x].astype(np.float32)
-    coords = grid + field_
-    out = []
-    for i, a in enumerate(arrays):
-        order = 0 if i == 1 else 1  # labels stay integer: nearest neighbour
-        if a.ndim == 3:
-            warped = np.stack(
-                [ndimage.map_coordinates(a[..., c], coords, order=order, mode="mirror") for c in range(a.shape[2])],
-                axis=-1,
-            )
-        else:
-            warped = ndimage.map_coordinates(a, coords, order=order, mode="mirror")
-        out.append(warped.astype(a.dtype))
-    return out
-
-
-def _camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(Y, X, C) in [0, 1] as another camera might give it (see `Augmentation.camera`)."""
-    channels = image.shape[-1]
-    gain = np.exp(rng.uniform(-0.3, 0.3, channels)).astype(np.float32)
-    gamma = np.exp(rng.uniform(-0.4, 0.4, channels)).astype(np.float32)
-    image = np.clip(image * gain, 0.0, 1.0) ** gamma
-    if rng.random() < 0.5:
-        image = ndimage.gaussian_filter(image, (*[rng.uniform(0.3, 1.2)] * 2, 0))
-    image = image + rng.normal(0.0, rng.uniform(0.0, 0.02), image.shape)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
-
-
-def _intensity(image: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
-    gamma = float(np.exp(rng.uniform(-aug.gamma, aug.gamma)))
-    contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
-    brightness = rng.uniform(-aug.brightness, aug.brightness)
-    image = np.clip(image, 0.0, 1.0) ** gamma
-    mean = image.mean()
-    return np.clip((image - mean) * contrast + mean + brightness, 0.0, 1.0).astype(np.float32)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import Augmentation, augment, crop_around
 from .checkpoint import save_checkpoint
-from .data import Augmentation, augment, crop_around
 from .labels import IGNORE, STRUCTURE
 from .losses import border_weight_map, segmentation_loss
 from .metrics import dice

@@ -3,20 +3,17 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_unet.core.augment import Augmentation, augment, crop_around
 from napari_unet.core.data import (
-    IGNORE,
-    Augmentation,
     DataError,
     as_stack,
-    augment,
     detect_layout,
-    labels_from_array,
     load_dataset,
     load_pairs,
     normalize,
-    crop_around,
     read_stack,
 )
+from napari_unet.core.labels import IGNORE, labels_from_array
 
 
 def test_isbi_layout_converts_labels(isbi_dir, isbi_stack):
@@ -164,3 +161,60 @@ def test_crop_around_always_holds_its_centre():
         for _ in range(20):
             (crop,) = crop_around([marked], 64, centre, rng)
             assert crop.shape == (64, 64) and crop.sum() == 1
+
+
+def test_shape_check_reads_well_with_the_callers_noun():
+    """Callers name what they check ("labels", "--edited mask"): the sentence must read right for each."""
+    from napari_unet.core.data import check_same_shape
+
+    images = np.zeros((3, 20, 20, 1), np.uint8)
+    for what in ("labels", "--edited mask"):
+        with pytest.raises(DataError, match=rf"^The shape of the {what}, \(3, 20, 21\) \(Z, Y, X\), is not the "
+                                            rf"images' \(3, 20, 20\): choose the {what} of these images"):
+            check_same_shape(images, np.zeros((3, 20, 21), bool), what)
+    check_same_shape(images, np.zeros((3, 20, 20), bool), "labels")  # the same shape passes
+
+
+def test_folder_of_mixed_sizes_names_the_odd_image(tmp_path):
+    for name, shape in (("1.png", (8, 8)), ("2.png", (8, 8)), ("3.png", (9, 8)), ("4.png", (8, 8))):
+        Image.fromarray(np.zeros(shape, np.uint8)).save(tmp_path / name)
+    with pytest.raises(DataError, match=r"differ in size \(3.png is \(9, 8\), 1.png is \(8, 8\)\)"):
+        read_stack(tmp_path)
+
+
+def test_reading_errors_say_what_to_do(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no tif/png/jpg/gif images: choose the folder that holds them"):
+        read_stack(tmp_path / "empty")
+    with pytest.raises(DataError, match=r"shape \(2, 3, 4, 5, 6\): save one time point and one channel"):
+        as_stack(np.zeros((2, 3, 4, 5, 6)))
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((2, 20, 20), np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros((2, 20, 20), np.uint8), photometric="minisblack")
+    with pytest.raises(DataError, match=r"empty.tif has no foreground .*choose the labels of these images.*"
+                                        r"invert them \(--invert-labels\)"):
+        load_pairs(tmp_path / "img.tif", tmp_path / "empty.tif")
+    with pytest.raises(DataError, match=r"unknown normalisation \('zscore'\).*update napari-unet or choose"):
+        normalize(np.ones((1, 4, 4, 1)), {"method": "zscore"})
+
+
+def test_refused_saves_and_exports_check_before_they_write(tmp_path):
+    """A check that refuses the input runs before anything is written or moved."""
+    from napari_unet.core.checkpoint import default_metadata
+    from napari_unet.core.corrections import CorrectionStore
+
+    store = CorrectionStore(tmp_path / "corrections")
+    with pytest.raises(ValueError, match=r"do not fit the labels \(2, 16, 16\), so nothing was saved"):
+        store.save(np.zeros((2, 16, 16), np.uint8), [], [], edited_pixels=np.zeros((16, 16), bool))
+    assert not (tmp_path / "corrections").exists()
+    with pytest.raises(ValueError, match="Unknown task 'cells': choose 'em'"):
+        default_metadata("cells")
+
+    from napari_unet.core.checkpoint import Checkpoint
+    from napari_unet.core.export import export_package
+    from napari_unet.core.model import UNet, UNetConfig
+
+    grey = Checkpoint(UNet(UNetConfig(in_channels=1, base_width=4, depth=1)), default_metadata("em"), "grey.pt")
+    out = tmp_path / "model.zip"
+    with pytest.raises(ValueError, match=r"3 channel\(s\) but the model takes 1: choose an image of the kind"):
+        export_package(grey, out, np.zeros((96, 96, 3), np.uint8))  # refused even without the bioimageio extra
+    assert not out.exists()

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from napari_unet.core import train as train_module
+from napari_unet.core.augment import Augmentation
 from napari_unet.core.checkpoint import default_metadata, load_checkpoint
-from napari_unet.core.data import Augmentation, normalize
+from napari_unet.core.data import normalize
 from napari_unet.core.labels import IGNORE
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.train import TrainConfig, TrainingData, fine_tune_recipe, train
