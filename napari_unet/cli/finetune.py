@@ -18,13 +18,12 @@ from ._common import (
     PathLike,
     check_output,
     is_main_process,
-    note,
     progress_bar,
     read_mask,
     slice_numbers,
     training_device,
 )
-from .train import CHECKPOINT_SUFFIXES, recipe_overrides
+from .train import CHECKPOINT_SUFFIXES, read_training_pairs, recipe_overrides
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +76,6 @@ def fine_tune(images: PathLike, labels: PathLike, model: str, out: PathLike, *, 
         ``out``.
     """
     from ..core.checkpoint import load_checkpoint
-    from ..core.data import apply_fov, check_images, load_pairs
     from ..core.finetune import FineTune, describe_plan
     from ..core.labels import IGNORE
     from ..core.predict import describe_device
@@ -87,11 +85,7 @@ def fine_tune(images: PathLike, labels: PathLike, model: str, out: PathLike, *, 
         "the --from model": model, "the --edited mask": edited})
     recipe = recipe_overrides(crop_size, batch_size, learning_rate, border_weights)
     with training_device(device, distributed) as torch_device:
-        stack = load_pairs(images, labels, fov, invert_labels=invert_labels)
-        warning = check_images(stack.images, Path(images).name)
-        if warning:
-            note(warning)
-        truth = apply_fov(stack.labels, stack.fov)
+        stack, truth = read_training_pairs(images, labels, fov, invert_labels)
         count = truth.shape[0]
         if slices:
             corrected = slice_numbers(slices, count, "--slices")

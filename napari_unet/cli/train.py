@@ -111,6 +111,22 @@ def _refuse(args: argparse.Namespace, options: tuple[str, ...], message: str) ->
         raise UsageError(message.replace("{names}", names))
 
 
+def read_training_pairs(images: PathLike, labels: PathLike, fov: PathLike | None, invert_labels: bool):
+    """The images and labels to learn from (`core.data.load_pairs`), a warning about the
+    images said once, and the labels with IGNORE outside the FOV.
+
+    Returns:
+        (the `core.data.Stack`, (Z, Y, X) uint8 labels).
+    """
+    from ..core.data import apply_fov, check_images, load_pairs
+
+    stack = load_pairs(images, labels, fov, invert_labels=invert_labels)
+    warning = check_images(stack.images, Path(images).name)
+    if warning:
+        note(warning)
+    return stack, apply_fov(stack.labels, stack.fov)
+
+
 def recipe_overrides(crop_size: int | None, batch_size: int | None, learning_rate: float | None,
                      border_weights: bool) -> dict:
     """The training options the user gave (the recipe's defaults stand for the others)."""
@@ -148,7 +164,7 @@ def train_from_scratch(images: PathLike, labels: PathLike, out: PathLike, *, fov
         ``out``.
     """
     from ..core.checkpoint import default_metadata
-    from ..core.data import apply_fov, check_images, data_hash, load_pairs, normalize
+    from ..core.data import data_hash, normalize
     from ..core.description import ModelDescription
     from ..core.model import UNet, UNetConfig
     from ..core.predict import describe_device
@@ -160,11 +176,7 @@ def train_from_scratch(images: PathLike, labels: PathLike, out: PathLike, *, fov
     out = check_output(out, force, CHECKPOINT_SUFFIXES, {"the --images stack": images, "the --labels file": labels,
                                                          "the --fov mask": fov})
     with training_device(device, distributed) as torch_device:
-        stack = load_pairs(images, labels, fov, invert_labels=invert_labels)
-        warning = check_images(stack.images, Path(images).name)
-        if warning:
-            note(warning)
-        truth = apply_fov(stack.labels, stack.fov)
+        stack, truth = read_training_pairs(images, labels, fov, invert_labels)
         count = truth.shape[0]
         if not validate or count < 2:
             val = []
