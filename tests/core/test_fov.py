@@ -101,8 +101,12 @@ def test_builtin_fundus_model_standardises_another_cameras_photographs(drive_dir
 def test_fine_tune_learns_from_standardised_photographs(drive_dir):
     """The fine-tune sees the photographs as prediction does: resampled to the model's FOV
     diameter with their labels, and colour-matched."""
-    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.checkpoint import Checkpoint, load_checkpoint
+    from napari_unet.core.data import normalize
     from napari_unet.core.finetune import FineTune, FineTuneOptions
+    from napari_unet.core.fov import fov_diameter
+    from napari_unet.core.pipeline import Pipeline
+    from napari_unet.core.settings import PredictSettings
 
     pairs = [_other_camera(drive_dir, name) for name in ("02", "03")]
     images = np.stack([p[0] for p in pairs])
@@ -110,7 +114,24 @@ def test_fine_tune_learns_from_standardised_photographs(drive_dir):
     model = load_checkpoint("fundus-vessels")
     run = FineTune(model, images, labels, [0, 1],
                    options=FineTuneOptions(steps=2, device="cpu", recipe={"crop_size": 64, "batch_size": 2}))
-    assert run.images.shape[1] < images.shape[1] * 0.8  # shrunk towards the training images' FOV size
-    assert run.labels.shape == run.images.shape[:3] and set(np.unique(run.labels)) <= {0, 1, 2}
+    assert run.parts.images.shape[1] < images.shape[1] * 0.8  # shrunk towards the training images' FOV size
+    assert run.parts.labels.shape == run.parts.images.shape[:3] and set(np.unique(run.parts.labels)) <= {0, 1, 2}
     list(run.run())
-    assert "fundus_reference" in run.result.metadata  # its predictions are standardised the same way
+    # Colour-matched: inside the FOV each channel has the training photographs' mean, which
+    # these red-dominant, dark photographs are far from before the step.
+    reference = model.info.fundus_reference
+    tuned = Pipeline(Checkpoint(run.result.model, run.result.metadata, "fine-tuned"), PredictSettings(device="cpu"))
+    fovs, found = tuned.fov_for(images)
+    assert found
+    for i, image in enumerate(images):
+        seen = tuned.prepare(image, fovs[i], zoom=run.parts.photo_zoom)
+        # The fine-tuned model's predictions are standardised as its training images were:
+        # Predict shows it exactly what it learnt from (a model that lost or changed its
+        # fundus reference, or a fine-tune that skipped the step, fails here).
+        np.testing.assert_array_equal(seen.image, run.parts.images[i])
+        inside = seen.image[seen.fov]
+        assert np.abs(inside.mean(axis=0) - reference["mean"]).max() < 0.02, inside.mean(axis=0)
+        raw = normalize(image[None], model.info.normalization)[0][fovs[i]]
+        assert np.abs(raw.mean(axis=0) - reference["mean"]).max() > 0.1, raw.mean(axis=0)
+        # Resampled to the training photographs' FOV diameter (their median zoom).
+        assert fov_diameter(seen.fov) == pytest.approx(reference["fov_diameter_px"], rel=0.05)

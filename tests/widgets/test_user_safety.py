@@ -18,8 +18,9 @@ def _predicted(widgets, qtbot, isbi_folder, tiny_em):
     return image, truth, widgets["viewer"].layers[f"{image.name} prediction"]
 
 
-def test_messages_for_bad_input(widgets, qtbot, isbi_folder, drive_folder, tiny_em, tmp_path):
-    viewer, predict, finetune, evaluate = widgets["viewer"], widgets["predict"], widgets["finetune"], widgets["evaluate"]
+def test_messages_for_bad_input(widgets, qtbot, isbi_folder, drive_folder, tiny_em, tmp_path, monkeypatch):
+    viewer, predict = widgets["viewer"], widgets["predict"]
+    finetune, evaluate = widgets["finetune"], widgets["evaluate"]
     assert predict.predict() is None and "No image chosen" in predict.status.value
     assert finetune.start() is None and "Choose the image" in finetune.status.value
     assert evaluate.run() is None and "Choose a prediction" in evaluate.status.value
@@ -40,7 +41,8 @@ def test_messages_for_bad_input(widgets, qtbot, isbi_folder, drive_folder, tiny_
     torch.save({"weights": torch.zeros(1)}, bad)
     predict.checkpoint.value = str(bad)
     assert predict.predict() is None and "not a napari-unet checkpoint" in predict.status.value
-    if not torch.cuda.is_available():
+    with monkeypatch.context() as patch:  # a machine without a GPU, also where the tests have one
+        patch.setattr(torch.cuda, "is_available", lambda: False)
         predict.device.value = "cuda"
         assert "No CUDA GPU" in predict.device_info.value
         predict.checkpoint.value = str(tiny_em)

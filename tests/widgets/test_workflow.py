@@ -7,10 +7,15 @@ from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._session import get_session
 from napari_unet.core.checkpoint import default_metadata, load_checkpoint, save_checkpoint
-from napari_unet.core.finetune import describe_outcome
+from napari_unet.core.finetune import FineTuneReport, describe_outcome
 from napari_unet.core.model import UNet, UNetConfig
 
 from .conftest import paint_square, wait_for
+
+#: A gap in the GUI's heartbeat longer than this is a freeze: the window neither redraws
+#: nor answers a click. The tests assert only that (a loaded test machine can miss the
+#: 250 ms a responsive GUI aims at); benchmarks/responsiveness.py measures that target.
+FREEZE_S = 1.0
 
 
 def _heartbeat():
@@ -78,9 +83,9 @@ def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
     gaps = np.diff(ticks)
     # The last gap is the finishing step in the GUI thread: napari builds the visuals of the
     # new "changed" layer there (0.15-0.3 s, like any added layer); training and
-    # re-prediction before it must never hold the GUI.
-    assert len(ticks) > 10 and gaps[:-1].max() < 0.25, f"GUI stalled {gaps[:-1].max():.3f} s while training"
-    assert gaps[-1] < 2.0, f"showing the result froze the GUI for {gaps[-1]:.1f} s"
+    # re-prediction before it must never freeze the GUI.
+    assert len(ticks) > 10 and gaps[:-1].max() < FREEZE_S, f"GUI froze {gaps[:-1].max():.3f} s while training"
+    assert gaps[-1] < 2 * FREEZE_S, f"showing the result froze the GUI for {gaps[-1]:.1f} s"
     assert finetune.run_button.text.startswith("Fine-tune")
     assert "Saved to" in finetune.status.value, finetune.status.value
     assert len(finetune.plot.losses) >= 6  # the live curve was drawn (no held-out check: unverified)
@@ -98,7 +103,9 @@ def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
     assert [layer.name for layer in viewer.layers if "prediction" in layer.name] == []  # no stray layer
     changed = viewer.layers["my corrections changed by fine-tune"]
     assert changed.data.shape == labels.data.shape and not changed.data[[1, 2]].any()
-    assert not (changed.data[[0, 3]] == 0).all() or "0.00%" in finetune.status.value
+    # The status says the share of pixels the yellow layer shows changed (0.00% included).
+    share = np.count_nonzero(changed.data[[0, 3]]) / changed.data[[0, 3]].size
+    assert f"{100 * share:.2f}% of their pixels changed" in finetune.status.value, finetune.status.value
     assert predict.model.value == "fine-tuned"
 
     # Predict again with the fine-tuned model: into the renamed layer; the user's slices
@@ -107,6 +114,8 @@ def test_em_loop(widgets, qtbot, isbi_folder, tiny_em):
     layer_count = len(viewer.layers)
     wait_for(qtbot, predict.predict())
     np.testing.assert_array_equal(labels.data[1:3], before[1:3])
+    # The fine-tune re-predicted slices 0 and 3 as Predict does with its model: nothing moves.
+    np.testing.assert_array_equal(labels.data[[0, 3]], before[[0, 3]])
     assert "Updated 'my corrections'" in predict.status.value
     assert "kept your 2 edited slice(s)" in predict.status.value
     assert len(viewer.layers) == layer_count  # probability and cells updated in place, not duplicated
@@ -143,7 +152,7 @@ def test_fundus_loop(widgets, qtbot, drive_folder, tiny_fundus):
     # Checked on each half of the photograph: whatever was decided is said in one line.
     report = load_checkpoint(get_session(viewer).fine_tuned_path).metadata["history"][-1]["fine_tune"]
     assert [f["name"] for f in report["folds"]][0] == "the bottom half of slice 0"
-    assert describe_outcome(report) in finetune.status.value, finetune.status.value
+    assert describe_outcome(FineTuneReport.from_dict(report)) in finetune.status.value, finetune.status.value
     evaluate = widgets["evaluate"]
     evaluate.prediction.value = viewer.layers[f"{image.name} probability"]
     assert evaluate.task.value == "fundus" and evaluate.fov.value is fov
