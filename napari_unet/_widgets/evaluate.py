@@ -47,7 +47,10 @@ class EvaluateWidget(Container):
 
     def _prediction_choices(self, _widget=None):
         def not_the_image(layer):
-            return not (isinstance(layer, Image) and plugin_meta(layer).get("role") == "image")
+            # A float image may be a probability map (a CLI --probabilities tif opened with
+            # File > Open is read as an image): Evaluate says so when its values are not in [0, 1].
+            image = isinstance(layer, Image) and plugin_meta(layer).get("role") == "image"
+            return not image or (not layer.multiscale and layer.data.dtype.kind == "f")
 
         return layer_choices(self.viewer, (Labels, Image), "prediction", keep=not_the_image)
 

@@ -138,11 +138,10 @@ def synthetic_case(tmp_path):
 
 
 def _prediction_layer(viewer, files, kind):
-    """A mask opened with the reader; a probability map as an Image layer of the file's
-    array (the reader opens a float tif as an image to predict, not as a prediction)."""
-    if kind == "mask":
-        return _open(viewer, files["mask"])
-    return viewer.add_image(tifffile.imread(files["prob"]), name="prob")
+    """The mask or the probability map opened with the reader, as a user opens the CLI's
+    outputs (a float tif is read as an image: Evaluate must offer it as a prediction too,
+    or choosing it in `_gui` fails)."""
+    return _open(viewer, files[kind])
 
 
 @pytest.mark.parametrize("task", ["em", "fundus"])
