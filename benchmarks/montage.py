@@ -28,8 +28,20 @@ import tifffile
 import zarr
 from _common import CLI_RUN, ROOT, isbi, table
 
-# The CLI as it predicted before blocks: every slice whole (the block limit out of reach).
-WHOLE_SLICE_RUN = "import napari_unet.core.blocks as blocks; blocks.BLOCK_LIMIT = float('inf')\n" + CLI_RUN
+# The CLI as it predicted before blocks: the same options to `predict`'s typed handler, with
+# sizes that make no slice large (so none is predicted in blocks); prints as CLI_RUN does.
+WHOLE_SLICE_RUN = """
+import json, sys, time
+from napari_unet.cli import build_parser
+from napari_unet.cli.predict import pipeline_arguments, predict
+from napari_unet.core.volume import Sizes
+args = build_parser().parse_args(sys.argv[1:])
+start = time.perf_counter()
+predict(args.input, args.model, args.out, instances=args.instances, sizes=Sizes(large_slice=1 << 62),
+        **pipeline_arguments(args))
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"code": 0, "seconds": time.perf_counter() - start, "peak_mb": peak / 1024}))
+"""
 
 
 def write_montage(path: Path, sources: np.ndarray, size: int) -> None:

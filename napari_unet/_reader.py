@@ -7,22 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.data import (
-    IMAGE_SUFFIXES,
-    DataError,
-    LabelledStack,
-    detect_layout,
-    image_files,
-    labels_from_array,
-    load_dataset,
-    read_stack,
-)
-from .core.labels import label_colours
-from .core.volume import ZARR_SUFFIXES, Volume, is_volume_path, open_volume, volume_levels
-
-#: Volumes whose slices have more pixels than this and no smaller levels are not shown flat:
-#: napari reads a flat layer's whole slice at each step (64 MB and up: a stall of seconds).
-SHOW_FLAT_LIMIT = 8192 * 8192
+from .core.data import IMAGE_SUFFIXES, DataError, LabelledStack, detect_layout, image_files, load_dataset, read_stack
+from .core.labels import label_colours, labels_from_array
+from .core.volume import SIZES, ZARR_SUFFIXES, Sizes, Volume, is_volume_path, open_volume, volume_levels
 
 LABEL_WORDS = ("label", "manual", "truth", "_gt", "-gt", "annotation")
 MASK_WORDS = ("mask", "fov")
@@ -59,7 +46,8 @@ def file_role(path: Path) -> str:
 
 def read_for_viewer(path: str | list[str]) -> list[tuple]:
     """What napari's File ▸ Open and drag and drop call: `read_layers`, refusing a volume
-    napari could only show by reading whole huge slices (the Load widget offers its pyramid)."""
+    napari could only show by reading whole huge slices (the Load widget offers its pyramid).
+    napari passes no parameters: the default `SIZES` decide."""
     tuples = read_layers(path)
     if tuples and too_large_to_show_flat(*tuples[0]):
         name = Path(path[0] if isinstance(path, list) else path).name
@@ -69,25 +57,27 @@ def read_for_viewer(path: str | list[str]) -> list[tuple]:
     return tuples
 
 
-def too_large_to_show_flat(data, meta: dict, kind: str) -> bool:
-    """Whether a layer read on demand has slices over `SHOW_FLAT_LIMIT` and no smaller levels."""
+def too_large_to_show_flat(data, meta: dict, kind: str, sizes: Sizes = SIZES) -> bool:
+    """Whether a layer read on demand has slices over ``sizes.show_flat`` pixels and no smaller
+    levels: napari reads a flat layer's whole slice at each step (64 MB and up: a stall of seconds)."""
     import dask.array as da
 
     if meta.get("multiscale") or not isinstance(data, da.Array):
         return False
     height, width = data.shape[-3:-1] if meta.get("rgb") else data.shape[-2:]
-    return height * width > SHOW_FLAT_LIMIT
+    return height * width > sizes.show_flat
 
 
-def read_layers(path: str | list[str], contrast: bool = True) -> list[tuple]:
+def read_layers(path: str | list[str], contrast: bool = True, sizes: Sizes = SIZES) -> list[tuple]:
     """Read a file or folder into napari layer-data tuples (image, ground truth, FOV).
 
     ``contrast`` False: a grey volume's contrast is not sampled (the Load widget samples it
-    in a worker, `volume_contrast`); an integer one gets its type's range meanwhile."""
+    in a worker, `volume_contrast`); an integer one gets its type's range meanwhile.
+    ``sizes``: which files are opened lazily, and how (the Load widget passes its session's)."""
     path = Path(path[0] if isinstance(path, list) else path)
     role = file_role(path)
-    if is_volume_path(path):
-        return volume_layers(open_volume(path), path, role, contrast)
+    if is_volume_path(path, sizes):
+        return volume_layers(open_volume(path, sizes), path, role, contrast)
     if role != "image" and not path.is_dir():
         raw = read_stack(path)
         if role == "mask":

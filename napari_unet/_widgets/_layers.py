@@ -9,17 +9,15 @@ from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..core.labels import label_colours
-
-#: Slices of more pixels than this are predicted, ranked and fine-tuned by the command line
-#: only: napari reads a whole slice of a flat Labels layer to draw it (and cannot paint a
-#: multiscale one), which for a 40,000² montage is gigabytes on the GUI thread.
-GUI_SLICE_LIMIT = 16384 * 16384
+from ..core.volume import Sizes
 
 
-def is_montage(shape: tuple) -> bool:
-    """Whether (Z, Y, X, ...) slices are over `GUI_SLICE_LIMIT` pixels: too large for one Labels
-    layer, so corrected a region at a time (`_montage`)."""
-    return shape[1] * shape[2] > GUI_SLICE_LIMIT
+def is_montage(shape: tuple, sizes: Sizes) -> bool:
+    """Whether (Z, Y, X, ...) slices are over ``sizes.gui_slice`` pixels (the session's): too
+    large for one Labels layer, so corrected a region at a time (`_montage`) and ranked by the
+    command line. napari reads a whole slice of a flat Labels layer to draw it (and cannot
+    paint a multiscale one), which for a 40,000² montage is gigabytes on the GUI thread."""
+    return shape[1] * shape[2] > sizes.gui_slice
 
 
 def label_colormap(role: str) -> DirectLabelColormap:

@@ -27,15 +27,16 @@ def montage_corrections(image: Image, shape: tuple, root=None) -> MontageCorrect
     return MontageCorrections(folder, tuple(shape[:3]))
 
 
-def region_in_view(viewer, image: Image, shape: tuple) -> tuple[int, tuple[int, int, int, int]]:
-    """(z, region) of the slice on screen around the centre of the view (`core.regions.region_around`)."""
+def region_in_view(viewer, image: Image, shape: tuple, size: int) -> tuple[int, tuple[int, int, int, int]]:
+    """(z, region) of the slice on screen around the centre of the view, ``size`` a side (the
+    session's ``sizes.correct_region``; `core.regions.region_around`)."""
     point = list(viewer.dims.point)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene.camera
     point[-2:] = list(camera.center)[-2:]
     data = image.world_to_data(point[-image.ndim:])
     z = int(round(data[0])) if spatial_ndim(image) == 3 else 0
     z = max(0, min(z, shape[0] - 1))
-    return z, region_around(tuple(shape[1:3]), (data[-2], data[-1]))
+    return z, region_around(tuple(shape[1:3]), (data[-2], data[-1]), size)
 
 
 def add_region_layer(viewer, image: Image, z: int, region, mask: np.ndarray, model_name: str,

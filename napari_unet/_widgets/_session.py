@@ -1,4 +1,5 @@
-"""State shared by the dock widgets of one viewer: the current model and the corrections."""
+"""State shared by the dock widgets of one viewer: the current model, the corrections and
+the sizes of large data."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..core.corrections import (
 )
 from ..core.regions import CHUNK, region_chunks
 from ..core.settings import PredictSettings
+from ..core.volume import SIZES, Sizes
 from ._layers import layer_uid, plugin_meta
 from ._montage import region_of, save_region
 
@@ -245,7 +247,7 @@ def dock_beside_ours(native) -> None:
 
 
 class Session:
-    """Per-viewer state: the model in use, the fine-tuned model, correction trackers."""
+    """Per-viewer state: the model in use, the fine-tuned model, correction trackers, sizes."""
 
     model_changed = Signal()  # a fine-tune made a new model (`fine_tuned`, now also `current`)
     prediction_done = Signal()  # a Predict job ended (its model, when it predicted, is `current`)
@@ -258,6 +260,9 @@ class Session:
         # own threshold); Correct ranks slices by predicting as Predict did.
         self.predict_settings: PredictSettings | None = None
         self.predicted_with: Checkpoint | None = None  # the model of the last Predict
+        # When data is large (read lazily, by region, predicted in blocks, a montage): every
+        # widget of this viewer reads these; a test sets small ones.
+        self.sizes: Sizes = SIZES
         self.fine_tuned: Checkpoint | None = None
         self.fine_tuned_path: Path | None = None
         self.corrections_dir: Path | None = None  # None = beside the image
@@ -271,6 +276,13 @@ class Session:
         self._saving = threading.Lock()
         self.autosave_thread: threading.Thread | None = None
         self._widgets = 0
+
+    def last_settings(self) -> PredictSettings:
+        """Predict's last settings; before any prediction, the defaults at this session's
+        block sizes."""
+        if self.predict_settings is not None:
+            return self.predict_settings
+        return PredictSettings(block=self.sizes.block, block_limit=self.sizes.large_slice)
 
     def attach(self, widget) -> None:
         """Count ``widget`` as open; when the last one closes (the viewer was closed, or

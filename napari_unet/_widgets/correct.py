@@ -16,7 +16,6 @@ from ..core.corrections import ignore_unedited_changes
 from ..core.labels import IGNORE, STRUCTURE
 from ..core.pipeline import Pipeline
 from ..core.predict import PredictionCancelled
-from ..core.settings import PredictSettings
 from ..core.uncertainty import UncertaintyMap, rank, suggest, unscored
 from ._jobs import BackgroundJob
 from ._layers import (
@@ -243,7 +242,7 @@ class CorrectWidget(Container):
     def _pipeline(self, checkpoint: Checkpoint) -> Pipeline:
         """Predict as Predict did (its `PredictSettings`), with its threshold only when it
         predicted with this model (a fine-tuned model brings its own)."""
-        settings = self.session.predict_settings or PredictSettings()
+        settings = self.session.last_settings()
         if self.session.predicted_with is not checkpoint:
             settings = settings.but(threshold=None)
         return Pipeline(checkpoint, settings.but(instances=False))
@@ -262,7 +261,7 @@ class CorrectWidget(Container):
             image = labelled_image(self.viewer, layer)
             lazy = is_lazy(image)
             stack = lazy_stack(image) if lazy else image_stack(image)
-            if is_montage(stack.shape):
+            if is_montage(stack.shape, self.session.sizes):
                 source = plugin_meta(image).get("source") or "IMAGE.tif"
                 raise ValueError(f"'{image.name}' is a montage: its slices are ranked block by block from the command "
                                  f"line, e.g. napari-unet suggest {source} --model em-membranes --json")

@@ -80,12 +80,13 @@ class LoadWidget(Container):
         if not str(self.path.value) or str(path) in ("", "."):
             self.status.value = "Choose a file or a folder first."
             return []
+        sizes = get_session(self.viewer).sizes  # when a file is read lazily, by region, shown flat
         try:
-            tuples = read_layers(str(path), contrast=False)
+            tuples = read_layers(str(path), contrast=False, sizes=sizes)
         except DataError as exc:
             self.status.value = f"Could not load: {exc}"
             return []
-        if too_large_to_show_flat(*tuples[0]):
+        if too_large_to_show_flat(*tuples[0], sizes):
             self._offer_pyramid_only(path, *tuples[0])
             return []
         layers = [self.viewer.add_layer(Layer.create(data, meta, kind)) for data, meta, kind in tuples]
@@ -149,8 +150,10 @@ class LoadWidget(Container):
             if limits is not None and image in self.viewer.layers and tuple(image.contrast_limits) == shown:
                 image.contrast_limits = limits
 
-        self.contrast_job = BackgroundJob(lambda state: volume_contrast(open_volume(path)), done, lambda message: None,
-                                          self, description="Sampling the contrast", activity=False)
+        sizes = get_session(self.viewer).sizes
+        self.contrast_job = BackgroundJob(lambda state: volume_contrast(open_volume(path, sizes)), done,
+                                          lambda message: None, self, description="Sampling the contrast",
+                                          activity=False)
         self.contrast_job.start()
 
     def write_pyramid(self) -> BackgroundJob | None:
@@ -167,10 +170,11 @@ class LoadWidget(Container):
         if out.exists():
             self._open_pyramid(out, image)
             return None
+        sizes = get_session(self.viewer).sizes
 
         def work(state):
             try:
-                write_pyramid(open_volume(path), out, state.report, state.cancelled)
+                write_pyramid(open_volume(path, sizes), out, state.report, state.cancelled, sizes)
             except PredictionCancelled:
                 return None
             return out
@@ -214,7 +218,8 @@ class LoadWidget(Container):
         store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))
         self._pending_restore = self._pending_volume = None
         self.restore_button.visible = False
-        if isinstance(image, Image) and is_lazy(image) and not image.rgb and is_montage(lazy_stack(image).shape):
+        sizes = get_session(self.viewer).sizes
+        if isinstance(image, Image) and is_lazy(image) and not image.rgb and is_montage(lazy_stack(image).shape, sizes):
             self._show_montage_corrections(image)
             return
         if is_lazy(image):

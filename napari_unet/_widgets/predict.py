@@ -210,9 +210,11 @@ class PredictWidget(Container):
         Raises:
             ValueError: a choice that cannot work (e.g. an absurd pixel size), said for the user.
         """
+        sizes = self.session.sizes  # which slices are predicted in blocks, and how large
         settings = PredictSettings(model=str(self.model.value), device=str(device), tile=self.tile.value or None,
                                    overlap=self.overlap.value, pixel_size=self.pixel_size.value or None,
-                                   threshold=self.threshold.value, instances=instances)
+                                   threshold=self.threshold.value, instances=instances, block=sizes.block,
+                                   block_limit=sizes.large_slice)
         pipeline = Pipeline(checkpoint, settings)
         self.session.predict_settings, self.session.predicted_with = settings, checkpoint
         return pipeline
@@ -251,7 +253,7 @@ class PredictWidget(Container):
         except (ValueError, CheckpointError) as exc:
             self.status.value = str(exc)
             return None
-        if is_montage(stack.shape):
+        if is_montage(stack.shape, self.session.sizes):
             return self._predict_region(layer, stack, checkpoint, model_name, device)
         if lazy:
             return self._predict_volume(layer, stack, checkpoint, model_name, device, slices)
@@ -398,7 +400,7 @@ class PredictWidget(Container):
                 raise ValueError(f"'{layer.name}' is a montage: it is predicted a region at a time, which needs the "
                                  "model's own pixel size. Set Pixel size to 0, or resample the montage first.")
             corrections = montage_corrections(layer, volume.shape, self.session.corrections_dir)
-            z, region = region_in_view(self.viewer, layer, volume.shape)
+            z, region = region_in_view(self.viewer, layer, volume.shape, self.session.sizes.correct_region)
         except (ValueError, OSError) as exc:  # DataError is a ValueError
             self.status.value = str(exc)
             return None

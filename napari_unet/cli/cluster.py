@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.settings import DEFAULT_OVERLAP
+from ..core.volume import SIZES, Sizes
 from ._common import PathLike, UsageError, check_output, note, progress_bar, refuse_same, remove
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def predict_on_cluster(source: PathLike, model: str, out: PathLike, *, probabili
                        pixel_size: float | None = None, fov: PathLike = "auto", levels: str = "slice",
                        device: str = "auto", tile: int | None = None, overlap: float = DEFAULT_OVERLAP,
                        threshold: float | None = None, batch_size: int | None = None,
-                       force: bool = False) -> PredictOutputs:
+                       force: bool = False, sizes: Sizes = SIZES) -> PredictOutputs:
     """Predict ``source`` on a local cluster of ``workers`` processes, or on the one at
     ``scheduler`` (its workers must see ``source`` and the stores at the same paths).
 
@@ -67,9 +68,10 @@ def predict_on_cluster(source: PathLike, model: str, out: PathLike, *, probabili
     except ImportError:
         raise UsageError("--workers and --scheduler need dask.distributed: pip install 'napari-unet[all]'.") from None
     checkpoint = load_checkpoint(model)
-    settings = predict_settings(checkpoint, source, open_volume(source).data, model=model, pixel_size=pixel_size,
-                                fov=fov, levels=levels, device=device, tile=tile, overlap=overlap,
-                                threshold=threshold, batch_size=batch_size, instances="--instances" in extra)
+    settings = predict_settings(checkpoint, source, open_volume(source, sizes).data, model=model,
+                                pixel_size=pixel_size, fov=fov, levels=levels, device=device, tile=tile,
+                                overlap=overlap, threshold=threshold, batch_size=batch_size,
+                                instances="--instances" in extra, sizes=sizes)
     make_pipeline(checkpoint, settings)  # refused here, not on each worker
     if force:  # only now that every check passed: a refused run leaves the earlier result
         for path in [out, records, *extra.values()]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.settings import DEFAULT_OVERLAP, FOV_MODES, PredictSettings
+from ..core.volume import SIZES, Sizes
 from ._common import (
     LazyBar,
     PathLike,
@@ -114,7 +115,7 @@ def predict(source: PathLike, model: str, out: PathLike, *, probabilities: PathL
             workers: int | None = None, scheduler: str | None = None, pixel_size: float | None = None,
             fov: PathLike = "auto", levels: str = "slice", device: str = "auto", tile: int | None = None,
             overlap: float = DEFAULT_OVERLAP, threshold: float | None = None, batch_size: int | None = None,
-            force: bool = False) -> PredictOutputs:
+            force: bool = False, sizes: Sizes = SIZES) -> PredictOutputs:
     """Predict ``source`` with ``model`` into ``out`` (and ``probabilities``, ``instances``).
 
     Args:
@@ -131,6 +132,9 @@ def predict(source: PathLike, model: str, out: PathLike, *, probabilities: PathL
         levels: "slice" (each slice's own percentiles) or "volume" (the same for all).
         device, tile, overlap, threshold, batch_size: see `core.settings.PredictSettings`.
         force: replace outputs that exist (never an input).
+        sizes: which inputs are streamed, which slices are predicted in blocks and how
+            large (`core.volume.Sizes`; not a command-line option: tests and benchmarks
+            pass small or huge ones).
 
     Returns:
         The files written.
@@ -151,7 +155,7 @@ def predict(source: PathLike, model: str, out: PathLike, *, probabilities: PathL
             raise UsageError("--slices is not for a cluster, which predicts every slice: leave out --slices, or "
                              "predict them without --workers / --scheduler.")
         return predict_on_cluster(source, model, out, probabilities=probabilities, instances=instances,
-                                  workers=workers, scheduler=scheduler, force=force, **pipeline_options)
+                                  workers=workers, scheduler=scheduler, force=force, sizes=sizes, **pipeline_options)
     inputs = predict_inputs(source, model, fov)
     outputs = PredictOutputs(
         check_output(out, force, OUT_SUFFIXES, inputs),
@@ -160,10 +164,10 @@ def predict(source: PathLike, model: str, out: PathLike, *, probabilities: PathL
     refuse_same({"--out": outputs.mask, "--probabilities": outputs.probabilities, "--instances": outputs.instances})
     checkpoint = load_checkpoint(model)
     written = [p for p in (outputs.mask, outputs.probabilities, outputs.instances) if p]
-    if slices or is_volume_path(source) or any(p.suffix.lower() == ".zarr" for p in written):
-        _predict_streamed(source, model, checkpoint, outputs, slices, pipeline_options)
+    if slices or is_volume_path(source, sizes) or any(p.suffix.lower() == ".zarr" for p in written):
+        _predict_streamed(source, model, checkpoint, outputs, slices, pipeline_options, sizes)
     else:
-        _predict_in_memory(source, model, checkpoint, outputs, pipeline_options)
+        _predict_in_memory(source, model, checkpoint, outputs, pipeline_options, sizes)
     return outputs
 
 
@@ -175,7 +179,8 @@ def predict_inputs(source: PathLike, model: str, fov: PathLike) -> dict:
 
 def predict_settings(checkpoint: Checkpoint, source: PathLike, volume, *, model: str, pixel_size: float | None,
                      fov: PathLike, levels: str, device: str, tile: int | None, overlap: float,
-                     threshold: float | None, batch_size: int | None, instances: bool) -> PredictSettings:
+                     threshold: float | None, batch_size: int | None, instances: bool,
+                     sizes: Sizes = SIZES) -> PredictSettings:
     """The one `PredictSettings` of the command's options, the same on every path.
 
     Args:
@@ -183,6 +188,7 @@ def predict_settings(checkpoint: Checkpoint, source: PathLike, volume, *, model:
         source: the input path (its pixel size, when ``pixel_size`` is None).
         volume: (Z, Y, X, C) array-like: the input, for ``levels="volume"``.
         fov: "auto", "none" or a mask file (read apart, by `fov_mask`: "auto" here).
+        sizes: the block size and the slices predicted in blocks (`core.volume.Sizes`).
     """
     from ..core.volume import pixel_size_of, volume_levels
 
@@ -195,7 +201,8 @@ def predict_settings(checkpoint: Checkpoint, source: PathLike, volume, *, model:
     shared = volume_levels(volume, checkpoint.normalization) if levels == "volume" else None
     return PredictSettings(model=str(model), device=device, tile=tile, overlap=overlap, pixel_size=pixel_size,
                            fov=str(fov) if str(fov) in FOV_MODES else "auto", threshold=threshold, levels=shared,
-                           instances=instances, batch_size=batch_size)
+                           instances=instances, batch_size=batch_size, block=sizes.block,
+                           block_limit=sizes.large_slice)
 
 
 def make_pipeline(checkpoint: Checkpoint, settings: PredictSettings) -> Pipeline:
@@ -223,7 +230,7 @@ def fov_mask(fov: PathLike, shape: tuple[int, int, int]) -> np.ndarray | None:
 
 
 def _predict_in_memory(source: PathLike, model: str, checkpoint: Checkpoint, outputs: PredictOutputs,
-                       options: dict) -> None:
+                       options: dict, sizes: Sizes) -> None:
     """Read the whole input, predict it, write tifs (each atomically: all or none)."""
     from ..core.data import as_stack, read_stack
     from ..core.predict import describe_device
@@ -233,7 +240,7 @@ def _predict_in_memory(source: PathLike, model: str, checkpoint: Checkpoint, out
     images = as_stack(raw)
     fov = fov_mask(options["fov"], images.shape[:3])
     settings = predict_settings(checkpoint, source, images, model=model, instances=outputs.instances is not None,
-                                **options)
+                                sizes=sizes, **options)
     pipeline = make_pipeline(checkpoint, settings)
     start = time.perf_counter()
     progress = LazyBar("tile")
@@ -262,7 +269,7 @@ def _predict_in_memory(source: PathLike, model: str, checkpoint: Checkpoint, out
 
 
 def _predict_streamed(source: PathLike, model: str, checkpoint: Checkpoint, outputs: PredictOutputs,
-                      slices: str | Sequence[int] | None, options: dict) -> None:
+                      slices: str | Sequence[int] | None, options: dict, sizes: Sizes) -> None:
     """Predict a volume slice by slice into zarr stores or memory-mapped tifs (bounded memory).
 
     Outputs are written beside their final names and renamed when every slice is done,
@@ -274,12 +281,12 @@ def _predict_streamed(source: PathLike, model: str, checkpoint: Checkpoint, outp
     from ..core.stream import VolumeOutputs, predict_volume
     from ..core.volume import create_output, open_volume
 
-    volume = open_volume(source)
+    volume = open_volume(source, sizes)
     shape = tuple(volume.data.shape[:3])
     fov = fov_mask(options["fov"], shape)
     chosen = slice_numbers(slices, shape[0], "--slices") if slices else None
     settings = predict_settings(checkpoint, source, volume.data, model=model,
-                                instances=outputs.instances is not None, **options)
+                                instances=outputs.instances is not None, sizes=sizes, **options)
     pipeline = make_pipeline(checkpoint, settings)
     wanted = {outputs.mask: np.uint8, outputs.probabilities: np.float32, outputs.instances: np.uint32}
     reduce = {outputs.mask: "max", outputs.probabilities: "mean", outputs.instances: "pick"}
@@ -297,7 +304,7 @@ def _predict_streamed(source: PathLike, model: str, checkpoint: Checkpoint, outp
                 array.flush()
         del arrays, into
         for path in multiscale:  # levels napari browses: the one that fits the screen is read
-            add_levels(temps[path], reduce[path], volume.pixel_size_nm, path.name)
+            add_levels(temps[path], reduce[path], volume.pixel_size_nm, path.name, sizes=sizes)
         for path, temp in temps.items():
             replace(temp, path)
     except BaseException:

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..core.volume import SIZES, Sizes
 from ._common import LazyBar, PathLike, check_output, remove
 
 
@@ -20,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def pyramid(source: PathLike, out: PathLike, *, force: bool = False) -> list[tuple[int, int, int]]:
+def pyramid(source: PathLike, out: PathLike, *, force: bool = False,
+            sizes: Sizes = SIZES) -> list[tuple[int, int, int]]:
     """Write ``source`` as the OME-Zarr pyramid ``out``, each level the 2 x 2 mean of the
     one below, block by block.
 
@@ -28,6 +30,7 @@ def pyramid(source: PathLike, out: PathLike, *, force: bool = False) -> list[tup
         source: a grey (Z, Y, X) tif, zarr or folder of slices, read lazily.
         out: the store to write (ending in .zarr, e.g. montage.ome.zarr).
         force: replace an existing ``out`` (kept until the new one is complete).
+        sizes: how the source is read, the levels' size and the blocks' (`core.volume.Sizes`).
 
     Returns:
         The (Z, Y, X) of each level written.
@@ -36,7 +39,7 @@ def pyramid(source: PathLike, out: PathLike, *, force: bool = False) -> list[tup
     from ..core.volume import open_volume
 
     out = check_output(out, force, (".zarr",), {"the input image": source})
-    volume = open_volume(source)
+    volume = open_volume(source, sizes)
     old = out.with_name(f".{out.name}.old")
     if out.exists():  # set aside, not deleted: a failed run gives it back
         remove(old)
@@ -44,7 +47,7 @@ def pyramid(source: PathLike, out: PathLike, *, force: bool = False) -> list[tup
     start = time.perf_counter()
     progress = LazyBar("block")
     try:
-        shapes = write_pyramid(volume, out, progress)
+        shapes = write_pyramid(volume, out, progress, sizes=sizes)
     except BaseException:
         if old.exists() and not out.exists():
             old.rename(out)

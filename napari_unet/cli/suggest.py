@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..core.settings import DEFAULT_OVERLAP
+from ..core.volume import SIZES, Sizes
 from ._common import LazyBar, PathLike, UsageError, number, slice_numbers
 from .predict import add_pipeline_arguments, fov_mask, make_pipeline, pipeline_arguments, predict_settings
 
@@ -40,7 +41,7 @@ def suggest(source: PathLike, model: str, *, top: int = 10, corrected: str | Seq
             method: str | None = None, as_json: bool = False, pixel_size: float | None = None,
             fov: PathLike = "auto", levels: str = "slice", device: str = "auto", tile: int | None = None,
             overlap: float = DEFAULT_OVERLAP, threshold: float | None = None,
-            batch_size: int | None = None) -> Suggestion:
+            batch_size: int | None = None, sizes: Sizes = SIZES) -> Suggestion:
     """Rank the slices of ``source`` by how much correcting them is worth; print the ``top``.
 
     Args:
@@ -50,7 +51,7 @@ def suggest(source: PathLike, model: str, *, top: int = 10, corrected: str | Seq
         corrected: slices already corrected, e.g. "0-4" or [3, 7]: scored, left out of the order.
         method: one of `METHODS`; None: the measured best for this kind of image.
         as_json: also print one JSON object: "uncertainty" (per slice), "order", "method".
-        Others: the pipeline options, as `cli.predict.predict`.
+        Others: the pipeline options and ``sizes``, as `cli.predict.predict`.
 
     Returns:
         The `core.uncertainty.Suggestion` (uncertainty per slice, order).
@@ -64,14 +65,14 @@ def suggest(source: PathLike, model: str, *, top: int = 10, corrected: str | Seq
         raise UsageError(f"--top {top}: give the number of slices to list, at least 1, e.g. --top 10.")
     if method is not None and method not in METHODS:
         raise UsageError(f"--method {method}: choose one of {', '.join(METHODS)}.")
-    volume = open_volume(source).data
+    volume = open_volume(source, sizes).data
     shape = tuple(volume.shape[:3])
     done = slice_numbers(corrected, shape[0], "--corrected") if corrected else []
     mask = fov_mask(fov, shape)
     checkpoint = load_checkpoint(model)
     settings = predict_settings(checkpoint, source, volume, model=model, pixel_size=pixel_size, fov=fov,
                                 levels=levels, device=device, tile=tile, overlap=overlap, threshold=threshold,
-                                batch_size=batch_size, instances=False)
+                                batch_size=batch_size, instances=False, sizes=sizes)
     pipeline = make_pipeline(checkpoint, settings)
     method = method or default_method(pipeline, shape[1:])
     progress = LazyBar("tile")

@@ -17,7 +17,7 @@ import numpy as np
 from .blocks import block_grid
 from .data import DataError
 from .predict import CancelCheck, PredictionCancelled, ProgressCallback
-from .volume import REGION, SCREEN, Volume
+from .volume import SIZES, Sizes, Volume
 
 
 def pyramid_path(path: str | Path) -> Path:
@@ -26,17 +26,17 @@ def pyramid_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.ome.zarr")
 
 
-def level_shapes(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    """(Z, Y, X) of each level, finest first: halved until the longer side is at most `SCREEN`."""
+def level_shapes(shape: tuple[int, int, int], sizes: Sizes = SIZES) -> list[tuple[int, int, int]]:
+    """(Z, Y, X) of each level, finest first: halved until the longer side is at most ``sizes.screen``."""
     shapes = [tuple(shape)]
-    while max(shapes[-1][1:]) > SCREEN:
+    while max(shapes[-1][1:]) > sizes.screen:
         z, y, x = shapes[-1]
         shapes.append((z, math.ceil(y / 2), math.ceil(x / 2)))
     return shapes
 
 
 def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | None = None,
-                  cancel: CancelCheck | None = None) -> list[tuple[int, int, int]]:
+                  cancel: CancelCheck | None = None, sizes: Sizes = SIZES) -> list[tuple[int, int, int]]:
     """Write ``volume`` as an OME-Zarr (v0.4, zarr format 2) pyramid at ``out``.
 
     Level 0 is the image; each next level is the 2 x 2 mean of the one below (rounded to
@@ -47,6 +47,7 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
         volume: a grey volume (`core.volume.open_volume`); its pixel size, if known, is
             recorded as each level's scale in nanometres.
         progress: called with (blocks done, blocks in all levels).
+        sizes: the levels fit ``sizes.screen``; blocks are ``sizes.region`` a side.
 
     Returns:
         The (Z, Y, X) of each level written.
@@ -61,21 +62,21 @@ def write_pyramid(volume: Volume, out: str | Path, progress: ProgressCallback | 
     data = volume.data
     if data.shape[-1] != 1:
         raise DataError("Pyramids are written for grey (EM) images; this one is RGB.")
-    shapes = level_shapes(tuple(data.shape[:3]))
+    shapes = level_shapes(tuple(data.shape[:3]), sizes)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     group = _new_group(partial)
     levels = [_new_array(group, str(k), shape, data.dtype) for k, shape in enumerate(shapes)]
-    counter = _Progress(shapes, progress, cancel)
+    counter = _Progress(shapes, sizes.region, progress, cancel)
     try:
         for z in range(shapes[0][0]):
             # Bands of whole rows: a striped (compressed) tif decompresses each strip once.
-            for y0, y1, _x0, _x1 in block_grid(shapes[0][1], 1, REGION):
+            for y0, y1, _x0, _x1 in block_grid(shapes[0][1], 1, sizes.region):
                 band = np.asarray(data[z, y0:y1, :, 0])
-                for _, _, x0, x1 in block_grid(1, band.shape[1], REGION):
+                for _, _, x0, x1 in block_grid(1, band.shape[1], sizes.region):
                     counter.tick()
                     levels[0][z, y0:y1, x0:x1] = band[:, x0:x1]
-        _fill_levels(levels, "mean", counter)
+        _fill_levels(levels, "mean", counter, sizes.region)
         group.attrs["multiscales"] = [_multiscale(len(shapes), volume.pixel_size_nm, out.name)]
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -91,13 +92,14 @@ def multiscale_output(path: str | Path, shape: tuple[int, int, int], dtype):
 
 
 def add_levels(path: str | Path, reduce: str, pixel_size_nm=None, name: str = "",
-               cancel: CancelCheck | None = None) -> list[tuple[int, int, int]]:
+               cancel: CancelCheck | None = None, sizes: Sizes = SIZES) -> list[tuple[int, int, int]]:
     """Make the group `multiscale_output` wrote a browsable OME-Zarr pyramid: levels halved
     from its level 0 until they fit the screen, block by block, then the metadata.
 
     Args:
         reduce: how 2 x 2 pixels become one: "mean" (probabilities), "max" (a mask:
             thin membranes stay visible far out) or "pick" (cell ids: never mixed).
+        sizes: as `write_pyramid`.
 
     Returns:
         The (Z, Y, X) of each level.
@@ -106,9 +108,9 @@ def add_levels(path: str | Path, reduce: str, pixel_size_nm=None, name: str = ""
 
     group = zarr.open_group(str(path), mode="r+")
     base = group["0"]
-    shapes = level_shapes(tuple(base.shape))
+    shapes = level_shapes(tuple(base.shape), sizes)
     levels = [base] + [_new_array(group, str(k), shape, base.dtype) for k, shape in enumerate(shapes) if k > 0]
-    _fill_levels(levels, reduce, _Progress(shapes[1:], None, cancel))
+    _fill_levels(levels, reduce, _Progress(shapes[1:], sizes.region, None, cancel), sizes.region)
     group.attrs["multiscales"] = [_multiscale(len(shapes), pixel_size_nm, name or Path(path).name)]
     return shapes
 
@@ -129,10 +131,10 @@ def _new_array(group, name: str, shape: tuple[int, int, int], dtype):
 
 
 class _Progress:
-    """Counts blocks over the levels of ``shapes`` for ``progress``; raises when ``cancel`` says so."""
+    """Counts blocks of ``edge`` over the levels of ``shapes`` for ``progress``; raises when ``cancel`` says so."""
 
-    def __init__(self, shapes, progress: ProgressCallback | None, cancel: CancelCheck | None) -> None:
-        self.total = sum(len(block_grid(*shape[1:], REGION)) * shape[0] for shape in shapes)
+    def __init__(self, shapes, edge: int, progress: ProgressCallback | None, cancel: CancelCheck | None) -> None:
+        self.total = sum(len(block_grid(*shape[1:], edge)) * shape[0] for shape in shapes)
         self.done, self.progress, self.cancel = 0, progress, cancel
 
     def tick(self) -> None:
@@ -143,12 +145,12 @@ class _Progress:
             self.progress(self.done, self.total)
 
 
-def _fill_levels(levels: list, reduce: str, counter: _Progress) -> None:
-    """Write each level after the first from the one below it, block by block."""
+def _fill_levels(levels: list, reduce: str, counter: _Progress, edge: int) -> None:
+    """Write each level after the first from the one below it, in blocks of ``edge`` a side."""
     for k in range(1, len(levels)):
         below, level = levels[k - 1], levels[k]
         for z in range(level.shape[0]):
-            for y0, y1, x0, x1 in block_grid(*level.shape[1:], REGION):
+            for y0, y1, x0, x1 in block_grid(*level.shape[1:], edge):
                 counter.tick()
                 level[z, y0:y1, x0:x1] = _halved(np.asarray(below[z, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]),
                                                  (y1 - y0, x1 - x0), reduce)

@@ -12,16 +12,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .volume import LARGE_SLICE
+from .volume import SIZES
 
 #: Fraction of a tile shared with its neighbour.
 DEFAULT_OVERLAP = 0.25
 #: Tile blending (`core.predict.blend_window`).
 DEFAULT_BLEND = "gaussian"
 FOV_MODES = ("auto", "none")
-#: Edge in pixels of the blocks a slice too large for memory is predicted in (a multiple of
-#: the outputs' 1,024-pixel chunks; `core.blocks`).
-BLOCK = 3072
+#: Edge in pixels of the blocks a slice too large for memory is predicted in (`core.blocks`);
+#: the number is `core.volume.Sizes.block`, with the other sizes of large data.
+BLOCK = SIZES.block
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class PredictSettings:
         precision, batch_size, blend: see `core.predict`.
         block: edge of the blocks a slice too large for memory is predicted in.
         block_limit: slices of more pixels are predicted block by block; default a
-            montage's (`core.volume.LARGE_SLICE`: those are read by region too).
+            montage's (`core.volume.Sizes.large_slice`: those are read by region too).
+            Callers holding a `Sizes` pass ``block=sizes.block, block_limit=sizes.large_slice``.
     """
 
     model: str = ""
@@ -59,7 +60,7 @@ class PredictSettings:
     batch_size: int | None = None
     blend: str = DEFAULT_BLEND
     block: int = BLOCK
-    block_limit: int = LARGE_SLICE
+    block_limit: int = SIZES.large_slice
 
     def __post_init__(self) -> None:
         if self.fov not in FOV_MODES:

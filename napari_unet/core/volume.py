@@ -23,21 +23,46 @@ import tifffile
 from .data import DEFAULT_NORMALIZATION, DataError, image_files, read_image
 
 ZARR_SUFFIXES = (".zarr", ".n5")
-# Above this many bytes a tif or a folder is opened lazily by the napari reader and
-# predicted slice by slice by the CLI; below it, reading it whole is faster.
-LAZY_BYTES = 1 << 30
-# Edge of the regions a large slice is read in (a tif's, where its layout allows).
-REGION = 2048
-# A slice of more pixels than this is opened lazily and predicted block by block
-# (`core.blocks`): its float copies would take over 100 MB each.
-LARGE_SLICE = 2 * REGION * REGION
-# The coarsest display level of a large slice is about this many pixels a side.
-SCREEN = 2048
 # Black registration padding: a region of exact zeros touching the border, at least this
 # share of the slice (small dark spots at the border are data).
 PADDING_SHARE = 0.01
 NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micron": 1e3, "micrometer": 1e3,
                "mm": 1e6, "millimeter": 1e6, "angstrom": 0.1, "å": 0.1}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes at which large data is handled otherwise: read lazily or by region,
+    predicted block by block, shown through display levels, corrected a region at a time.
+
+    Passed as a parameter to what uses them (``sizes=SIZES``, the defaults every user
+    gets); the widgets read theirs from the viewer's session (``get_session(viewer).sizes``)
+    and the CLI's typed handlers take one, so tests and benchmarks pass small ones instead
+    of patching module globals. The napari reader hook (File ▸ Open) takes no parameters:
+    it uses `SIZES`. The last two are only the widgets' and the reader's (napari's limits),
+    kept here so that one object holds every size of a session.
+    """
+
+    #: A tif or folder of more bytes is opened lazily and predicted slice by slice (below, reading it whole is faster).
+    lazy_bytes: int = 1 << 30
+    #: Edge of the regions a large slice is read in (a tif's, where its layout allows) and a pyramid written in.
+    region: int = 2048
+    #: A slice of more pixels is opened lazily and predicted block by block (its float copies: over 100 MB each).
+    large_slice: int = 2 * 2048 * 2048
+    #: Edge of those blocks (`PredictSettings.block`; a multiple of the outputs' 1,024-pixel chunks).
+    block: int = 3072
+    #: The coarsest display level of a large slice (and of a pyramid) is about this many pixels a side.
+    screen: int = 2048
+    #: Edge of the region Predict opens for correcting a montage (a whole number of `core.regions.CHUNK`).
+    correct_region: int = 2048
+    #: Slices of more pixels are montages in the widgets: corrected a region at a time, ranked by the CLI.
+    gui_slice: int = 16384 * 16384
+    #: A lazy layer of slices of more pixels and no smaller levels is not shown (napari would read whole slices).
+    show_flat: int = 8192 * 8192
+
+
+#: The sizes every user gets.
+SIZES = Sizes()
 
 
 @dataclass
@@ -57,28 +82,30 @@ class Volume:
     source: str = ""
 
 
-def is_volume_path(path: str | Path) -> bool:
-    """Whether ``path`` should be opened lazily: zarr / N5, a tif or folder over LAZY_BYTES,
-    or a tif whose slices have more than LARGE_SLICE pixels."""
+def is_volume_path(path: str | Path, sizes: Sizes = SIZES) -> bool:
+    """Whether ``path`` should be opened lazily: zarr / N5, a tif or folder over
+    ``sizes.lazy_bytes``, or a tif whose slices have more than ``sizes.large_slice`` pixels."""
     path = Path(path)
     if path.suffix.lower() in ZARR_SUFFIXES:
         return True
     try:
         if path.is_dir():
-            return sum(f.stat().st_size for f in image_files(path)) > LAZY_BYTES
+            return sum(f.stat().st_size for f in image_files(path)) > sizes.lazy_bytes
         if path.suffix.lower() not in (".tif", ".tiff"):
             return False
-        if path.stat().st_size > LAZY_BYTES:
+        if path.stat().st_size > sizes.lazy_bytes:
             return True
         with tifffile.TiffFile(path) as tif:
             height, width = tif.pages[0].shape[:2]
-        return height * width > LARGE_SLICE
-    except Exception:  # unreadable: reading it whole says what is wrong
+        return height * width > sizes.large_slice
+    except Exception:  # noqa: BLE001 (unreadable: reading it whole says what is wrong)
         return False
 
 
-def open_volume(path: str | Path) -> Volume:
+def open_volume(path: str | Path, sizes: Sizes = SIZES) -> Volume:
     """Open a zarr / OME-Zarr / N5 store, a tif stack or a folder of slices lazily.
+
+    ``sizes``: how an uncompressed tif is read by region, and which gets display levels.
 
     Raises:
         DataError: missing or unreadable, or not one grey or RGB volume.
@@ -92,7 +119,7 @@ def open_volume(path: str | Path) -> Volume:
         elif path.is_dir():
             volume = _open_folder(path)
         elif path.suffix.lower() in (".tif", ".tiff"):
-            volume = _open_tif(path)
+            volume = _open_tif(path, sizes)
         else:
             raise DataError(f"{path.name}: open zarr, N5, tif or a folder of images as a volume.")
     except DataError:
@@ -116,7 +143,7 @@ def pixel_size_of(path: str | Path) -> float | None:
             size = open_volume(path).pixel_size_nm
         else:
             return None
-    except Exception:  # metadata is a hint: an unreadable header is reported when the pixels are read
+    except Exception:  # noqa: BLE001 (a hint: an unreadable header is reported when the pixels are read)
         return None
     return float(np.mean(size)) if size else None
 
@@ -164,7 +191,7 @@ def _ome_pixel_size(image: dict) -> tuple[float, float] | None:
     return (sizes["y"], sizes["x"]) if len(sizes) == 2 else None
 
 
-def _open_tif(path: Path) -> Volume:
+def _open_tif(path: Path, sizes: Sizes) -> Volume:
     import dask.array as da
     import zarr
 
@@ -174,11 +201,12 @@ def _open_tif(path: Path) -> Volume:
     if offset is not None:  # uncompressed and contiguous: any region is read alone
         rgb = len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4  # as `_as_zyxc` reads it
         planes = len(shape) - (3 if rgb else 2)
-        chunks = (1,) * planes + (REGION, REGION) + ((shape[-1],) if rgb else ())
-        large = shape[planes] * shape[planes + 1] > LARGE_SLICE
+        chunks = (1,) * planes + (sizes.region, sizes.region) + ((shape[-1],) if rgb else ())
+        large = shape[planes] * shape[planes + 1] > sizes.large_slice
         # A large slice also gets views of every 2nd, 4th, ... pixel for display (napari shows
         # the level that fits the screen), each read straight from the file.
-        steps = [1] + [2**k for k in range(1, 16) if large and max(shape[planes:planes + 2]) >> k > SCREEN // 2]
+        steps = [1] + [2**k for k in range(1, 16)
+                       if large and max(shape[planes:planes + 2]) >> k > sizes.screen // 2]
         levels = [_as_zyxc(da.from_array(TifRegions(path, offset, shape, dtype, step, planes), chunks=chunks,
                                          asarray=False), None, path.name) for step in steps]
         return Volume(levels[0], levels if len(levels) > 1 else [], _tif_pixel_size(path))
@@ -281,7 +309,8 @@ def _as_zyxc(data, axes: list[str] | None, name: str):
     """A lazy array as (Z, Y, X, C), from OME axes (t, c, z, y, x) or from its shape."""
     if axes is not None:
         if len(axes) != data.ndim:
-            raise DataError(f"{name}: its metadata names {len(axes)} axes but the array has {data.ndim}.")
+            raise DataError(f"{name}: its OME-Zarr metadata names {len(axes)} axes but the array has {data.ndim}, "
+                            "so its axes cannot be told apart: write the volume again, or open the array itself.")
         for axis in [a for a in axes if a not in ("c", "z", "y", "x")]:
             if data.shape[axes.index(axis)] != 1:
                 raise DataError(f"{name} has {data.shape[axes.index(axis)]} points along '{axis}': "
@@ -360,8 +389,8 @@ def volume_levels(data, normalization: dict | None = None, samples: int = 16,
         values.append(plane[keep].astype(np.float32))
     pixels = np.concatenate(values)
     if pixels.size == 0:
-        raise DataError("The sampled slices hold nothing but black padding (zeros): check that the volume "
-                        "holds images.")
+        raise DataError("The sampled slices hold nothing but black padding (zeros): there is nothing to "
+                        "segment. Check that the right volume (or level) was opened.")
     low, high = np.percentile(pixels, [norm["low"], norm["high"]], axis=0)
     if np.all(high <= low):
         raise DataError(f"The volume has the same value ({low[0]:g}) everywhere in the sampled slices: there is "
@@ -384,4 +413,4 @@ def create_output(path: str | Path, shape: tuple[int, int, int], dtype, chunk: i
         return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **extra)
     if path.suffix.lower() in (".tif", ".tiff"):
         return tifffile.memmap(path, shape=shape, dtype=dtype, photometric="minisblack")
-    raise DataError(f"{path.name}: write a volume to .zarr or .tif.")
+    raise DataError(f"{path.name}: a volume is written as .zarr or .tif; choose a name ending in .zarr or .tif.")

@@ -14,24 +14,22 @@ import zarr
 import napari_unet.core.blocks as blocks
 import napari_unet.core.volume as volume_module
 from napari_unet.cli import main
+from napari_unet.cli.predict import predict as cli_predict
+from napari_unet.cli.pyramid import pyramid as cli_pyramid
 from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint, save_checkpoint
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline
-from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import PredictionCancelled
+from napari_unet.core.settings import PredictSettings
 from napari_unet.core.stream import VolumeOutputs, predict_volume
-from napari_unet.core.volume import open_volume
+from napari_unet.core.volume import Sizes, open_volume
 
-
-#: Blocks of about 256 px for every slice over 2 blocks, so test-sized slices cross many borders.
-SMALL = {"block": 256, "block_limit": 2 * 256 * 256}
-
-
-@pytest.fixture()
-def small_blocks(monkeypatch):
-    """Test-sized slices are montages (read by region) for the CLI too."""
-    monkeypatch.setattr(volume_module, "LARGE_SLICE", 2 * 256 * 256)
+#: Test-sized slices are montages: every slice over 2 blocks of 256 px is read by region and
+#: predicted in blocks, so it crosses many block borders; display levels fit 256 px.
+SMALL_SIZES = Sizes(large_slice=2 * 256 * 256, block=256, screen=256)
+#: The same block sizes as prediction settings.
+SMALL = {"block": SMALL_SIZES.block, "block_limit": SMALL_SIZES.large_slice}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +80,9 @@ def _streamed(pipeline: Pipeline, images: np.ndarray):
 def test_blocks_give_exactly_the_whole_slice_prediction(montage, model):
     """Each tile of the whole slice's grid predicted once (those on block borders are kept
     for the next block); probabilities equal to float rounding (tiles are batched
-    differently), masks equal, cells equal up to their ids across 4-9 blocks ("components", the built-in model's), or up to
-    where watershed lines go on ties (the flooding order follows the array's extent)."""
+    differently), masks equal, cells equal up to their ids across 4-9 blocks ("components", the
+    built-in model's), or up to where watershed lines go on ties (the flooding order follows
+    the array's extent)."""
     checkpoint = load_checkpoint(model) if model == "em-membranes" else _tiny(model.split("-")[1])
     threshold = None
     if model != "em-membranes":  # a random model's probabilities hover near 0.5: a mask of a quarter
@@ -163,13 +162,14 @@ def test_uncompressed_tifs_are_read_by_region(tmp_path):
     assert rgb_volume.shape == (1, 300, 500, 3)
 
 
-def test_the_cli_predicts_a_large_slice_in_blocks_into_a_tif(montage, small_blocks, tmp_path):
+def test_the_cli_predicts_a_large_slice_in_blocks_into_a_tif(montage, tmp_path):
     """A single slice over the limit is opened lazily and predicted in blocks, whatever the
     output: the same mask as the whole slice through the one pipeline."""
     tifffile.imwrite(tmp_path / "montage.tif", montage[0, ..., 0], photometric="minisblack")
-    assert volume_module.is_volume_path(tmp_path / "montage.tif")
-    assert main(["predict", str(tmp_path / "montage.tif"), "--out", str(tmp_path / "mask.tif"),
-                 "--instances", str(tmp_path / "cells.zarr"), "--model", "em-membranes"]) == 0
+    assert volume_module.is_volume_path(tmp_path / "montage.tif", SMALL_SIZES)
+    assert not volume_module.is_volume_path(tmp_path / "montage.tif")  # at the users' sizes: read whole
+    cli_predict(tmp_path / "montage.tif", "em-membranes", tmp_path / "mask.tif", instances=tmp_path / "cells.zarr",
+                sizes=SMALL_SIZES)
     whole = Pipeline(load_checkpoint("em-membranes"), PredictSettings(instances=True)).run(montage)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tif").reshape(montage.shape[1:3]), whole.mask[0])
     assert _same_partition(zarr.open_array(str(tmp_path / "cells.zarr"), mode="r")[0], whole.cells[0])
@@ -217,19 +217,19 @@ def test_memory_does_not_grow_with_the_slice(tmp_path):
     assert large - small < 30, (small, large)
 
 
-def test_a_large_flat_tif_opens_with_display_levels_read_from_the_file(tmp_path, small_blocks, monkeypatch):
+def test_a_large_flat_tif_opens_with_display_levels_read_from_the_file(tmp_path):
     """napari is given every 2nd, 4th... pixel of a large slice, read straight from the tif,
     and shows the level that fits the screen; the finest level is the data predicted."""
     from napari_unet._reader import read_layers
 
-    monkeypatch.setattr(volume_module, "SCREEN", 256)
     stack = np.random.default_rng(4).integers(0, 255, (2, 700, 900), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "montage.tif", stack, photometric="minisblack")
-    volume = open_volume(tmp_path / "montage.tif")
+    assert open_volume(tmp_path / "montage.tif").levels == []  # not large at the users' sizes
+    volume = open_volume(tmp_path / "montage.tif", SMALL_SIZES)
     assert [level.shape[1:3] for level in volume.levels] == [(700, 900), (350, 450), (175, 225)]
     np.testing.assert_array_equal(volume.levels[2][1, ..., 0], stack[1, ::4, ::4])
     np.testing.assert_array_equal(volume.levels[1][0, 100:200, 7:, 0], stack[0, ::2, ::2][100:200, 7:])
-    data, meta, kind = read_layers(str(tmp_path / "montage.tif"))[0]
+    data, meta, kind = read_layers(str(tmp_path / "montage.tif"), sizes=SMALL_SIZES)[0]
     assert kind == "image" and meta["multiscale"] and [level.shape for level in data][0] == (2, 700, 900)
 
 
@@ -249,7 +249,7 @@ def test_a_montage_is_ranked_block_by_block_as_whole(montage):
         suggest(pipeline, stack, method="flips")
 
 
-def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read(monkeypatch):
+def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read():
     """A 40,000² slice at twice the model's pixel size cannot go in blocks (resampling is
     whole-slice) and would need ~140 GB whole: one message, nothing read or written."""
     import dask.array as da
@@ -268,18 +268,16 @@ def test_a_montage_the_model_would_resample_is_refused_before_anything_is_read(m
         predict_volume(Pipeline(tuned, PredictSettings(device="cpu")), montage, outputs)
 
 
-def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, monkeypatch, capsys):
+def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, capsys):
     """`napari-unet pyramid` writes an OME-Zarr whose levels are 2 x 2 means of the one below,
     with the tif's pixel size; it opens lazily with every level; an existing one is kept."""
     import napari_unet.core.pyramid as pyramid
 
-    monkeypatch.setattr(pyramid, "SCREEN", 256)
-    monkeypatch.setattr(pyramid, "REGION", 128)  # blocks cross odd edges
     stack = np.random.default_rng(5).integers(0, 255, (2, 701, 903), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "montage.tif", stack, imagej=True, resolution=(1 / 0.008, 1 / 0.008),
                      metadata={"unit": "um"})
     out = tmp_path / "montage.ome.zarr"
-    assert main(["pyramid", str(tmp_path / "montage.tif"), "--out", str(out)]) == 0
+    cli_pyramid(tmp_path / "montage.tif", out, sizes=Sizes(screen=256, region=128))  # blocks cross odd edges
     assert "3 level(s) (701x903, 351x452, 176x226)" in capsys.readouterr().out
     volume = open_volume(out)
     assert [level.shape[:3] for level in volume.levels] == [(2, 701, 903), (2, 351, 452), (2, 176, 226)]
@@ -296,21 +294,18 @@ def test_a_pyramid_averages_each_level_and_opens_with_every_level(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["montage.ome.zarr", "montage.tif"]
 
 
-def test_a_montage_prediction_is_written_as_a_pyramid_napari_browses(montage, small_blocks, tmp_path, monkeypatch,
-                                                                      capsys):
+def test_a_montage_prediction_is_written_as_a_pyramid_napari_browses(montage, tmp_path, capsys):
     """`--out mask.ome.zarr`: level 0 is the mask (the flat store's), each next level the
     2 x 2 max of the one below (membranes stay visible far out), probabilities averaged,
     cell ids picked; File ▸ Open shows it as multiscale labels. A flat store gets a note."""
-    import napari_unet.core.pyramid as pyramid
     from napari_unet._reader import read_layers
 
-    monkeypatch.setattr(pyramid, "SCREEN", 256)
-    tifffile.imwrite(tmp_path / "montage.tif", montage[0, ..., 0], photometric="minisblack")
-    args = ["predict", str(tmp_path / "montage.tif"), "--model", "em-membranes"]
-    assert main([*args, "--out", str(tmp_path / "flat.zarr")]) == 0
+    source = tmp_path / "montage.tif"
+    tifffile.imwrite(source, montage[0, ..., 0], photometric="minisblack")
+    cli_predict(source, "em-membranes", tmp_path / "flat.zarr", sizes=SMALL_SIZES)
     assert "--out mask.ome.zarr" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "mask.ome.zarr"), "--probabilities", str(tmp_path / "p.ome.zarr"),
-                 "--instances", str(tmp_path / "cells.ome.zarr")]) == 0
+    cli_predict(source, "em-membranes", tmp_path / "mask.ome.zarr", probabilities=tmp_path / "p.ome.zarr",
+                instances=tmp_path / "cells.ome.zarr", sizes=SMALL_SIZES)
     masks = open_volume(tmp_path / "mask.ome.zarr").levels
     assert [level.shape[:3] for level in masks] == [(1, 700, 900), (1, 350, 450), (1, 175, 225)]
     flat = zarr.open_array(str(tmp_path / "flat.zarr"), mode="r")[0]
@@ -324,11 +319,12 @@ def test_a_montage_prediction_is_written_as_a_pyramid_napari_browses(montage, sm
     np.testing.assert_array_equal(np.asarray(cells[1][0, ..., 0]), np.asarray(cells[0][0, ::2, ::2, 0]))
     (data, meta, kind), = read_layers(str(tmp_path / "mask.ome.zarr"))
     assert kind == "labels" and len(data) == 3 and meta["metadata"]["napari_unet"]["role"] == "prediction"
-    assert main([*args, "--out", str(tmp_path / "c.ome.zarr"), "--workers", "2"]) == 2  # a cluster writes flat stores
+    args = ["predict", str(source), "--model", "em-membranes", "--out", str(tmp_path / "c.ome.zarr")]
+    assert main([*args, "--workers", "2"]) == 2  # a cluster writes flat stores
     assert "without --workers" in capsys.readouterr().err
 
 
-def test_a_pyramidal_tif_opens_with_its_own_levels(tmp_path, small_blocks):
+def test_a_pyramidal_tif_opens_with_its_own_levels(tmp_path):
     """An OME-TIFF with sub-resolutions (tiled, compressed): every level is read by tile, so
     napari shows the one that fits the screen."""
     from napari_unet._reader import read_layers
@@ -342,5 +338,5 @@ def test_a_pyramidal_tif_opens_with_its_own_levels(tmp_path, small_blocks):
     volume = open_volume(path)
     assert [level.shape[:3] for level in volume.levels] == [(1, 1024, 1536), (1, 512, 768), (1, 256, 384)]
     np.testing.assert_array_equal(np.asarray(volume.levels[1][0, ..., 0]), image[::2, ::2])
-    (data, meta, kind), = read_layers(str(path))
+    (data, meta, kind), = read_layers(str(path), sizes=SMALL_SIZES)  # a large slice: opened lazily
     assert kind == "image" and meta["multiscale"] and len(data) == 3

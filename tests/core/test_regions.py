@@ -103,12 +103,11 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
         MontageCorrections(tmp_path / "montage", (2, 3000, 2000))
 
 
-def test_a_region_is_predicted_as_the_whole_slice(montage, monkeypatch):
+def test_a_region_is_predicted_as_the_whole_slice(montage):
     """Predict's region of a montage: the whole slice's probabilities there (its tile grid,
     its levels), with the built-in model."""
-    monkeypatch.setattr(blocks, "BLOCK_LIMIT", 256 * 256)
     checkpoint = load_checkpoint("em-membranes")
-    pipeline = Pipeline(checkpoint, PredictSettings(device="cpu"))
+    pipeline = Pipeline(checkpoint, PredictSettings(device="cpu", block_limit=256 * 256))  # the slice is a montage
     plane = montage[0]
     levels = blocks.slice_levels(plane, checkpoint.info.normalization)
     whole = Pipeline(checkpoint, PredictSettings(device="cpu", levels=levels)).run(montage).probabilities[0]
@@ -147,7 +146,7 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
 
     run, _chunks = fine_tune_on_chunks(checkpoint, montage, store, FineTuneOptions(steps=5, device="cpu"))
     list(run.run())
-    assert run.result.report["outcome"] == "agree"  # the model's own mask: nothing to learn
+    assert run.result.report.outcome == "agree"  # the model's own mask: nothing to learn
 
     truth = isbi_stack.labels[1, :512, :512]  # slice 1 sits at columns 512-1024 of the first row
     corrected = predicted.copy()
@@ -156,7 +155,7 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     run, chunks = fine_tune_on_chunks(checkpoint, montage, store, FineTuneOptions(steps=3, device="cpu"))
     list(run.run())
     report = run.result.report
-    assert report["outcome"] != "agree" and report["folds"]
-    for fold, entry in zip(run.folds, report["folds"]):  # never scored on a chunk it learnt
+    assert report.outcome != "agree" and report.folds and report.part == "region"
+    for fold, entry in zip(run.folds, report.folds):  # never scored on a chunk it learnt
         assert not set(fold.scored) & set(fold.learn)
-        assert entry["name"].startswith("slice 0, y ")
+        assert entry.name.startswith("slice 0, y ")

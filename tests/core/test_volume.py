@@ -18,7 +18,15 @@ from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
 from napari_unet.core.settings import PredictSettings
 from napari_unet.core.stream import VolumeOutputs, predict_volume
-from napari_unet.core.volume import open_volume, padding_mask, pixel_size_of, volume_levels
+from napari_unet.core.volume import (
+    SIZES,
+    Sizes,
+    is_volume_path,
+    open_volume,
+    padding_mask,
+    pixel_size_of,
+    volume_levels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +69,22 @@ def test_zarr_tif_and_folder_open_lazily_with_the_same_pixels(slices, tmp_path):
         assert isinstance(volume.data, da.Array), source
         assert volume.data.shape == (*slices.shape, 1)
         np.testing.assert_array_equal(np.asarray(volume.data[2, ..., 0]), slices[2])
+
+
+def test_which_files_open_lazily_is_decided_by_the_sizes_passed(slices, tmp_path):
+    """The users' sizes read these small files whole; smaller sizes, passed as a parameter,
+    make the same files lazy by bytes (a tif, a folder) or by slice pixels (a tif)."""
+    tifffile.imwrite(tmp_path / "plain.tif", slices, photometric="minisblack")
+    (tmp_path / "folder").mkdir()
+    for z, plane in enumerate(slices):
+        tifffile.imwrite(tmp_path / "folder" / f"s{z}.tif", plane)
+    few_bytes, few_pixels = Sizes(lazy_bytes=slices.nbytes // 2), Sizes(large_slice=256 * 256 - 1)
+    for source in (tmp_path / "plain.tif", tmp_path / "folder"):
+        assert not is_volume_path(source) and is_volume_path(source, few_bytes), source
+    assert is_volume_path(tmp_path / "plain.tif", few_pixels) and not is_volume_path(tmp_path / "folder", few_pixels)
+    assert is_volume_path(_zarr(tmp_path / "v.zarr", slices))  # zarr: always
+    settings = PredictSettings()  # its block sizes are the users' sizes: one source for the numbers
+    assert (settings.block, settings.block_limit) == (SIZES.block, SIZES.large_slice)
 
 
 def test_ome_zarr_gives_every_level_and_its_pixel_size(slices, tmp_path):
@@ -216,7 +240,8 @@ def _stream_memory(tmp_path, model_path: str, slices: int) -> dict:
         def status(key):  # this process's own figures (ru_maxrss would count the parent's, inherited at fork)
             return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
         before = status("VmHWM:")
-        report = predict_volume(Pipeline(model, PredictSettings(device="cpu", tile=512)), volume.data, VolumeOutputs(out))
+        pipeline = Pipeline(model, PredictSettings(device="cpu", tile=512))
+        report = predict_volume(pipeline, volume.data, VolumeOutputs(out))
         peak = status("VmHWM:")
         print(json.dumps({{"grew_mb": (peak - before) / 2**20, "done": len(report.done)}}))
     """)

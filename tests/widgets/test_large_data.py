@@ -12,7 +12,7 @@ from napari_unet._widgets._session import get_session
 from napari_unet.cli import main
 
 from .conftest import paint_square, reopen_in_new_window, wait_for
-from .test_workflow import _heartbeat
+from .test_workflow import FREEZE_S, _heartbeat
 
 
 def _stalls(ticks, inserted) -> tuple[float, float]:
@@ -33,11 +33,11 @@ def _stalls(ticks, inserted) -> tuple[float, float]:
 
 def test_a_100_slice_stack_never_stalls_the_gui(widgets, qtbot, em_slices, tiny_512):
     """Predict (mask, probability, cells), predict again into the edited layer, autosave and
-    fine-tune on a 100 x 1024² stack: the GUI never stops drawing for more than 500 ms, but
-    while napari itself builds a new layer (writing whole slices at once takes seconds).
-    Under 250 ms on an Intel Xeon; on an AMD EPYC without bfloat16 one turn of "predict
-    into edits" took 0.39 s in one of two full-suite runs (2026-12-07; which work filled
-    that turn was not found)."""
+    fine-tune on a 100 x 1024² stack: the GUI never freezes (no heartbeat gap over
+    `FREEZE_S`), not even while napari itself builds a new layer (writing whole slices at
+    once would take seconds). The 250 ms target is measured by benchmarks/responsiveness.py:
+    a loaded test machine can miss it (0.39 s in one turn of "predict into edits" on an
+    AMD EPYC, 2026-12-07)."""
     viewer, predict, finetune = widgets["viewer"], widgets["predict"], widgets["finetune"]
     image = viewer.add_image(np.concatenate([em_slices] * 4)[:100], name="big")
     predict.image.value = image
@@ -82,8 +82,8 @@ def test_a_100_slice_stack_never_stalls_the_gui(widgets, qtbot, em_slices, tiny_
     timer.stop()
     assert "Re-predicted 99 uncorrected slice(s)" in finetune.status.value, finetune.status.value
     stalls = {"predict": predicted, "predict into edits": merged, "autosave": saved, "fine-tune": tuned}
-    assert max(ours for ours, _napari in stalls.values()) < 0.5, stalls
-    assert max(napari for _ours, napari in stalls.values()) < 1.0, stalls
+    assert max(ours for ours, _napari in stalls.values()) < FREEZE_S, stalls
+    assert max(napari for _ours, napari in stalls.values()) < FREEZE_S, stalls
 
 
 def _zarr_volume(path, slices):
@@ -190,21 +190,20 @@ def test_a_multiscale_ome_zarr_shows_every_level_and_predicts_the_finest(make_na
 
 
 def test_a_montage_tif_opens_with_display_levels_and_predicts_block_by_block(make_napari_viewer, qtbot, em_slices,
-                                                                             tiny_512, tmp_path, monkeypatch):
-    """A flat tif whose slice is over the size limit (limits scaled down here: 512-px blocks
+                                                                             tiny_512, tmp_path):
+    """A flat tif whose slice is over the size limit (sizes scaled down here: 512-px blocks
     and regions) opens as display levels read from the file; Predict reads it region by
     region and gives the CLI's mask and cells."""
     import tifffile
 
-    import napari_unet.core.blocks as blocks
-    import napari_unet.core.volume as volume
+    from napari_unet.cli.predict import predict as cli_predict
+    from napari_unet.core.volume import Sizes
 
-    for module, name, value in ((blocks, "BLOCK", 512), (blocks, "BLOCK_LIMIT", 2 * 512**2),
-                                (volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512), (volume, "REGION", 512)):
-        monkeypatch.setattr(module, name, value)
+    sizes = Sizes(region=512, large_slice=2 * 512**2, block=512, screen=512)
     montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
     tifffile.imwrite(tmp_path / "montage.tif", montage, photometric="minisblack")
     viewer = make_napari_viewer()
+    get_session(viewer).sizes = sizes
     load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")[1]
     load.path.value = str(tmp_path / "montage.tif")
@@ -220,8 +219,8 @@ def test_a_montage_tif_opens_with_display_levels_and_predicts_block_by_block(mak
         wait_for(qtbot, predict.predict(), 120)
     assert reads.largest < montage.size / 2, "a whole slice was read"
     labels, cells = viewer.layers["montage prediction"], viewer.layers["montage cells"]
-    assert main(["predict", str(tmp_path / "montage.tif"), "--out", str(tmp_path / "cli.zarr"), "--instances",
-                 str(tmp_path / "cells.zarr"), "--model", str(tiny_512), "--threshold", "0.5"]) == 0
+    cli_predict(tmp_path / "montage.tif", str(tiny_512), tmp_path / "cli.zarr", instances=tmp_path / "cells.zarr",
+                threshold=0.5, sizes=sizes)
     cli_mask = zarr.open_array(str(tmp_path / "cli.zarr"), mode="r")[0]
     assert 0.2 < cli_mask.mean() < 0.8
     np.testing.assert_array_equal(np.asarray(labels.data).reshape(cli_mask.shape), cli_mask)
@@ -229,22 +228,19 @@ def test_a_montage_tif_opens_with_display_levels_and_predicts_block_by_block(mak
                                   zarr.open_array(str(tmp_path / "cells.zarr"), mode="r")[0])
 
 
-def test_load_writes_an_averaged_pyramid_in_a_worker_and_opens_it(make_napari_viewer, qtbot, em_slices, tmp_path,
-                                                                  monkeypatch):
+def test_load_writes_an_averaged_pyramid_in_a_worker_and_opens_it(make_napari_viewer, qtbot, em_slices, tmp_path):
     """A montage tif opened through levels that pick pixels: Load's button writes an averaged
     OME-Zarr pyramid beside it in a worker (the same button cancels, leaving nothing) and
     opens it in place of the tif layer."""
     import tifffile
 
-    import napari_unet.core.pyramid as pyramid
-    import napari_unet.core.volume as volume
+    from napari_unet.core.volume import Sizes
 
-    for module, name, value in ((volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512),
-                                (volume, "REGION", 512), (pyramid, "SCREEN", 512), (pyramid, "REGION", 128)):
-        monkeypatch.setattr(module, name, value)
+    sizes = Sizes(region=128, large_slice=2 * 512**2, screen=512)  # 128-px regions: many pyramid blocks
     montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
     tifffile.imwrite(tmp_path / "montage.tif", montage, photometric="minisblack")
     viewer = make_napari_viewer()
+    get_session(viewer).sizes = sizes
     load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     load.path.value = str(tmp_path / "montage.tif")
     load.load()
@@ -265,6 +261,7 @@ def test_load_writes_an_averaged_pyramid_in_a_worker_and_opens_it(make_napari_vi
     assert "montage.ome.zarr" in load.status.value and load.pyramid_button.native.isHidden()
     # Next time the tif is opened, Load offers the pyramid beside it instead of writing one.
     other = make_napari_viewer()
+    get_session(other).sizes = sizes
     again = other.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     again.path.value = str(tmp_path / "montage.tif")
     again.load()

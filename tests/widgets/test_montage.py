@@ -9,30 +9,22 @@ import pytest
 import tifffile
 import zarr
 
-import napari_unet._widgets._layers as layers
-import napari_unet.core.blocks as blocks
-import napari_unet.core.regions as regions
-import napari_unet.core.volume as volume
 from napari_unet._widgets._session import get_session
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.finetune import describe_history
+from napari_unet.core.volume import Sizes
 
 from .conftest import paint_square, wait_for
 
-
-@pytest.fixture
-def small_limits(monkeypatch):
-    """Every limit scaled down, so a 1536 x 2048 slice is a montage: 512-px blocks and display
-    levels, 1024-px regions, Labels layers of at most 1024² pixels."""
-    for module, name, value in ((blocks, "BLOCK", 512), (blocks, "BLOCK_LIMIT", 2 * 512**2),
-                                (volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512), (volume, "REGION", 512),
-                                (regions, "REGION", 1024), (layers, "GUI_SLICE_LIMIT", 1024**2)):
-        monkeypatch.setattr(module, name, value)
+#: Every size scaled down, so a 1536 x 2048 slice is a montage: 512-px blocks, regions read
+#: and display levels, 1024-px regions to correct, Labels layers of at most 1024² pixels.
+SMALL = Sizes(region=512, large_slice=2 * 512**2, block=512, screen=512, correct_region=1024, gui_slice=1024**2)
 
 
 def _open(make_napari_viewer, path, center, qtbot):
     viewer = make_napari_viewer()
+    get_session(viewer).sizes = SMALL
     load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     load.path.value = str(path)
     image = load.load()[0]
@@ -55,7 +47,7 @@ def _predict(viewer, qtbot, image, model):
 
 
 def test_a_montage_is_predicted_corrected_and_learnt_a_region_at_a_time(make_napari_viewer, qtbot, em_slices,
-                                                                         tiny_512, tmp_path, small_limits):
+                                                                         tiny_512, tmp_path):
     montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
     path = tmp_path / "montage.tif"
     tifffile.imwrite(path, montage, photometric="minisblack")
@@ -170,23 +162,21 @@ def test_a_40000_px_montage_is_refused_only_where_it_must_be(widgets):
 
 
 def test_a_compressed_montage_is_offered_its_pyramid_instead_of_a_freeze(make_napari_viewer, qtbot, em_slices,
-                                                                        tmp_path, monkeypatch):
-    """A zlib-compressed tif of large slices has no levels to show: File ▸ Open says to use
-    Load; Load shows nothing that would read whole slices, offers the pyramid, writes it in
-    a worker and opens it."""
-    import napari_unet._reader as reader
-    import napari_unet.core.pyramid as pyramid
-
-    for module, name, value in ((volume, "LARGE_SLICE", 2 * 512**2), (volume, "SCREEN", 512),
-                                (pyramid, "SCREEN", 512), (pyramid, "REGION", 512),
-                                (reader, "SHOW_FLAT_LIMIT", 1024**2)):
-        monkeypatch.setattr(module, name, value)
+                                                                        tmp_path):
+    """A zlib-compressed tif of large slices has no levels to show: File ▸ Open (at the
+    users' sizes, on a slice really over them) says to use Load; Load shows nothing that
+    would read whole slices, offers the pyramid, writes it in a worker and opens it."""
+    huge = tmp_path / "huge.tif"  # 8,200² pixels over 64 MB, mostly zeros: a few hundred kB compressed
+    plane = np.zeros((8200, 8200), np.uint8)
+    plane[:1536, :2048] = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])
+    tifffile.imwrite(huge, plane, photometric="minisblack", compression="zlib", rowsperstrip=256)
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="Open it with the napari-unet Load widget"):  # File ▸ Open: said, not frozen
+        viewer.open(str(huge), plugin="napari-unet")
     montage = np.block([[em_slices[0], em_slices[1]], [em_slices[2][:512], em_slices[3][:512]]])  # 1536 x 2048
     path = tmp_path / "compressed.tif"
     tifffile.imwrite(path, montage, photometric="minisblack", compression="zlib", rowsperstrip=64)
-    viewer = make_napari_viewer()
-    with pytest.raises(Exception, match="Open it with the napari-unet Load widget"):  # File ▸ Open: said, not frozen
-        viewer.open(str(path), plugin="napari-unet")
+    get_session(viewer).sizes = Sizes(region=512, large_slice=2 * 512**2, screen=512, show_flat=1024**2)
     load = viewer.window.add_plugin_dock_widget("napari-unet", "Load")[1]
     load.path.value = str(path)
     assert load.load() == [] and len(viewer.layers) == 0
