@@ -111,7 +111,7 @@ def plot(results: dict, band: tuple[float, float] | None, path: Path) -> None:
         x0, x1 = min(ratios) - 0.02, max(ratios) + 0.02
         y0, y1 = np.floor(min(values + [0.0] * (k == 0)) / tick) * tick, np.ceil(max(values) / tick) * tick
 
-        def xy(r: float, v: float) -> tuple[float, float]:
+        def xy(r: float, v: float, x0=x0, x1=x1, y0=y0, y1=y1) -> tuple[float, float]:
             return left + (r - x0) / (x1 - x0) * (right - left), bottom - (v - y0) / (y1 - y0) * (bottom - top)
 
         if band:

@@ -182,8 +182,8 @@ def main() -> None:
     rows = []
     for name, image, task, target in cases:
         base_model, our_model = baseline(image.shape[-1], task), load_checkpoint(name)
-        base = median_seconds(lambda: predict(base_model, image, device=device), device, args.repeats)
-        ours = median_seconds(lambda: predict(our_model, image, device=device), device, args.repeats)
+        base = median_seconds(lambda m=base_model, i=image: predict(m, i, device=device), device, args.repeats)
+        ours = median_seconds(lambda m=our_model, i=image: predict(m, i, device=device), device, args.repeats)
         rows.append({"model": name, "image": "x".join(map(str, image.shape[1:3])), "seconds": ours,
                      "baseline_seconds": base, "ratio": ours / base, "target_s": target,
                      "meets": "yes" if ours <= target or device.type != "cpu" else "NO"})

@@ -222,56 +222,69 @@ def blend_tiles(source, grid: TileGrid, region: Region, predictor: Callable[[tor
         for flips, ((ys, xs), _sources) in plans:
             frame = torch.flip(image, [axis + 2 for axis in flips]) if flips else image
             origin = [grid._frame(span[axis], axis, flips)[0] for axis in (0, 1)]
-            weights = torch.zeros(frame.shape[2:], dtype=torch.float32, device=device)
-            for y in ys:
-                for x in xs:
-                    weights[y - origin[0] : y - origin[0] + tile, x - origin[1] : x - origin[1] + tile] += window
             jobs = [((n, flips, y, x), y - origin[0], x - origin[1]) for n in range(count) for y in ys for x in xs]
-            output: list[torch.Tensor | None] = [None]
-
-            def add(n: int, y: int, x: int, values: torch.Tensor) -> None:
-                if output[0] is None:
-                    output[0] = torch.zeros((count, values.shape[0], *frame.shape[2:]), dtype=torch.float32,
-                                            device=device)
-                output[0][n, :, y : y + tile, x : x + tile] += values * window
-
-            pending: list = []
-
-            def run(pending: list) -> None:
-                if cancel is not None and cancel():
-                    raise PredictionCancelled("Prediction cancelled.")
-                tiles = torch.stack([frame[key[0], :, y : y + tile, x : x + tile] for key, y, x in pending])
-                for (key, y, x), values in zip(pending, predictor(tiles).float()):
-                    if cache is not None:
-                        cache.put(key, values)
-                    add(key[0], y, x, values)
-                if computed is not None:
-                    computed(len(pending))
-                pending.clear()
-
-            # In the whole slice's order (so the same sums): batches of new tiles, and between
-            # them the tiles another region computed.
-            for key, y, x in jobs:
-                cached = None if cache is None else cache.get(key)
-                if cached is None:
-                    pending.append((key, y, x))
-                    if len(pending) == batch_size:
-                        run(pending)
-                    continue
-                if pending:
-                    run(pending)
-                add(key[0], y, x, torch.from_numpy(cached).to(device))
-            if pending:
-                run(pending)
+            output, weights = _blend_pass(frame, jobs, predictor, window, batch_size, computed, cancel, cache)
             # The region in this frame, relative to the source range.
             cut = [grid._frame((lo + grid.margin, hi + grid.margin), axis, flips)
                    for axis, (lo, hi) in enumerate((region[:2], region[2:]))]
-            blended = (output[0] / weights)[:, :, cut[0][0] - origin[0] : cut[0][1] - origin[0],
-                                            cut[1][0] - origin[1] : cut[1][1] - origin[1]]
+            blended = (output / weights)[:, :, cut[0][0] - origin[0] : cut[0][1] - origin[0],
+                                         cut[1][0] - origin[1] : cut[1][1] - origin[1]]
             if flips:
                 blended = torch.flip(blended, [axis + 2 for axis in flips])
             total = blended if total is None else total + blended
     return total / len(passes)
+
+
+def _blend_pass(frame: torch.Tensor, jobs: list, predictor, window: torch.Tensor, batch_size: int,
+                computed, cancel, cache) -> tuple[torch.Tensor, torch.Tensor]:
+    """One test-time pass of `blend_tiles`: the weighted sum of the tiles ``jobs`` ((key,
+    y, x) in ``frame``, an (N, C, h, w) tensor) and the sum of their weights.
+
+    The tiles are added in the order of ``jobs`` (the whole slice's, so every pixel gets
+    the same sums): batches of new tiles, and between them those another region computed.
+
+    Returns:
+        (N, K, h, w) weighted sums and (h, w) weights.
+    """
+    tile = window.shape[0]
+    weights = torch.zeros(frame.shape[2:], dtype=torch.float32, device=frame.device)
+    for y, x in dict.fromkeys((y, x) for _key, y, x in jobs):  # each place once, whatever the slices
+        weights[y : y + tile, x : x + tile] += window
+    output: torch.Tensor | None = None
+
+    def add(n: int, y: int, x: int, values: torch.Tensor) -> None:
+        nonlocal output
+        if output is None:
+            output = torch.zeros((frame.shape[0], values.shape[0], *frame.shape[2:]), dtype=torch.float32,
+                                 device=frame.device)
+        output[n, :, y : y + tile, x : x + tile] += values * window
+
+    def run(pending: list) -> None:
+        if cancel is not None and cancel():
+            raise PredictionCancelled("Prediction cancelled.")
+        tiles = torch.stack([frame[key[0], :, y : y + tile, x : x + tile] for key, y, x in pending])
+        for (key, y, x), values in zip(pending, predictor(tiles).float()):
+            if cache is not None:
+                cache.put(key, values)
+            add(key[0], y, x, values)
+        if computed is not None:
+            computed(len(pending))
+        pending.clear()
+
+    pending: list = []
+    for key, y, x in jobs:
+        cached = None if cache is None else cache.get(key)
+        if cached is None:
+            pending.append((key, y, x))
+            if len(pending) == batch_size:
+                run(pending)
+            continue
+        if pending:
+            run(pending)
+        add(key[0], y, x, torch.from_numpy(cached).to(frame.device))
+    if pending:
+        run(pending)
+    return output, weights
 
 
 def sliding_window(
@@ -414,9 +427,9 @@ def cell_instances(mask: np.ndarray, method: str = "watershed", seed_depth: floa
 
     ``components``: the 4-connected regions enclosed by membrane; one gap in a membrane
     merges the two cells it separates. ``watershed`` (the default where a model records
-    no ``instance_method``; it mends gaps but may split a cell at a neck): seeds are the h-maxima of the distance to the nearest
-    membrane, h being ``seed_depth`` times the median inner radius of the enclosed
-    regions (so it follows the pixel size), and a watershed of the negated distance grows
+    no ``instance_method``; it mends gaps but may split a cell at a neck): seeds are the
+    h-maxima of the distance to the nearest membrane, h being ``seed_depth`` times the
+    median inner radius of the enclosed regions (so it follows the pixel size), and a watershed of the negated distance grows
     them inside the cells until they meet, drawing a border at each neck, where a
     narrow gap in a membrane is.
 
