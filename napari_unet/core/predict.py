@@ -429,9 +429,9 @@ def cell_instances(mask: np.ndarray, method: str = "watershed", seed_depth: floa
     merges the two cells it separates. ``watershed`` (the default where a model records
     no ``instance_method``; it mends gaps but may split a cell at a neck): seeds are the
     h-maxima of the distance to the nearest membrane, h being ``seed_depth`` times the
-    median inner radius of the enclosed regions (so it follows the pixel size), and a watershed of the negated distance grows
-    them inside the cells until they meet, drawing a border at each neck, where a
-    narrow gap in a membrane is.
+    median inner radius of the enclosed regions (so it follows the pixel size), and a
+    watershed of the negated distance grows them inside the cells until they meet,
+    drawing a border at each neck, where a narrow gap in a membrane is.
 
     Args:
         mask: (Z, Y, X) membrane mask (nonzero = membrane).
