@@ -92,9 +92,9 @@ def main() -> None:
         changes[pair] = float(after[0] - before[0])
         if not fundus:
             cells[pair] = float(after[1] - before[1])
-        rows.append({"pair": [name(pool_slices[z]) for z in pair], "outcome": report["outcome"],
-                     "threshold": report["threshold"], "zoom": report.get("zoom", 1.0),
-                     "folds": " ".join(f"{f['start_dice']:.3f}→{f['dice']:.3f}" for f in report["folds"]),
+        rows.append({"pair": [name(pool_slices[z]) for z in pair], "outcome": report.outcome,
+                     "threshold": report.threshold, "zoom": report.zoom,
+                     "folds": " ".join(f"{f.start_dice:.3f}→{f.dice:.3f}" for f in report.folds),
                      "change": changes[pair], "V_Rand change": cells.get(pair, "-"),
                      "seconds": time.perf_counter() - tick})
         print(rows[-1], flush=True)

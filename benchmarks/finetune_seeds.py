@@ -42,8 +42,8 @@ def main() -> None:
             run = FineTune(start, images, labels, [p - 1 for p in pair], options=options)
             for _event in run.run():
                 pass
-            row = {"pair": list(pair), "seed": seed, "outcome": run.result.report["outcome"]}
-            if run.result.report["trained"]:
+            row = {"pair": list(pair), "seed": seed, "outcome": run.result.report.outcome}
+            if run.result.report.trained:
                 halfway = copy.deepcopy(run.result.model)
                 move_toward(start.model, halfway, UPDATE_SHARE)
                 for name, model in (("trained", run.result.model), ("half-way", halfway)):

@@ -77,7 +77,8 @@ class LossPlot(QWidget):
 
         def points(series, scale):
             return QPolygonF([
-                QPointF(rect.left() + rect.width() * s / self.total, rect.bottom() - rect.height() * min(v / scale, 1.0))
+                QPointF(rect.left() + rect.width() * s / self.total,
+                        rect.bottom() - rect.height() * min(v / scale, 1.0))
                 for s, v in series
             ])
 

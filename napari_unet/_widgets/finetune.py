@@ -9,37 +9,36 @@ import torch._dynamo  # noqa: F401  (see below)
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
-from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..core.corrections import record_fine_tuned
+from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.export import export_package
-from ..core.files import check_writable, free_path, napari_unet_home, refuse_input
+from ..core.files import napari_unet_home
 from ..core.finetune import (
     FineTune,
     FineTuneOptions,
+    SlicesOf,
     anchor_slices,
-    describe_outcome,
+    describe_montage_plan,
     describe_plan,
+    describe_progress,
     make_folds,
 )
 from ..core.labels import labels_from_array, labels_note
-from ..core.pipeline import Pipeline
-from ..core.settings import PredictSettings
-from ..core.regions import CHUNK, CONTEXT, fine_tune_on_chunks, region_chunks
 from ..core.predict import describe_device, resolve_device
+from ..core.regions import CHUNK, CONTEXT, fine_tune_on_chunks, region_chunks
+from ._finetune_job import Saved, chosen_path, repredict, run_and_save, save_corrections
 from ._jobs import BackgroundJob
 from ._layers import (
-    is_montage,
     follow_new_layers,
     fov_of,
     image_stack,
     is_lazy,
+    is_montage,
     label_colormap,
     layer_choices,
     layer_shaped,
     lazy_stack,
     plugin_meta,
     show_linked,
-    slice_updates,
 )
 from ._montage import montage_corrections, region_of
 from ._plot import LossPlot
@@ -121,7 +120,7 @@ class FineTuneWidget(Container):
                 raise ValueError("Choose the image and the corrected Labels layer (predict first).")
             lazy = is_lazy(image) or not isinstance(labels_layer.data, np.ndarray)
             stack = lazy_stack(image) if is_lazy(image) else image_stack(image)
-            if is_montage(stack.shape):
+            if is_montage(stack.shape, self.session.sizes):
                 raise ValueError(f"'{image.name}' is a montage: it is corrected and fine-tuned a region at a time. "
                                  "Predict makes the region in view; choose its Labels layer as Corrected labels.")
             labels = labels_layer.data if labels_layer.data.ndim == 3 else np.asarray(labels_layer.data)[None]
@@ -145,7 +144,7 @@ class FineTuneWidget(Container):
         corrections_dir = self.session.corrections_dir
 
         def work(state):
-            self._save_before_training(tracker, corrections_dir)
+            save_corrections(self.session, tracker, corrections_dir)
             # Only the corrected slices are read and converted: painting during training changes nothing.
             raw = np.asarray(labels[corrected])
             note = labels_note(raw)
@@ -153,39 +152,37 @@ class FineTuneWidget(Container):
                            SlicesOf(np.stack([edited.get(z, np.zeros(labels.shape[1:], bool)) for z in corrected]),
                                     corrected, labels.shape),
                            options=options, start_name=start_name, fov=given_fov)
-            trained = _run_and_save(run, state, out, tracker.store(corrections_dir).folder, corrected, note)
-            if trained is None:
+            saved = run_and_save(run, state, out, tracker.store(corrections_dir).folder, corrected, note)
+            if saved is None:
                 return None
-            tuned, saved_to, fallback, report, note = trained
             state.total = 0
-            updates = changed = None
-            if uncorrected and report["kept"]:  # as Predict would predict them
-                fov = None if given_fov is None else given_fov[uncorrected]
-                predicting = Pipeline(tuned, PredictSettings(device=device, tile=options.tile, overlap=options.overlap))
-                mask = predicting.run(stack[uncorrected], fov, cancel=lambda: state.abandoned).mask
-                updates = slice_updates(labels, mask, uncorrected)
-                changed = np.zeros(labels.shape, np.uint8)  # shown in yellow
-                for z, (rows, cols, _values) in updates.items():
-                    changed[z, rows, cols] = 1
-            return tuned, saved_to, fallback, updates, changed, report, note
+            if not (uncorrected and saved.report.kept):
+                return saved, None, None
+            settings = options.predict.but(device=str(device))
+            return saved, *repredict(saved.model, settings, stack, labels, uncorrected, given_fov,
+                                     lambda: state.abandoned)
 
-        def done(result):
-            return self._finished(image, labels_layer, uncorrected, *result)
+        plan = describe_plan(corrected, options, anchor_slices(stack.shape[0], corrected, options.anchors))
+        return self._launch(work, lambda result: self._finished(image, labels_layer, uncorrected, *result),
+                            len(corrected), options, f"Fine-tuning on {len(corrected)} slice(s)",
+                            f"Fine-tuning {start_name}{plan} on {describe_device(device)}…")
 
-        folds = len(make_folds(len(corrected))) if options.verify else 0
+    def _launch(self, work, done, parts: int, options: FineTuneOptions, description: str, status: str):
+        """Start the fine-tune job of ``parts`` corrected parts: the plot of its steps, Stop."""
+        folds = len(make_folds(parts)) if options.verify else 0
         self.plot.reset((folds + 1) * options.steps)
         self.history = []
-        self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended,
-                                 description=f"Fine-tuning on {len(corrected)} slice(s)", activity=False)
+        self.job = BackgroundJob(work, done, self._failed, self, self._poll, self._ended, description=description,
+                                 activity=False)
         self.run_button.text = "Stop"
-        plan = describe_plan(corrected, options, anchor_slices(stack.shape[0], corrected, options.anchors))
-        self.status.value = f"Fine-tuning {start_name}{plan} on {describe_device(device)}…"
+        self.status.value = status
         self.job.start()
         return self.job
 
     def _model_and_options(self, image: Image, channels: int):
         """(starting model, its name, device, `FineTuneOptions`): this widget's steps, check and
-        device, and Predict's tile and overlap, so every check predicts as Predict does.
+        device, and Predict's settings whole (tile, overlap, pixel size, ...), so every check
+        predicts as Predict does.
 
         Raises:
             ValueError, CheckpointError: with a message for the user.
@@ -194,19 +191,9 @@ class FineTuneWidget(Container):
         if checkpoint.config.in_channels != channels:
             raise ValueError("The current model does not take this kind of image (grey vs RGB).")
         device = resolve_device(self.device.value)
-        settings = self.session.predict_settings
         options = FineTuneOptions(steps=self.steps.value, verify=self.verify.value, device=str(device),
-                                  **({} if settings is None else {"tile": settings.tile, "overlap": settings.overlap}))
+                                  predict=self.session.last_settings())
         return checkpoint, start_name, device, options
-
-    def _save_before_training(self, tracker, corrections_dir) -> None:
-        """Save every tracker's corrections and this one's (worker thread): training reads them."""
-        try:
-            self.session.autosave()
-            tracker.save(corrections_dir)
-        except OSError as exc:
-            raise ValueError(f"Could not save your corrections before training ({exc}): choose a folder in "
-                             "Correct.") from exc
 
     def _start_on_montage(self, image: Image, labels_layer: Labels) -> BackgroundJob | None:
         """A montage region's labels: fine-tune on every corrected chunk of the montage (this
@@ -230,46 +217,27 @@ class FineTuneWidget(Container):
         corrections_dir = self.session.corrections_dir
 
         def work(state):
-            self._save_before_training(tracker, corrections_dir)
+            save_corrections(self.session, tracker, corrections_dir)
             saved = montage_corrections(image, volume.shape, corrections_dir)  # as just saved
             run, learnt = fine_tune_on_chunks(checkpoint, volume, saved, options, start_name)
             slices = sorted({chunk[0] for chunk in learnt})
-            trained = _run_and_save(run, state, out, tracker.store(corrections_dir).folder, slices, "")
-            if trained is None:
-                return None
-            tuned, saved_to, fallback, report, note = trained
-            return tuned, saved_to, fallback, None, None, report, note
+            saved = run_and_save(run, state, out, tracker.store(corrections_dir).folder, slices, "")
+            return None if saved is None else (saved, None, None)
 
-        folds = len(make_folds(len(chunks))) if options.verify else 0
-        self.plot.reset((folds + 1) * options.steps)
-        self.history = []
-        self.job = BackgroundJob(work, lambda result: self._finished(image, labels_layer, [], *result), self._failed,
-                                 self, self._poll, self._ended, description=f"Fine-tuning on {len(chunks)} chunk(s)",
-                                 activity=False)
-        self.run_button.text = "Stop"
-        held = "neighbouring chunks held out in turn" if len(chunks) > 1 else "each half of the chunk held out in turn"
-        self.status.value = (f"Fine-tuning {start_name} on the {len(chunks)} corrected chunk(s) of '{image.name}' "
-                             f"({CHUNK} px, read with {CONTEXT} px around): {folds} models trained with {held}, kept "
-                             f"only if they beat it there ({options.steps} steps each), on "
-                             f"{describe_device(device)}…")
-        self.job.start()
-        return self.job
+        return self._launch(work, lambda result: self._finished(image, labels_layer, [], *result), len(chunks),
+                            options, f"Fine-tuning on {len(chunks)} chunk(s)",
+                            f"Fine-tuning {start_name} on the {len(chunks)} corrected chunk(s) of '{image.name}' "
+                            f"({CHUNK} px, read with {CONTEXT} px around): "
+                            f"{describe_montage_plan(len(chunks), options)}, on {describe_device(device)}…")
 
     def _output_path(self, image: Image) -> Path:
         """Where the new model goes (never over an existing file); its folder is checked now,
         not after the training (raises ValueError naming the folder)."""
-        chosen = str(self.save_to.value)
-        if chosen not in ("", "."):
-            path = Path(chosen)
-            path = path if path.suffix == ".pt" else path.with_suffix(".pt")
-            refuse_input(path, self._inputs(image), "Save model to")
-        else:
-            source = plugin_meta(image).get("source")
-            folder = Path(source).parent if source else napari_unet_home() / "models"
-            stem = Path(source).stem if source else image.name.replace("/", "_")
-            path = folder / f"{stem}_finetuned.pt"
-        check_writable(path.parent)
-        return free_path(path)
+        source = plugin_meta(image).get("source")
+        folder = Path(source).parent if source else napari_unet_home() / "models"
+        stem = Path(source).stem if source else image.name.replace("/", "_")
+        return chosen_path(str(self.save_to.value), ".pt", folder / f"{stem}_finetuned.pt", self._inputs(image),
+                           "Save model to")
 
     # ------------------------------------------------------------------ export
 
@@ -312,18 +280,11 @@ class FineTuneWidget(Container):
         return {"the image": source, "the model in use": current.source if current is not None else None}
 
     def _export_path(self, name: str) -> Path:
-        chosen = str(self.export_to.value)
-        if chosen not in ("", "."):
-            path = Path(chosen)
-            path = path if path.suffix == ".zip" else path.with_suffix(".zip")
-            refuse_input(path, self._inputs(self.image.value), "Export to")
-        else:
-            model_file = self.session.fine_tuned_path
-            folder = model_file.parent if model_file else napari_unet_home() / "models"
-            stem = model_file.stem if model_file else name.replace("/", "_").replace(" ", "_")
-            path = folder / f"{stem}.bioimageio.zip"
-        check_writable(path.parent)
-        return free_path(path)
+        model_file = self.session.fine_tuned_path
+        folder = model_file.parent if model_file else napari_unet_home() / "models"
+        stem = model_file.stem if model_file else name.replace("/", "_").replace(" ", "_")
+        return chosen_path(str(self.export_to.value), ".zip", folder / f"{stem}.bioimageio.zip",
+                           self._inputs(self.image.value), "Export to")
 
     # ------------------------------------------------------------------ progress
 
@@ -340,22 +301,8 @@ class FineTuneWidget(Container):
         last = self.history[-1]
         self.progress_bar.max = last.total
         self.progress_bar.value = last.step
-        if state.total == 0 and self.job and self.job.running:
-            self.eta.value = "Re-predicting the uncorrected slices…"
-            return
-        if last.stage == "scale":
-            self.eta.value = "Checking the scale and threshold the model sees your corrected slices at…"
-            return
-        if last.stage.startswith("fold"):
-            what = f"check {last.stage}: a model trained without one held-out part"
-        else:
-            what = "verified: training on all corrected slices"
-        checks = [e for e in self.history if e.val_dice is not None]
-        if checks:  # the last fold scored: the starting model's held-out Dice, then the new one's
-            what += (f"; last held-out Dice {checks[-1].best_dice:.3f} → {checks[-1].val_dice:.3f}"
-                     + (" (no gain there)" if checks[-1].refused else ""))
-        loss = f"loss {last.loss:.3f}, " if last.loss is not None else ""
-        self.eta.value = f"step {last.step}/{last.total}, {loss}{what}, about {last.eta_s:.0f} s left"
+        repredicting = state.total == 0 and self.job and self.job.running
+        self.eta.value = "Re-predicting the uncorrected slices…" if repredicting else describe_progress(self.history)
 
     def _failed(self, message: str) -> None:
         self.status.value = f"Fine-tuning failed: {message} Your corrections are saved."
@@ -363,20 +310,16 @@ class FineTuneWidget(Container):
     def _ended(self) -> None:
         self.run_button.text = START
 
-    def _finished(self, image, labels_layer, uncorrected, tuned, out: Path, fallback: str, updates, changed, report,
-                  note: str) -> list:
+    def _finished(self, image, labels_layer, uncorrected, saved: Saved, updates, changed) -> list:
         """Show the outcome; returns the GUI steps that write the re-prediction and show
         what changed (see `BackgroundJob`)."""
-        self.session.set_fine_tuned(tuned, out)
+        report, out = saved.report, saved.path
+        self.session.set_fine_tuned(saved.model, out)
         self.progress_bar.value = self.progress_bar.max  # also when refused before the last stage
-        how = "" if report["stopped"] else "Done."  # the outcome itself says it was stopped
-        score = " " + describe_outcome(report)
-        saved = fallback or (f"Saved to {out}" if report["kept"]
-                             else f"This round is recorded in {out} (the starting model's weights)")
         changed_text, steps = "", []
-        if region_of(labels_layer) is not None and report["kept"]:
+        if region_of(labels_layer) is not None and report.kept:
             changed_text = " Pan to a region you have not corrected and Predict to see what it learnt."
-        elif not uncorrected and is_lazy(image) and report["kept"]:
+        elif not uncorrected and is_lazy(image) and report.kept:
             changed_text = " Predict again to apply it to the volume (slice by slice; your corrected slices are kept)."
         elif updates is not None and labels_layer not in self.viewer.layers:
             changed_text = f" '{labels_layer.name}' was removed during training, so nothing was re-predicted."
@@ -396,53 +339,6 @@ class FineTuneWidget(Container):
             changed_text = (f" Re-predicted {len(uncorrected)} uncorrected slice(s) into '{labels_layer.name}': "
                             f"{100 * share:.2f}% of their pixels changed (yellow layer).")
         self.eta.value = f"{self.history[-1].step if self.history else 0} steps done"
-        self.status.value = f"{how}{score} {saved}; it is now the model in Predict.{changed_text} {note}".strip()
+        self.status.value = f"{saved.describe()}; it is now the model in Predict.{changed_text} {saved.note}".strip()
         return steps
 
-
-def _run_and_save(run: FineTune, state, out: Path, folder: Path, slices: list[int], note: str):
-    """Run a fine-tune in the worker, relaying its events; save the model (the starting one
-    when refused) and list it for the image. Returns (model, path, fallback sentence,
-    report, note), or None when the window was closed."""
-    events = run.run()
-    for event in events:
-        state.events.append(event)
-        state.report(event.step, event.total)
-        if state.cancelled():
-            break
-    events.close()  # `run.result` holds the model to keep
-    if state.abandoned:  # the window was closed: write nothing
-        return None
-    result = run.result
-    saved_to, fallback = save_with_fallback(out, result.model, result.metadata)
-    try:  # offered again by Predict for this image, also after a restart
-        record_fine_tuned(folder, saved_to, slices)
-    except OSError as exc:  # the model is saved; only Predict's offer of it next time is lost
-        note = f"{note} It could not be listed for this image ({exc}): choose it as a checkpoint file.".strip()
-    return load_checkpoint(saved_to, device="cpu"), saved_to, fallback, result.report, note
-
-
-class SlicesOf:
-    """Some slices of a stack, indexed as the stack: ``SlicesOf(part, [3, 7], shape)[[7]]``
-    is ``part[1:2]``. Lets `FineTune` take just the corrected slices of a large stack."""
-
-    def __init__(self, part: np.ndarray, slices: list[int], shape: tuple) -> None:
-        self.part, self.position, self.shape = part, {z: i for i, z in enumerate(slices)}, tuple(shape)
-
-    def __getitem__(self, slices: list[int]) -> np.ndarray:
-        return self.part[[self.position[z] for z in slices]]
-
-
-def save_with_fallback(path: Path, model, metadata: dict) -> tuple[Path, str]:
-    """Save the trained model to ``path``; if that fails now (disk full, drive gone),
-    save it to the default models folder so the training is not lost.
-
-    Returns:
-        (where it was saved, "" or a sentence saying why it went elsewhere).
-    """
-    try:
-        return save_checkpoint(path, model, metadata), ""
-    except OSError as exc:
-        fallback = free_path(check_writable(napari_unet_home() / "models") / path.name)
-        save_checkpoint(fallback, model, metadata)
-        return fallback, f"Could not write {path} ({exc.strerror or exc}), so the model was saved to {fallback}"

@@ -19,43 +19,36 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 
-from ..core.blocks import in_blocks, refuse_whole
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..core.corrections import corrections_folder, fine_tuned_models
 from ..core.data import data_hash, parse_slices
 from ..core.finetune import describe_history
-from ..core.files import check_writable, free_path, napari_unet_home
 from ..core.pipeline import Pipeline
-from ..core.settings import PredictSettings
 from ..core.predict import PredictionCancelled, describe_device, resolve_device
-from ..core.regions import predict_montage_region
-from ..core.stream import VolumeOutputs, predict_volume
-from ..core.volume import create_output
+from ..core.settings import DEFAULT_OVERLAP, PredictSettings
 from ._jobs import BackgroundJob
 from ._layers import (
-    is_montage,
-    follow_new_layers,
     current_slice,
+    follow_new_layers,
     fov_of,
     image_stack,
     is_lazy,
+    is_montage,
     label_colormap,
-    layer_uid,
-    lazy_stack,
     labels_stack,
     layer_choices,
     layer_shaped,
-    linked_layers,
+    lazy_stack,
     linked_meta,
     plugin_meta,
     show_linked,
     slice_updates,
     spatial_ndim,
 )
-from ._montage import add_region_layer, montage_corrections, region_in_view, region_layers, region_of
-from ._writer_queue import write_steps
+from ._predict_jobs import ImageWatch, predict_region_job, predict_volume_job, prediction_layer_for
 from ._session import get_session, real_viewer
 from ._text import text_row
+from ._writer_queue import write_steps
 
 BUILTIN_EM = "em-membranes"
 BUILTIN_FUNDUS = "fundus-vessels"
@@ -78,16 +71,18 @@ class PredictWidget(Container):
         self.image = ComboBox(label="Image", choices=self._image_choices)
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.zip", visible=False,
-                                  tooltip="A napari-unet checkpoint, or a bioimage.io package (.zip) exported by napari-unet")
+                                  tooltip="A napari-unet checkpoint, or a bioimage.io package (.zip) exported by "
+                                  "napari-unet")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.device_info = text_row(label="In use")
         self.tile = SpinBox(label="Tile (0 = model's)", min=0, max=4096, step=16, value=0)
-        self.overlap = FloatSpinBox(label="Overlap", min=0.0, max=0.75, step=0.05, value=0.25)
+        self.overlap = FloatSpinBox(label="Overlap", min=0.0, max=0.75, step=0.05, value=DEFAULT_OVERLAP)
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5,
-                                      tooltip="Mask = probability > threshold; set to the model's own when you choose it")
+                                      tooltip="Mask = probability > threshold; set to the model's own when you "
+                                      "choose it")
         self.pixel_size = FloatSpinBox(label="Pixel size (nm)", min=0.0, max=100000.0, step=0.5, value=0.0,
-                                       tooltip="Your images' pixel size: they are resampled to the model's (EM built-in: "
-                                       "4 nm) and the result back. 0 = predict them as they are")
+                                       tooltip="Your images' pixel size: they are resampled to the model's (EM "
+                                       "built-in: 4 nm) and the result back. 0 = predict them as they are")
         self.show_probability = CheckBox(text="Add the probability as an image", value=False)
         self.show_instances = CheckBox(text="Add cell instances (EM)", value=False,
                                        tooltip="One id per cell, made from the membrane mask the way the model records "
@@ -189,7 +184,8 @@ class PredictWidget(Container):
         choice = self.model.value
         if choice == FINE_TUNED:
             if self.session.fine_tuned is None:
-                raise ValueError("No model was fine-tuned in this session yet: fine-tune first, or choose another model.")
+                raise ValueError("No model was fine-tuned in this session yet: fine-tune first, or choose another "
+                                 "model.")
             return self.session.fine_tuned, f"fine-tuned ({self.session.fine_tuned_path.name})"
         if choice == FINE_TUNED_BEFORE:
             earlier = self.fine_tuned_before()
@@ -218,6 +214,11 @@ class PredictWidget(Container):
         pipeline = Pipeline(checkpoint, settings)
         self.session.predict_settings, self.session.predicted_with = settings, checkpoint
         return pipeline
+
+    def target_layer(self, image: Image) -> Labels | None:
+        """The prediction layer a new prediction of ``image`` goes into (its edited slices
+        kept), or None for a new layer."""
+        return None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, image)
 
     def _run_clicked(self) -> None:
         if self.job is not None and self.job.running:
@@ -254,9 +255,9 @@ class PredictWidget(Container):
             self.status.value = str(exc)
             return None
         if is_montage(stack.shape, self.session.sizes):
-            return self._predict_region(layer, stack, checkpoint, model_name, device)
+            return predict_region_job(self, layer, stack, checkpoint, model_name, device)
         if lazy:
-            return self._predict_volume(layer, stack, checkpoint, model_name, device, slices)
+            return predict_volume_job(self, layer, stack, checkpoint, model_name, device, slices)
         with_cells = self.show_instances.value and not layer.rgb
         try:
             pipeline = self.pipeline(checkpoint, device, instances=with_cells)
@@ -269,7 +270,7 @@ class PredictWidget(Container):
         watch = ImageWatch(self.viewer, layer)
         chosen = slices if slices is not None else list(range(stack.shape[0]))
         # The layer the result will go into, read in the worker to find what changes.
-        target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, layer)
+        target = self.target_layer(layer)
         current, todo = None, []
         if target is not None and labels_stack(target).shape == stack.shape[:3]:
             tracker = self.session.tracker(target)
@@ -310,176 +311,6 @@ class PredictWidget(Container):
         self.job.start()
         return self.job
 
-    def _predict_volume(self, layer: Image, volume, checkpoint: Checkpoint, model_name: str, device,
-                        slices: list[int] | None) -> BackgroundJob | None:
-        """A volume read on demand: predicted slice by slice into zarr stores on disk that
-        back the result layers, which show each slice as soon as it is written. Cancel
-        keeps the slices done; slices the user edited are never predicted over."""
-        shape = tuple(volume.shape[:3])
-        target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, layer)
-        try:
-            pipeline = self.pipeline(checkpoint, device, instances=self.show_instances.value and not layer.rgb)
-            folder = prediction_folder(layer, self.session.corrections_dir)
-            mask_path = free_path(folder / "prediction.zarr")
-            outputs = {"mask": target.data if target is not None else create_output(mask_path, shape, np.uint8)}
-            if self.show_probability.value:
-                outputs["probabilities"] = create_output(free_path(folder / "probability.zarr"), shape, np.float32)
-            if pipeline.instances:
-                outputs["instances"] = create_output(free_path(folder / "cells.zarr"), shape, np.uint32)
-        except (OSError, ValueError) as exc:
-            self.status.value = f"Cannot create the prediction store ({exc}): choose a folder in Correct."
-            return None
-        keep = set()
-        if target is None:
-            meta = linked_meta("prediction", layer, model=model_name, kind="fundus" if layer.rgb else "em",
-                               image_source=plugin_meta(layer).get("source", ""), store=str(folder),
-                               labels=str(mask_path))
-            target = self.viewer.add_labels(outputs["mask"], name=f"{layer.name} prediction", opacity=0.5,
-                                            colormap=label_colormap("prediction"), metadata=meta)
-        else:
-            tracker = self.session.tracker(target)
-            keep = tracker.corrected | tracker.edited
-        self.session.tracker(target)
-        shown = [target]
-        if "probabilities" in outputs:
-            shown.append(self.viewer.add_image(outputs["probabilities"], name=f"{layer.name} probability",
-                                               colormap="magma", blending="additive", contrast_limits=(0, 1),
-                                               metadata=linked_meta("probability", layer)))
-        if "instances" in outputs:
-            shown.append(self.viewer.add_labels(outputs["instances"], name=f"{layer.name} cells", opacity=0.4,
-                                                metadata=linked_meta("cells", layer)))
-        todo = [z for z in (slices if slices is not None else range(shape[0])) if z not in keep]
-        given_fov = fov_of(self.viewer, layer, shape)
-        watch = ImageWatch(self.viewer, layer)
-
-        def work(state):
-            return predict_volume(pipeline, volume, VolumeOutputs(**outputs), todo, fov=given_fov,
-                                  progress=state.report, cancel=state.cancelled, on_slice=state.events.append)
-
-        def show_written(state) -> None:
-            self._poll(state)
-            if state.events:  # slices written since the last look: show them
-                state.events.clear()
-                for shown_layer in shown:
-                    if shown_layer in self.viewer.layers:
-                        shown_layer.refresh()
-
-        def done(report):
-            show_written(self.job.state)
-            self.session.current, self.session.current_label = checkpoint, model_name
-            kept = f"; kept your {len(keep)} edited slice(s)" if keep else ""
-            blank = f"; slice(s) {report.blank[:10]} hold no image and stay empty" if report.blank else ""
-            if watch.changed:
-                what = f"{watch.changed}: stopped after {len(report.done)} slice(s)"
-            elif report.cancelled:
-                what = f"Cancelled: kept the {len(report.done)} slice(s) done"
-            else:
-                what = f"Predicted {len(report.done)} slice(s)"
-            self.status.value = (f"{what} into '{target.name}' with {model_name} ({100 * report.structure:.1f}% "
-                                 f"structure{kept}{blank}), stored in {folder}. Correct it with the paint tools.")
-
-        self.job = BackgroundJob(work, done, self._failed, self, show_written, lambda: self._ended(watch),
-                                 description=f"Predicting {layer.name}")
-        watch.on_change = self.job.cancel
-        self.run_button.text = "Cancel"
-        self.status.value = (f"Predicting {len(todo)} slice(s) of {layer.name} one by one with {model_name} on "
-                             f"{describe_device(device)}; they appear as they are done…")
-        self.progress_bar.value = 0
-        self.job.start()
-        return self.job
-
-    def _predict_region(self, layer: Image, volume, checkpoint: Checkpoint, model_name: str, device
-                        ) -> BackgroundJob | None:
-        """A montage slice: predict the region around the centre of the view, each pixel as
-        the whole slice's prediction has it, into a Labels layer placed over it. Chunks
-        corrected before come back as the user left them."""
-        try:
-            pipeline = self.pipeline(checkpoint, device)
-            refuse_whole(pipeline, tuple(volume.shape[1:3]))  # photographs this large; resampling too large
-            if not in_blocks(pipeline, tuple(volume.shape[1:3])):
-                raise ValueError(f"'{layer.name}' is a montage: it is predicted a region at a time, which needs the "
-                                 "model's own pixel size. Set Pixel size to 0, or resample the montage first.")
-            corrections = montage_corrections(layer, volume.shape, self.session.corrections_dir)
-            z, region = region_in_view(self.viewer, layer, volume.shape, self.session.sizes.correct_region)
-        except (ValueError, OSError) as exc:  # DataError is a ValueError
-            self.status.value = str(exc)
-            return None
-        y0, y1, x0, x1 = region
-        shown = [other for other in region_layers(self.viewer, layer) if region_of(other) == (z, region)]
-        if shown and (self.session.tracker(shown[-1]).edited or self.session.tracker(shown[-1]).corrected):
-            self.viewer.layers.selection.active = shown[-1]
-            self.status.value = (f"'{shown[-1].name}' holds your corrections and is kept as it is. Pan to a region "
-                                 "you have not corrected and Predict again.")
-            return None
-        watch = ImageWatch(self.viewer, layer)
-
-        def work(state):
-            self.session.save_quietly()  # edits of open regions reach the disk, so an overlapping region shows them
-
-            def note(text: str) -> None:
-                state.note = text
-
-            try:
-                return predict_montage_region(pipeline, volume, corrections, z, region, state.report,
-                                              state.cancelled, note)
-            except PredictionCancelled:
-                return None
-
-        def done(result):
-            if watch.changed:
-                self.status.value = f"{watch.changed}: nothing was added. Predict again."
-                return None
-            if result is None:
-                self.status.value = "Prediction cancelled; nothing was changed."
-                return None
-            mask, edited, corrected, probability = result.mask, result.edited, result.corrected, result.probability
-            self.session.current, self.session.current_label = checkpoint, model_name
-            if shown and shown[-1] in self.viewer.layers:
-                target = shown[-1]
-                if self.session.tracker(target).edited or self.session.tracker(target).corrected:
-                    self.status.value = (f"You painted '{target.name}' while it was predicted: your strokes are kept "
-                                         "and nothing was replaced.")
-                    return None
-                with self.session.tracker(target).programmatic():
-                    target.data = mask.reshape(target.data.shape)
-            else:
-                target = add_region_layer(self.viewer, layer, z, region, mask, model_name, corrections)
-            tracker = self.session.tracker(target)
-            if corrected.any() or edited.any():
-                # Corrected (and listed as edited) only when all of it was: a region beside a corrected
-                # one shows those chunks as saved, and counts as corrected once the user paints it.
-                whole = bool(corrected.all())
-                tracker.restore([0] if whole else [], [0] if whole and edited.any() else [],
-                                {0: edited} if edited.any() else {})
-            if self.show_probability.value:
-                self.viewer.add_image(probability.reshape(target.data.shape), name=f"{target.name} probability",
-                                      colormap="magma", blending="additive", contrast_limits=(0, 1), scale=target.scale,
-                                      translate=target.translate, metadata=linked_meta("probability", target))
-            self.viewer.layers.selection.active = target
-            kept = " with your saved corrections" if corrected.any() else ""
-            self.status.value = (f"Predicted the region y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {z}{kept} with "
-                                 f"{model_name} ({100 * mask.mean():.1f}% structure) into '{target.name}'. Correct it "
-                                 "with the paint tools: it is saved by chunk and learnt by Fine-tune. The whole "
-                                 f"montage: napari-unet predict {plugin_meta(layer).get('source') or 'IMAGE.tif'} "
-                                 "--model MODEL --out mask.ome.zarr")
-            return None
-
-        def poll(state) -> None:
-            self._poll(state)
-            if state.note and not state.done:
-                self.status.value = state.note
-
-        self.job = BackgroundJob(work, done, self._failed, self, poll, lambda: self._ended(watch),
-                                 description=f"Predicting a region of {layer.name}")
-        watch.on_change = self.job.cancel
-        self.run_button.text = "Cancel"
-        self.status.value = (f"'{layer.name}' is a montage ({volume.shape[1]:,} x {volume.shape[2]:,} px a slice): "
-                             f"predicting the region in view, y {y0:,}-{y1:,}, x {x0:,}-{x1:,} of slice {z}, with "
-                             f"{model_name} on {describe_device(device)}…")
-        self.progress_bar.value = 0
-        self.job.start()
-        return self.job
-
     def _poll(self, state) -> None:
         if state.total:
             self.progress_bar.max = state.total
@@ -500,7 +331,7 @@ class PredictWidget(Container):
         large write per turn of the event loop, see `BackgroundJob`)."""
         ndim = spatial_ndim(image)
         self.session.current, self.session.current_label = checkpoint, model_name
-        target = None if self.edited_policy.value == NEW_LAYER else prediction_layer_for(self.viewer, image)
+        target = self.target_layer(image)
         skip = None if result.slices is None else set(range(result.mask.shape[0])) - set(result.slices)
         updates = result.updates if target is result.target else None
         message, steps = write_prediction(self.viewer, image, result.mask, model_name, target, result.image_hash,
@@ -553,51 +384,6 @@ def _in_stack(part: np.ndarray | None, slices: list[int], count: int) -> np.ndar
     full = np.zeros((count, *part.shape[1:]), part.dtype)
     full[slices] = part
     return full
-
-
-def prediction_folder(image: Image, root=None):
-    """Where the stores of a volume's prediction go: beside the image with its corrections
-    (`core.corrections.corrections_folder`), or under ``$NAPARI_UNET_HOME/predictions`` when
-    the image has no file or its folder cannot be written."""
-    source = plugin_meta(image).get("source")
-    if source:
-        try:
-            return check_writable(corrections_folder(source, root=root))
-        except ValueError:
-            pass
-    return check_writable(napari_unet_home() / "predictions" / layer_uid(image))
-
-
-class ImageWatch:
-    """Notices when an image layer is removed or its data replaced while a job runs."""
-
-    def __init__(self, viewer, layer: Image) -> None:
-        self.viewer, self.layer, self.data = viewer, layer, layer.data
-        self.changed = ""
-        self.on_change = lambda: None
-        viewer.layers.events.removed.connect(self._removed)
-        layer.events.data.connect(self._data)
-
-    def _removed(self, event) -> None:
-        if event.value is self.layer:
-            self.changed = f"'{self.layer.name}' was removed while the job ran"
-            self.on_change()
-
-    def _data(self, _event=None) -> None:
-        if self.layer.data is not self.data:
-            self.changed = f"The data of '{self.layer.name}' changed while the job ran"
-            self.on_change()
-
-    def stop(self) -> None:
-        self.viewer.layers.events.removed.disconnect(self._removed)
-        self.layer.events.data.disconnect(self._data)
-
-
-def prediction_layer_for(viewer, image: Image) -> Labels | None:
-    """The newest prediction Labels layer linked to ``image`` (same shape), if any."""
-    shape = image.data.shape[:-1] if image.rgb else image.data.shape
-    layers = [layer for layer in linked_layers(viewer, "prediction", image, Labels) if layer.data.shape == shape]
-    return layers[-1] if layers else None
 
 
 def write_prediction(viewer, image: Image, mask: np.ndarray, model_name: str, target: Labels | None,

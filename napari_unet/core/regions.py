@@ -1,8 +1,8 @@
 """A montage slice corrected region by region, its corrections kept and learnt by chunk.
 
 A slice too large for one napari Labels layer is corrected a region at a time: Predict
-predicts the region in view (`region_around`, `core.blocks.predict_region`: each pixel
-as the whole slice's prediction has it), the user paints it, and the corrections are
+predicts the region in view (`region_around`, `predict_montage_region`: each pixel as
+the whole slice's prediction has it), the user paints it, and the corrections are
 kept per `CHUNK` x `CHUNK` chunk of the slice in `MontageCorrections`:
 
 * ``labels.zarr`` and ``edited.zarr``: (Z, Y, X) arrays of the montage's shape, chunked by
@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from .blocks import SliceOf, predict_region, slice_levels
+from .blocks import SliceOf, predict_region, region_tiles, slice_levels
 from .files import atomic_write
 from .finetune import MAX_FOLDS, FineTune, FineTuneOptions
 from .labels import IGNORE
+from .volume import SIZES
 
 #: Corrections are tracked, saved and learnt per CHUNK x CHUNK pixels of a slice.
 CHUNK = 512
-#: The edge of the region Predict opens for correcting (a whole number of chunks).
-REGION = 2048
 #: Pixels of image read around a corrected chunk for a fine-tune: the model sees them, learns
 #: no label there.
 CONTEXT = 64
@@ -43,10 +42,10 @@ Region = tuple[int, int, int, int]  # (y0, y1, x0, x1) in slice pixels
 _STATE_LOCK = threading.Lock()  # one read-modify-write of a state.json at a time
 
 
-def region_around(shape: tuple[int, int], center: tuple[float, float], size: int | None = None) -> Region:
-    """The ``size`` (default `REGION`) square region of a (Y, X) slice around ``center`` (y, x),
-    its corner on the chunk grid, inside the slice (the whole side where the slice is smaller)."""
-    size = size or REGION
+def region_around(shape: tuple[int, int], center: tuple[float, float], size: int = SIZES.correct_region) -> Region:
+    """The ``size`` (the region Predict opens, `core.volume.Sizes.correct_region`) square region
+    of a (Y, X) slice around ``center`` (y, x), its corner on the chunk grid, inside the slice
+    (the whole side where the slice is smaller)."""
     bounds = []
     for length, middle in zip(shape, center):
         span = min(size, length)
@@ -199,7 +198,8 @@ class MontageCorrections:
                 new_edited = mine | (np.asarray(arrays["edited"][on_disk]) != 0)
             arrays["labels"][on_disk] = new_labels
             arrays["edited"][on_disk] = new_edited.astype(np.uint8)
-        self._update(lambda: setattr(self, "corrected", self.corrected | inside if corrected else self.corrected - inside))
+        self._update(lambda: setattr(self, "corrected",
+                                     self.corrected | inside if corrected else self.corrected - inside))
         return len(fresh | touched)
 
     def refresh(self) -> None:
@@ -293,6 +293,62 @@ class MontageCorrections:
         return np.stack(images), np.stack(labels), np.stack(edited), ordered, windows
 
 
+@dataclass
+class RegionPrediction:
+    """A montage region as Predict shows it, each (h, w).
+
+    Attributes:
+        mask: uint8 1 = structure: the prediction, with the saved corrections in place
+            (in corrected chunks, and the user's strokes anywhere).
+        edited: bool, the pixels the user painted before; corrected: bool, those in
+            corrected chunks; probability: float32 in [0, 1].
+    """
+
+    mask: np.ndarray
+    edited: np.ndarray
+    corrected: np.ndarray
+    probability: np.ndarray
+
+
+def region_tile_count(pipeline, shape: tuple[int, int], region: Region) -> int:
+    """How many tiles predicting a region of a (Y, X) slice computes (for progress)."""
+    return len(region_tiles(pipeline, shape, region))
+
+
+def predict_montage_region(pipeline, volume, corrections: MontageCorrections, z: int, region: Region,
+                           progress=None, cancel=None, note=None) -> RegionPrediction:
+    """Predict a region of montage slice ``z`` as the whole slice's prediction has it, on
+    the slice's levels (measured once, block by block, and kept beside the montage), with
+    the corrections saved there put back.
+
+    Args:
+        pipeline: a `Pipeline` for which `core.blocks.in_blocks` holds.
+        volume: (Z, Y, X, C) array-like of the montage read by region.
+        progress: called with (tiles done, tiles total); note: called with a sentence for
+            the user before a long step.
+
+    Raises:
+        DataError: a slice with nothing to segment; PredictionCancelled: ``cancel`` said so.
+    """
+    plane = SliceOf(volume, z)
+    corrections.refresh()
+    normalization = pipeline.info.normalization
+    levels = corrections.levels(z, normalization)
+    if levels is None:
+        if note is not None:
+            note(f"Measuring the intensities of slice {z} (once, {volume.shape[1] * volume.shape[2]:,} px)…")
+        levels = slice_levels(plane, normalization, f"Slice {z}", pipeline.settings.block)
+        try:
+            corrections.set_levels(z, normalization, levels)
+        except OSError:  # not kept (measured again next time); the autosave will say where it failed
+            pass
+    probability = predict_region(pipeline, plane, region, levels, progress, cancel)
+    mask = pipeline.mask(probability[None])[0]
+    saved, edited, corrected = corrections.read(z, region)
+    mask[corrected | edited] = saved[corrected | edited]  # corrected chunks, and strokes anywhere
+    return RegionPrediction(mask, edited, corrected, probability)
+
+
 def describe_chunks(chunks: list[Chunk]) -> str:
     """How a user reads a few chunks: "slice 0, y 1,024-2,048, x 512-1,536" (their bounding box)."""
     by_slice: dict[int, list[Chunk]] = {}
@@ -313,6 +369,7 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
 
     Args:
         volume: (Z, Y, X, C) array-like of the montage read by region.
+        options: ``options.predict`` as Predict predicted the regions (tile, overlap, ...).
 
     Returns:
         (the fine-tune, to run; the chunks, in the order of its parts).
@@ -321,7 +378,10 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
     normalization = checkpoint.info.normalization
     images, labels, edited, chunks, windows = corrections.training_windows(volume, normalization)
     channels = images.shape[-1]
-    options = replace(options, levels=(np.zeros(channels, np.float32), np.ones(channels, np.float32)))
+    # The windows come normalised on their slice's levels. Predict predicts a montage's
+    # regions at the model's own pixel size only (`core.blocks.in_blocks`), so they are too.
+    levels = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
+    options = replace(options, predict=options.predict.but(levels=levels, pixel_size=None))
 
     def predict_windows(pipeline, parts: list[int]) -> np.ndarray:
         """Each window as Predict predicts it: on its whole slice's tile grid and levels. The

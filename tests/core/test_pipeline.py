@@ -114,9 +114,9 @@ def test_the_users_fov_wins_over_the_one_found(darkened_rim):
 
 def test_fine_tune_reports_the_held_out_score_evaluate_shows(isbi_stack):
     """The fine-tune's held-out figures are Evaluate's Dice of the mask Predict shows."""
+    from napari_unet.core.evaluate import evaluate, scoring_inputs
     from napari_unet.core.finetune import FineTune, FineTuneOptions
     from napari_unet.core.labels import IGNORE, STRUCTURE
-    from napari_unet.core.metrics import evaluate, scoring_inputs
 
     images = np.ascontiguousarray(isbi_stack.images[20:23, :192, :192])
     labels = np.ascontiguousarray(isbi_stack.labels[20:23, :192, :192])
@@ -126,7 +126,7 @@ def test_fine_tune_reports_the_held_out_score_evaluate_shows(isbi_stack):
                    options=FineTuneOptions(steps=4, device="cpu", recipe={"batch_size": 2, "crop_size": 128}))
     for _event in run.run():
         pass
-    fold = run.result.report["folds"][0]  # slice 0 held out (always scored: the first fold)
+    fold = run.result.report.folds[0]  # slice 0 held out (always scored: the first fold)
 
     def evaluated(checkpoint):
         shown = predict(checkpoint, images[0:1], device="cpu").mask  # as Predict shows it
@@ -135,8 +135,8 @@ def test_fine_tune_reports_the_held_out_score_evaluate_shows(isbi_stack):
         return shown, evaluate(pred, truth, "em", fov=scored)["dice"]
 
     shown, dice = evaluated(start)
-    assert dice == pytest.approx(fold["start_dice"], abs=1e-4)
+    assert dice == pytest.approx(fold.start_dice, abs=1e-4)
     # Any model's mask is scored as Evaluate scores it: here the one the fine-tune returns.
     tuned = Checkpoint(run.result.model, run.result.metadata, "tuned")
     shown, dice = evaluated(tuned)
-    assert run.scores(shown, run.folds[0], guard=False)[0] == pytest.approx(dice, abs=1e-4)
+    assert run.scorer.scores(shown, run.folds[0], guard=False)[0] == pytest.approx(dice, abs=1e-4)
