@@ -67,7 +67,8 @@ def main() -> None:
     for model in args.models:
         if model.startswith("em") or "isbi" in model:
             row = em_scores(model, args.device)
-            extra = [em_scores(model, args.device, unshifted=True)] if load_checkpoint(model).metadata.get(SHIFT_KEY) else []
+            shifted = load_checkpoint(model).metadata.get(SHIFT_KEY)
+            extra = [em_scores(model, args.device, unshifted=True)] if shifted else []
             print(table([row, *extra, {"model": "32-wide U-Net, 1,500 CPU steps (GUIDE baseline)", "dice": 0.806,
                                "pixel_error": 0.079}],
                         ["model", "data", "threshold", "dice", "pixel_error", "vrand", "vrand_threshold", "vinfo",

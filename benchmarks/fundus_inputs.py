@@ -99,7 +99,8 @@ def main() -> None:
             else:
                 images = plain.images if prepare is None else normalize(prepare(stack.images))
                 data = TrainingData(images, plain.labels, plain.train_slices)
-            model = UNet(UNetConfig(in_channels=data.images.shape[-1], base_width=recipe["width"], depth=recipe["depth"]))
+            config = UNetConfig(in_channels=data.images.shape[-1], base_width=recipe["width"], depth=recipe["depth"])
+            model = UNet(config)
             config = TrainConfig(steps=args.steps, batch_size=recipe["batch"], crop_size=recipe["crop"],
                                  learning_rate=recipe["lr"], validate_every=args.steps, device=args.device,
                                  augmentation=augmentation)

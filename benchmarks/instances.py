@@ -51,8 +51,9 @@ def main() -> None:
             cells = cell_instances(mask, method)
             seconds = (time.perf_counter() - tick) / len(images)
             scores = segmentation_scores(truth, thinned(cells))
-            rows.append({"data": name, "method": method + (" (the model's)" if method == chosen else ""), "vrand": scores["vrand"], "vinfo": scores["vinfo"],
-                         "rand_split": scores["rand_split"], "rand_merge": scores["rand_merge"],
+            rows.append({"data": name, "method": method + (" (the model's)" if method == chosen else ""),
+                         "vrand": scores["vrand"], "vinfo": scores["vinfo"], "rand_split": scores["rand_split"],
+                         "rand_merge": scores["rand_merge"],
                          "s/slice": seconds})
     print(table(rows, ["data", "method", "vrand", "vinfo", "rand_split", "rand_merge", "s/slice"]))
 

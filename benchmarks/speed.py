@@ -31,15 +31,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from _common import CLI_RUN, ROOT, drive, isbi, table
 
 from napari_unet.core.checkpoint import Checkpoint, default_metadata, load_checkpoint
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import Pipeline, predict
-from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import TilePredictor, describe_device, inference_dtype, resolve_device
+from napari_unet.core.settings import PredictSettings
 
 
 def median_seconds(run, device, repeats: int) -> float:

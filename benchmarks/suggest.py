@@ -116,7 +116,8 @@ def main() -> None:
     train, test = drive("training"), drive("test")
 
     def em_stack(slices):
-        return [(f"{z} {n}", i, lab) for z in slices for n, i, lab in em_variants(em.images[z][..., 0], em.labels[z], z)]
+        return [(f"{z} {n}", i, lab) for z in slices
+                for n, i, lab in em_variants(em.images[z][..., 0], em.labels[z], z)]
 
     def fundus_stack(data, count):
         return [(f"{k} {n}", i, lab) for k in range(count)

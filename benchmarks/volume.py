@@ -30,6 +30,7 @@ import tifffile
 import zarr
 from _common import CLI_RUN, ROOT, isbi, table
 
+
 def em_slice(source: np.ndarray, size: int, z: int) -> np.ndarray:
     """(size, size) uint8: a 512² ISBI slice tiled with its mirror images; every third slice
     shifted by 1/8 of its width behind black padding, as aligned serial sections are."""

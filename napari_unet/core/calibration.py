@@ -2,11 +2,12 @@
 
 Annotators draw boundaries with a convention of their own: ISBI 2012's membrane labels
 lie about 0.3 px up and 0.25 px left of the membranes the images show (measured with
-`annotation_offset` on slices 0-24; see the em-membranes model card). A model trained with flips and 90-degree rotations cannot learn
-such an offset (each flip turns it around), so its membranes are centred and miss the
-labels by that fraction of a pixel. The offset is measured once, on labelled slices the
-model was trained or selected on, stored in the checkpoint (``output_shift_px``, (y, x)),
-and every prediction is moved by it. A model without the key is left as it is.
+`annotation_offset` on slices 0-24; see the em-membranes model card). A model trained
+with flips and 90-degree rotations cannot learn such an offset (each flip turns it
+around), so its membranes are centred and miss the labels by that fraction of a pixel.
+The offset is measured once, on labelled slices the model was trained or selected on,
+stored in the checkpoint (``output_shift_px``, (y, x)), and every prediction is moved by
+it. A model without the key is left as it is.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import numpy as np
 from scipy import ndimage
 
 
-
 def field_of_view(image: np.ndarray) -> np.ndarray:
     """The FOV of one colour fundus photograph.
 

@@ -58,7 +58,7 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "UNetConfig":
+    def from_dict(cls, values: dict) -> UNetConfig:
         known = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
         return cls(**known)
 

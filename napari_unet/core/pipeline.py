@@ -27,7 +27,6 @@ from .calibration import shift_output
 from .checkpoint import Checkpoint
 from .data import DataError, check_images, normalize
 from .description import ModelDescription
-from .settings import PredictSettings
 from .predict import (
     FLIP_AXES,
     GROUP_BYTES,
@@ -39,6 +38,7 @@ from .predict import (
     cell_instances,
     retry_out_of_memory,
 )
+from .settings import PredictSettings
 
 #: Ratios of the data's pixel size to the model's inside which the slices are predicted
 #: as they are: resampling them costs more than the mismatch (benchmarks/pixel_size.py).

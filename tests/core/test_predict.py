@@ -6,7 +6,6 @@ from napari_unet.core.checkpoint import Checkpoint, default_metadata
 from napari_unet.core.data import DataError
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.pipeline import PIXEL_RATIO_LIMITS, RESAMPLE_SKIP, Pipeline, predict
-from napari_unet.core.settings import PredictSettings
 from napari_unet.core.predict import (
     PredictionCancelled,
     TileGrid,
@@ -16,6 +15,7 @@ from napari_unet.core.predict import (
     retry_out_of_memory,
     sliding_window,
 )
+from napari_unet.core.settings import PredictSettings
 
 
 def plus_one(batch: torch.Tensor) -> torch.Tensor:
@@ -135,12 +135,14 @@ def test_devices():
 
 def _checkpoint(channels=1):
     torch.manual_seed(0)
-    return Checkpoint(UNet(UNetConfig(in_channels=channels, base_width=4, depth=2)).eval(), default_metadata("em"), "test")
+    model = UNet(UNetConfig(in_channels=channels, base_width=4, depth=2)).eval()
+    return Checkpoint(model, default_metadata("em"), "test")
 
 
 def test_predict_shapes_and_range():
     images = np.random.default_rng(0).integers(0, 255, (3, 45, 70, 1), dtype=np.uint8)
-    assert Pipeline(_checkpoint(), PredictSettings(tile=30, device="cpu")).tile == 32  # tile rounded up to a multiple of 2**depth
+    # The tile is rounded up to a multiple of 2**depth.
+    assert Pipeline(_checkpoint(), PredictSettings(tile=30, device="cpu")).tile == 32
     result = predict(_checkpoint(), images, tile=30, device="cpu")
     prob = result.probabilities
     assert prob.shape == (3, 45, 70) and prob.dtype == np.float32

@@ -12,7 +12,6 @@ from napari_unet.core.data import normalize
 from napari_unet.core.finetune import FineTuneOptions, make_folds
 from napari_unet.core.labels import IGNORE
 from napari_unet.core.pipeline import Pipeline
-from napari_unet.core.settings import PredictSettings
 from napari_unet.core.regions import (
     CHUNK,
     CONTEXT,
@@ -23,6 +22,7 @@ from napari_unet.core.regions import (
     region_around,
     region_chunks,
 )
+from napari_unet.core.settings import PredictSettings
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,8 @@ def test_only_corrected_chunks_are_written_and_come_back(tmp_path):
     assert store.write(1, region, labels, edited, nothing, corrected=True) == 16  # newly corrected: written whole
     norm = {"method": "percentile", "low": 1.0, "high": 99.0}
     store.set_levels(1, norm, (np.array([3.0]), np.array([200.0])))
-    files = [p for p in (tmp_path / "montage" / "labels.zarr").rglob("*") if p.is_file() and not p.name.startswith(".z")]
+    stored = (tmp_path / "montage" / "labels.zarr").rglob("*")
+    files = [p for p in stored if p.is_file() and not p.name.startswith(".z")]
     assert len(files) == 16  # the region's chunks, nothing else of a 3000 x 2600 x 2 montage
 
     labels[100, 100] = 0  # an edit in one chunk: only that chunk is written again

@@ -338,8 +338,10 @@ CASES = [
     ("predict RGBA with grey model", "predict", predict_rgba_with_grey_model, "is RGB but the model"),
     ("predict foreign checkpoint", "predict", predict_checkpoint(foreign_checkpoint), "not a napari-unet checkpoint"),
     ("predict truncated checkpoint", "predict", predict_checkpoint(truncated_checkpoint), "not a readable napari-unet"),
-    ("predict text file as checkpoint", "predict", predict_checkpoint(text_as_checkpoint), "not a readable napari-unet"),
-    ("predict missing checkpoint", "predict", predict_checkpoint(lambda env: env.tmp / "gone.pt"), "Choose a checkpoint"),
+    ("predict text file as checkpoint", "predict", predict_checkpoint(text_as_checkpoint),
+     "not a readable napari-unet"),
+    ("predict missing checkpoint", "predict", predict_checkpoint(lambda env: env.tmp / "gone.pt"),
+     "Choose a checkpoint"),
     ("predict at 0.01 nm", "predict", predict_at_pixel_size(0.01), "Pixel size 0.01 nm is 0.0025 times the model's"),
     ("predict at 90,000 nm", "predict", predict_at_pixel_size(90_000.0), "Pixel size 90000 nm"),
     ("image removed while predicting", "predict", predict_then(remove_image), "was removed while the job ran: nothing"),
@@ -374,7 +376,8 @@ CASES = [
 # Cases where the job ends in a result the user asked for (a layer may be added or updated).
 PRODUCE = [
     ("predict with some NaN pixels", "predict",
-     predict_image(np.where(np.eye(64, dtype=bool), np.nan, np.random.default_rng(0).random((64, 64))).astype(np.float32)),
+     predict_image(np.where(np.eye(64, dtype=bool), np.nan,
+                            np.random.default_rng(0).random((64, 64))).astype(np.float32)),
      "NaN or infinite pixel(s) were treated as the darkest value"),
     ("predict boolean image", "predict", predict_image(np.random.default_rng(0).random((64, 64)) > 0.5), "Added"),
     ("fine-tune with unknown label ids", "finetune", finetune_unknown_ids, "ids other than 0/1/2 and are ignored"),

@@ -22,7 +22,8 @@ def test_evaluate_widget_and_cli_agree(make_napari_viewer, qtbot, drive_dir, tmp
     truth = manual.astype(np.uint8)
     truth[200:260] = 2  # not annotated: must not be scored
     prediction = (green < np.percentile(green[fov], 15)).astype(np.uint8)
-    files = {"truth": tmp_path / "01_truth.tif", "fov": tmp_path / "01_fov.tif", "pred": tmp_path / "01_pred_labels.tif"}
+    files = {"truth": tmp_path / "01_truth.tif", "fov": tmp_path / "01_fov.tif",
+             "pred": tmp_path / "01_pred_labels.tif"}
     tifffile.imwrite(files["truth"], truth)
     tifffile.imwrite(files["fov"], fov.astype(np.uint8) * 255)
     tifffile.imwrite(files["pred"], prediction)
