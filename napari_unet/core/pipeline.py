@@ -179,18 +179,21 @@ class Pipeline:
         zoom = self.info.fundus_reference["fov_diameter_px"] / max(1.0, fov_diameter(fov))
         return 1.0 if abs(zoom - 1) <= FUNDUS_ZOOM_TOLERANCE else float(zoom)
 
-    def prepare(self, image: np.ndarray, fov: np.ndarray | None = None, zoom: float | None = None) -> Prepared:
+    def prepare(self, image: np.ndarray, fov: np.ndarray | None = None, zoom: float | None = None,
+                levels: tuple[np.ndarray, np.ndarray] | None = None) -> Prepared:
         """One raw slice as the model is shown it.
 
         Args:
             image: (Y, X, C) raw, any dtype.
             fov: (Y, X) bool FOV in use (fundus; see `fov_for`), or None.
             zoom: fundus: resample by this instead of the FOV's own (one size for a stack).
+            levels: (low, high), each (C,): this image's, instead of the settings' (a window
+                of a montage slice, normalised on the whole slice's levels).
         """
         from skimage.transform import rescale, resize
 
         shape = tuple(image.shape[:2])
-        levels = self.levels
+        levels = self.levels if levels is None else levels
         if self.is_fundus:
             from .fov import match_colour
 

@@ -249,12 +249,13 @@ class MontageCorrections:
             normalization: the model's (`ModelDescription.normalization`): whose levels.
 
         Returns:
-            images: (N, H, W, C) float32, each window normalised on its slice's own levels
-                (so `core.data.normalize` with levels (0, 1) leaves it as Predict has it);
+            images: (N, H, W, C) raw windows, as the montage stores them;
             labels: (N, H, W) uint8, IGNORE outside the window's own chunk;
             edited: (N, H, W) bool, the painted pixels of that chunk;
             chunks: the N chunks;
-            windows: their N (y0, y1, x0, x1) windows in their slices.
+            windows: their N (y0, y1, x0, x1) windows in their slices;
+            levels: their N slices' (low, high) intensity levels, which Predict
+                normalised them on (`core.blocks.slice_levels`).
 
         Raises:
             ValueError: no corrected chunk.
@@ -266,7 +267,7 @@ class MontageCorrections:
         ordered = sorted(self.corrected)
         ordered = [ordered[i] for i in fold_order(len(ordered), folds)]
         labels_store, edited_store = self._array("labels", create=False), self._array("edited", create=False)
-        images, labels, edited, windows = [], [], [], []
+        images, labels, edited, windows, window_levels = [], [], [], [], []
         for chunk in ordered:
             z = chunk[0]
             levels = self.levels(z, normalization)
@@ -281,16 +282,15 @@ class MontageCorrections:
             wx0 = max(0, min(cx0 - context, width - side[1]))
             window = (slice(wy0, wy0 + side[0]), slice(wx0, wx0 + side[1]))
             windows.append((wy0, wy0 + side[0], wx0, wx0 + side[1]))
-            low, high = levels
-            raw = np.asarray(volume[(z, *window)], np.float32)
-            images.append((raw - low) / np.where(high - low > 1e-12, high - low, 1.0))
+            images.append(np.asarray(volume[(z, *window)]))
+            window_levels.append(levels)
             own = np.zeros(side, bool)
             own[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0] = True
             saved = np.asarray(labels_store[(z, *window)]) if labels_store is not None else np.zeros(side, np.uint8)
             labels.append(np.where(own, saved, IGNORE).astype(np.uint8))
             painted = np.asarray(edited_store[(z, *window)]) if edited_store is not None else np.zeros(side, np.uint8)
             edited.append(own & (painted != 0))
-        return np.stack(images), np.stack(labels), np.stack(edited), ordered, windows
+        return np.stack(images), np.stack(labels), np.stack(edited), ordered, windows, window_levels
 
 
 @dataclass
@@ -376,12 +376,10 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
     """
     options = options or FineTuneOptions()
     normalization = checkpoint.info.normalization
-    images, labels, edited, chunks, windows = corrections.training_windows(volume, normalization)
-    channels = images.shape[-1]
-    # The windows come normalised on their slice's levels. Predict predicts a montage's
-    # regions at the model's own pixel size only (`core.blocks.in_blocks`), so they are too.
-    levels = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
-    options = replace(options, predict=options.predict.but(levels=levels, pixel_size=None))
+    images, labels, edited, chunks, windows, levels = corrections.training_windows(volume, normalization)
+    # Predict predicts a montage's regions at the model's own pixel size only
+    # (`core.blocks.in_blocks`), so the fine-tune learns them there too.
+    options = replace(options, predict=options.predict.but(pixel_size=None))
 
     def predict_windows(pipeline, parts: list[int]) -> np.ndarray:
         """Each window as Predict predicts it: on its whole slice's tile grid and levels. The
@@ -404,5 +402,5 @@ def fine_tune_on_chunks(checkpoint, volume, corrections: MontageCorrections, opt
 
     run = FineTune(checkpoint, images, labels, list(range(len(chunks))), edited, options=options,
                    start_name=start_name, part_names=lambda parts: describe_chunks([chunks[i] for i in parts]),
-                   predict_parts=predict_windows)
+                   predict_parts=predict_windows, part_levels=levels)
     return run, chunks

@@ -131,12 +131,13 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     predicted = (probability > checkpoint.info.threshold).astype(np.uint8)[:512, 512:1536]
     store.write(0, region, predicted, np.zeros(predicted.shape, bool), np.zeros(predicted.shape, bool), True)
 
-    images, labels, edited, chunks, windows = store.training_windows(montage, checkpoint.info.normalization)
+    images, labels, edited, chunks, windows, window_levels = store.training_windows(montage,
+                                                                                   checkpoint.info.normalization)
     assert images.shape == (2, CHUNK + 2 * CONTEXT, CHUNK + 2 * CONTEXT, 1) and not edited.any()
     first = chunks.index((0, 0, 1))  # rows 0-512, columns 512-1024: its window starts at row 0
     assert windows[first] == (0, 640, 448, 1088)
-    window = montage[0, 0:640, 448:1088]
-    np.testing.assert_allclose(np.clip(images[first], 0, 1), normalize(window[None], levels=levels)[0], atol=1e-6)
+    np.testing.assert_array_equal(images[first], montage[0, 0:640, 448:1088])  # raw: normalised by the pipeline
+    np.testing.assert_allclose(window_levels[first], levels)  # on the whole slice's levels, as Predict does
     assert (labels[first][:512, 64:576] != IGNORE).all() and (labels[first][512:] == IGNORE).all()
     assert (labels[first][:, 576:] == IGNORE).all()  # its neighbour is learnt in its own window only
     assert (labels[first][:, :64] == IGNORE).all()
@@ -146,6 +147,9 @@ def test_a_fine_tune_reads_the_corrected_chunks_with_their_context(montage, isbi
     np.testing.assert_allclose(store.levels(0, other), blocks.slice_levels(montage[0], other))
 
     run, _chunks = fine_tune_on_chunks(checkpoint, montage, store, FineTuneOptions(steps=5, device="cpu"))
+    # The fine-tune is shown each window as Predict normalised it: on its slice's levels.
+    window = montage[0, 0:640, 448:1088]
+    np.testing.assert_allclose(run.parts.images[first], normalize(window[None], levels=levels)[0], atol=1e-6)
     list(run.run())
     assert run.result.report.outcome == "agree"  # the model's own mask: nothing to learn
 

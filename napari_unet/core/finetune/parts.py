@@ -38,6 +38,8 @@ class CorrectedParts:
         fov: (Z, Y, X) bool FOV the user gave, or None.
         pipeline: how Predict predicts (`FineTune.predicting`).
         anchored: stack indices of the uncorrected slices to learn as anchors.
+        levels: per corrected part, the (low, high) intensities it is normalised on (the
+            windows of a montage, each on its slice's levels); None: as Predict's settings say.
 
     Attributes:
         raw, raw_labels, fov, painted: (N, Y, X[, C]) of the corrected slices on their
@@ -49,8 +51,8 @@ class CorrectedParts:
     """
 
     def __init__(self, images, labels, corrected: list[int], edited, fov, pipeline: Pipeline,
-                 anchored: list[int]) -> None:
-        self.corrected, self.anchored = corrected, anchored
+                 anchored: list[int], levels: list | None = None) -> None:
+        self.corrected, self.anchored, self.levels = corrected, anchored, levels
         # Only the corrected slices are copied: painting during training changes nothing.
         self.raw = np.asarray(images[corrected])
         self.raw_labels = np.array(labels[corrected], dtype=np.uint8)
@@ -80,15 +82,15 @@ class CorrectedParts:
 
     def prepare(self, pipeline: Pipeline) -> None:
         """Set `images` and `labels`: the corrected slices as ``pipeline`` shows them."""
-        self.images, self.labels = self.as_the_model_sees(pipeline, self.raw, self.raw_labels, self.fov)
+        self.images, self.labels = self.as_the_model_sees(pipeline, self.raw, self.raw_labels, self.fov, self.levels)
 
     def as_the_model_sees(self, pipeline: Pipeline, raw: np.ndarray, raw_labels: np.ndarray,
-                          fov: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                          fov: np.ndarray | None, levels: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, Y', X', C) raw slices prepared as Predict prepares them (`Pipeline.prepare`),
         and their (N, Y', X') labels resampled alongside, so the model learns what it will
         be shown."""
-        prepared = [pipeline.prepare(image, None if fov is None else fov[i], zoom=self.photo_zoom)
-                    for i, image in enumerate(raw)]
+        prepared = [pipeline.prepare(image, None if fov is None else fov[i], zoom=self.photo_zoom,
+                                     levels=None if levels is None else levels[i]) for i, image in enumerate(raw)]
         images = np.stack([p.image for p in prepared])
         shape = images.shape[1:3]
         if raw_labels.shape[1:3] == shape:

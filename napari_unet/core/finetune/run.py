@@ -54,6 +54,8 @@ class FineTune:
             "slice 7", "slices 3, 9".
         predict_parts: ``(pipeline, parts) -> (n, Y, X)`` probabilities of some corrected
             parts as Predict made them (see `scores.Scorer`).
+        part_levels: per corrected part, the (low, high) intensities Predict normalised it
+            on (a montage's windows, each on its slice's levels); None: ``options.predict``'s.
 
     Raises:
         ValueError: with a message for the user (no corrected slice, labels that cannot
@@ -63,7 +65,7 @@ class FineTune:
     def __init__(self, checkpoint: Checkpoint, images: np.ndarray, labels: np.ndarray, corrected: list[int],
                  edited: np.ndarray | None = None, options: FineTuneOptions | None = None,
                  start_name: str | None = None, fov: np.ndarray | None = None, part_names=None,
-                 predict_parts=None) -> None:
+                 predict_parts=None, part_levels: list | None = None) -> None:
         self.options = options = options or FineTuneOptions()
         self.corrected = list(dict.fromkeys(int(z) for z in corrected))
         check_inputs(checkpoint, images, labels, self.corrected, edited, options)
@@ -80,7 +82,7 @@ class FineTune:
         self.pixel_size = self.pipeline.pixel_size if checkpoint.info.pixel_size_nm is not None else None
         # Anchors: a few uncorrected slices of a stack (a montage's parts are not slices).
         anchored = anchor_slices(images.shape[0], self.corrected, options.anchors) if predict_parts is None else []
-        self.parts = CorrectedParts(images, labels, self.corrected, edited, fov, self.pipeline, anchored)
+        self.parts = CorrectedParts(images, labels, self.corrected, edited, fov, self.pipeline, anchored, part_levels)
         self.hash = data_hash(self.parts.raw, self.parts.raw_labels)
         self.scorer = Scorer(self.parts, self.task, checkpoint.model, self.predicting, self.pipeline.finish,
                              predict_parts)
