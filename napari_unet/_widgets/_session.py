@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from magicgui.widgets import Container
 from napari.layers import Labels
 from psygnal import Signal
 from qtpy.QtCore import QTimer
@@ -373,3 +374,19 @@ def get_session(viewer) -> Session:
     if session is None:
         session = _sessions[viewer] = Session()
     return session
+
+
+class SessionWidget(Container):
+    """A dock widget of the plugin: it keeps the real viewer (`real_viewer`) and its
+    session, and counts as open there (docked in a tab beside the others).
+
+    Args:
+        napari_viewer: the viewer napari hands the widget (the name tells napari to).
+        labels: show the sub-widgets' labels beside them.
+    """
+
+    def __init__(self, napari_viewer, labels: bool = True) -> None:
+        super().__init__(labels=labels)
+        self.viewer = real_viewer(napari_viewer)
+        self.session = get_session(self.viewer)
+        self.session.attach(self)

@@ -37,7 +37,7 @@ from ._layers import (
     spatial_ndim,
 )
 from ._lists import SliceList, is_checked, slice_of
-from ._session import get_session, real_viewer
+from ._session import SessionWidget
 from ._text import text_row
 
 RANK = "Rank slices"
@@ -46,14 +46,12 @@ RANK = "Rank slices"
 CLOSE_WAIT_S = 30
 
 
-class CorrectWidget(Container):
+class CorrectWidget(SessionWidget):
     """Lists the slices you edited; checked slices are the ones a fine-tune learns from."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = real_viewer(napari_viewer)
-        self.session = get_session(viewer)
-        self.session.attach(self)
+        super().__init__(napari_viewer)
+        viewer = self.viewer
         self.layer = ComboBox(label="Labels", choices=self._labels_choices)
         self.help = text_row(value="Paint with label 1 (structure) or 0 (background); label 2 = ignore.")
         self.paint_structure = PushButton(text="Paint structure (1)")

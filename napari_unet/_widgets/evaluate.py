@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, PushButton
+from magicgui.widgets import ComboBox, PushButton
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
 from ..core.evaluate import TASKS, evaluate, evaluate_per_slice, scoring_inputs
 from ._jobs import BackgroundJob
 from ._layers import follow_new_layers, layer_choices, plugin_meta
-from ._session import get_session, real_viewer
+from ._session import SessionWidget
 from ._text import text_row
 
 NO_FOV = None
@@ -22,13 +22,12 @@ def _plane(layer) -> tuple[int, ...]:
     return shape[-3:-1] if isinstance(layer, Image) and layer.rgb else shape[-2:]
 
 
-class EvaluateWidget(Container):
+class EvaluateWidget(SessionWidget):
     """Compare a prediction (Labels or probability Image) with ground-truth Labels."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = real_viewer(napari_viewer)
-        get_session(self.viewer).attach(self)  # docked in a tab beside the other widgets
+        super().__init__(napari_viewer)
+        viewer = self.viewer
         self.prediction = ComboBox(label="Prediction", choices=self._prediction_choices)
         self.truth = ComboBox(label="Ground truth", choices=self._truth_choices)
         self.fov = ComboBox(label="FOV mask", choices=self._fov_choices)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch._dynamo  # noqa: F401  (see below)
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -42,7 +42,7 @@ from ._layers import (
 )
 from ._montage import montage_corrections, region_of
 from ._plot import LossPlot
-from ._session import get_session, real_viewer
+from ._session import SessionWidget
 from ._text import text_row
 from ._writer_queue import write_steps
 
@@ -53,14 +53,12 @@ from ._writer_queue import write_steps
 START = "Fine-tune on corrected slices"
 
 
-class FineTuneWidget(Container):
+class FineTuneWidget(SessionWidget):
     """Trains from the current model on the corrected slices; the button turns into Stop."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = real_viewer(napari_viewer)
-        self.session = get_session(viewer)
-        self.session.attach(self)
+        super().__init__(napari_viewer)
+        viewer = self.viewer
         self.image = ComboBox(label="Image", choices=lambda _w=None: layer_choices(viewer, Image))
         self.corrected_labels = ComboBox(label="Corrected labels",
                                          choices=lambda _w=None: layer_choices(viewer, Labels, "prediction"))

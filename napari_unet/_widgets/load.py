@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dask.array  # noqa: F401  (imported with the plugin: the first Load would pay 0.7 s for it)
 import numpy as np
-from magicgui.widgets import Container, FileEdit, PushButton
+from magicgui.widgets import FileEdit, PushButton
 from napari.layers import Image, Layer
 from qtpy.QtCore import QTimer
 
@@ -26,7 +26,7 @@ from ..core.volume import open_volume
 from ._jobs import BackgroundJob
 from ._layers import is_lazy, is_montage, label_colormap, lazy_stack, linked_meta, plugin_meta, region_boxes
 from ._montage import montage_corrections
-from ._session import get_session, real_viewer
+from ._session import SessionWidget
 from ._text import text_row
 
 try:  # napari builds its unit registry with the first layer (0.3 s): build it with the plugin instead
@@ -41,13 +41,11 @@ PYRAMID_TEXT = "Write an averaged pyramid (once)"
 OPEN_PYRAMID_TEXT = "Open the averaged pyramid"
 
 
-class LoadWidget(Container):
+class LoadWidget(SessionWidget):
     """Choose a file or folder, see what was found, and restore saved corrections."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=False)
-        self.viewer = real_viewer(napari_viewer)
-        get_session(self.viewer).attach(self)  # docked in a tab beside the other widgets
+        super().__init__(napari_viewer, labels=False)
         self.path = FileEdit(label="File or folder", mode="r", tooltip="A tif stack, an image, or a folder")
         self.choose_folder = PushButton(text="Choose a folder…")
         self.load_button = PushButton(text="Load")
@@ -80,7 +78,7 @@ class LoadWidget(Container):
         if not str(self.path.value) or str(path) in ("", "."):
             self.status.value = "Choose a file or a folder first."
             return []
-        sizes = get_session(self.viewer).sizes  # when a file is read lazily, by region, shown flat
+        sizes = self.session.sizes  # when a file is read lazily, by region, shown flat
         try:
             tuples = read_layers(str(path), contrast=False, sizes=sizes)
         except DataError as exc:
@@ -150,7 +148,7 @@ class LoadWidget(Container):
             if limits is not None and image in self.viewer.layers and tuple(image.contrast_limits) == shown:
                 image.contrast_limits = limits
 
-        sizes = get_session(self.viewer).sizes
+        sizes = self.session.sizes
         self.contrast_job = BackgroundJob(lambda state: volume_contrast(open_volume(path, sizes)), done,
                                           lambda message: None, self, description="Sampling the contrast",
                                           activity=False)
@@ -170,7 +168,7 @@ class LoadWidget(Container):
         if out.exists():
             self._open_pyramid(out, image)
             return None
-        sizes = get_session(self.viewer).sizes
+        sizes = self.session.sizes
 
         def work(state):
             try:
@@ -215,10 +213,10 @@ class LoadWidget(Container):
         self.status.value += f"\n{out.name} is the averaged pyramid of the tif: open it next time."
 
     def _offer_restore(self, path: Path, image) -> None:
-        store = CorrectionStore(corrections_folder(path, root=get_session(self.viewer).corrections_dir))
+        store = CorrectionStore(corrections_folder(path, root=self.session.corrections_dir))
         self._pending_restore = self._pending_volume = None
         self.restore_button.visible = False
-        sizes = get_session(self.viewer).sizes
+        sizes = self.session.sizes
         if isinstance(image, Image) and is_lazy(image) and not image.rgb and is_montage(lazy_stack(image).shape, sizes):
             self._show_montage_corrections(image)
             return
@@ -242,7 +240,7 @@ class LoadWidget(Container):
         the user finds them again: Predict with one in the centre of the view reopens it."""
         shape = lazy_stack(image).shape
         try:
-            regions = montage_corrections(image, shape, get_session(self.viewer).corrections_dir).regions()
+            regions = montage_corrections(image, shape, self.session.corrections_dir).regions()
         except ValueError as exc:
             self.status.value += f"\n{exc}"
             return
@@ -303,7 +301,7 @@ class LoadWidget(Container):
         meta = linked_meta("prediction", image, kind="fundus" if image.rgb else "em", **meta)
         layer = self.viewer.add_labels(data, name=f"{image.name} prediction", colormap=label_colormap("prediction"),
                                        opacity=0.5, metadata=meta)
-        tracker = get_session(self.viewer).tracker(layer)
+        tracker = self.session.tracker(layer)
         tracker.restore(corrected, edited, edited_pixels)
         self.restore_button.visible = False
         self._pending_restore = self._pending_volume = None

@@ -9,7 +9,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     LineEdit,
@@ -46,7 +45,7 @@ from ._layers import (
     spatial_ndim,
 )
 from ._predict_jobs import ImageWatch, predict_region_job, predict_volume_job, prediction_layer_for
-from ._session import get_session, real_viewer
+from ._session import SessionWidget, get_session
 from ._text import text_row
 from ._writer_queue import write_steps
 
@@ -60,14 +59,12 @@ NEW_LAYER = "make a new layer"
 ALL_SLICES, CURRENT_SLICE, SLICE_RANGE = "all", "current slice", "these slices:"
 
 
-class PredictWidget(Container):
+class PredictWidget(SessionWidget):
     """Choose image, model, device and tiling; predict in a worker thread; Cancel."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = real_viewer(napari_viewer)
-        self.session = get_session(viewer)
-        self.session.attach(self)
+        super().__init__(napari_viewer)
+        viewer = self.viewer
         self.image = ComboBox(label="Image", choices=self._image_choices)
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.zip", visible=False,
