@@ -205,8 +205,7 @@ def predict_on_cluster(
     volume = open_volume(source).data
     shape = tuple(volume.shape[:3])
     settings = settings or PredictSettings()
-    settings = settings.but(device="cpu" if settings.device == "cpu" else "auto", instances=False,
-                            threshold=checkpoint.info.threshold if settings.threshold is None else settings.threshold)
+    settings = settings.but(device="cpu" if settings.device == "cpu" else "auto", instances=False)
     outs = {"mask": str(out)}
     if probabilities is not None:
         outs["probabilities"] = str(probabilities)
@@ -214,6 +213,9 @@ def predict_on_cluster(
         outs["instances"] = str(Path(instances).with_name(f".{Path(instances).name}.local.zarr"))
     # Montage slices go to the workers block by block, each block whole chunks of the stores.
     probe = Pipeline(checkpoint, settings.but(device="cpu"))
+    # The threshold in use (the model's unless one was chosen) belongs to the job: a rerun
+    # with another one must not reuse its blocks. The pipeline says which it is.
+    settings = settings.but(threshold=probe.threshold)
     refuse_whole(probe, shape[1:3])
     edge = prediction_edge(probe, shape[1:3]) if in_blocks(probe, shape[1:3]) else None
     job = _job(checkpoint, source, shape, settings)
