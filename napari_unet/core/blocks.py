@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .data import DataError, normalize
-from .predict import CancelCheck, ProgressCallback
+from .predict import CancelCheck, ProgressCallback, Region
 from .settings import BLOCK
 
 #: Slices that cannot go in blocks are refused over this many pixels (on the model's grid).
@@ -39,8 +39,6 @@ WHOLE_LIMIT = 16384 * 16384
 CELL_HALO = 256
 #: Pixels sampled for the levels of a slice that is not 8- or 16-bit.
 LEVEL_SAMPLE = 1 << 22
-
-Region = tuple[int, int, int, int]  # (y0, y1, x0, x1)
 
 
 def block_grid(height: int, width: int, edge: int = BLOCK, first: int | None = None) -> list[Region]:

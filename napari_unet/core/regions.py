@@ -28,6 +28,7 @@ from .blocks import SliceOf, predict_region, region_tiles, slice_levels
 from .files import atomic_write
 from .finetune import MAX_FOLDS, FineTune, FineTuneOptions
 from .labels import IGNORE
+from .predict import Region
 from .volume import SIZES
 
 #: Corrections are tracked, saved and learnt per CHUNK x CHUNK pixels of a slice.
@@ -37,7 +38,6 @@ CHUNK = 512
 CONTEXT = 64
 
 Chunk = tuple[int, int, int]  # (z, chunk row, chunk column)
-Region = tuple[int, int, int, int]  # (y0, y1, x0, x1) in slice pixels
 
 _STATE_LOCK = threading.Lock()  # one read-modify-write of a state.json at a time
 
